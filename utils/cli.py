@@ -1,0 +1,101 @@
+"""The command line every ``<article>/train.py`` shares.
+
+    --quick            a minutes-long run on 2 CPU cores (small data, few epochs), to check the pipeline
+    --epochs N         override the epochs of the chosen mode
+    --seed S           first seed (default 0)
+    --seeds N          how many seeds: S, S+1, ..., S+N-1
+    --data-dir DIR     the data folder (sets $KEXUE_DATA for this run)
+    --out DIR          where results/<article>/<experiment>/seed<k>.json go (default: results/)
+    --force            rerun seeds whose result file already exists (default: skip them, so a killed
+                       run resumes where it stopped)
+    --distribute       data-parallel training on every visible device with Keras's own engines:
+                       tf.distribute.MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX
+    --cpu-devices N    split the CPU into N logical devices (to try --distribute on a CPU-only machine)
+"""
+
+import argparse
+import contextlib
+import os
+from pathlib import Path
+
+from utils.data import DATA_ENV
+from utils.runs import REPO
+
+
+def parser(description, default_seeds=3):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a minutes-long run on a CPU, to check the pipeline")
+    p.add_argument("--epochs", type=int, default=None, help="override the epochs of the chosen mode")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=int, default=default_seeds, help=f"number of seeds (default {default_seeds})")
+    p.add_argument("--data-dir", type=Path, default=None, help=f"data folder (default: ${DATA_ENV}, then download)")
+    p.add_argument("--out", type=Path, default=REPO / "results", help="results folder (default: results/)")
+    p.add_argument("--force", action="store_true", help="rerun seeds that already have a result file")
+    p.add_argument("--distribute", action="store_true", help="data-parallel training on all visible devices")
+    p.add_argument("--cpu-devices", type=int, default=None, help="split the CPU into N logical devices")
+    return p
+
+
+def parse(p, argv=None):
+    """Parse, check and apply the shared options (data folder, logical CPUs). Call before any model
+    is built: splitting the CPU must happen before the backend's runtime starts."""
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be at least 1, got {args.seeds}")
+    if args.epochs is not None and args.epochs < 1:
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
+    if args.cpu_devices is not None and args.cpu_devices < 1:
+        p.error(f"--cpu-devices must be at least 1, got {args.cpu_devices}")
+    if args.data_dir is not None:
+        if not args.data_dir.is_dir():
+            p.error(f"--data-dir {args.data_dir} is not a folder")
+        os.environ[DATA_ENV] = str(args.data_dir.resolve())
+    if args.cpu_devices:
+        split_cpu(args.cpu_devices)
+    return args
+
+
+def seeds(args):
+    return list(range(args.seed, args.seed + args.seeds))
+
+
+def split_cpu(n):
+    """Expose the CPU as ``n`` logical devices on the TensorFlow and JAX backends."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    elif backend == "jax":
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", n)
+    else:
+        raise SystemExit(f"--cpu-devices: not supported on the {backend} backend (tensorflow or jax only)")
+
+
+def distribution(args):
+    """A context to build and compile the model in: data-parallel over every visible device when
+    ``--distribute`` is given, a no-op otherwise. The batch size stays the global batch size."""
+    if not args.distribute:
+        return contextlib.nullcontext()
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        names = [d.name for d in tf.config.list_logical_devices("GPU")]
+        names = names or [d.name for d in tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(names)
+        print(f"--distribute: tf.distribute.MirroredStrategy over {strategy.num_replicas_in_sync} devices {names}")
+        return strategy.scope()
+    if backend == "jax":
+        names = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=names))
+        print(f"--distribute: keras.distribution.DataParallel over {len(names)} devices {names}")
+        return contextlib.nullcontext()
+    raise SystemExit(f"--distribute: Keras has no data-parallel engine for the {backend} backend; use tensorflow or jax")

@@ -1,0 +1,278 @@
+"""Datasets the articles use, read from a local data folder first and downloaded otherwise.
+
+Every loader looks for its files in this order:
+
+1. the folder named by the environment variable ``KEXUE_DATA`` (layout below), so offline machines
+   can point it at a copy (here: ``../shared/data``);
+2. the Keras cache (``~/.keras/datasets``, or ``$KERAS_HOME/datasets``), where step 3 leaves them;
+3. a download from the original source with ``keras.utils.get_file``.
+
+If all three fail, ``DatasetNotFoundError`` names the variable, the path it expected and the URL.
+
+Layout of ``$KEXUE_DATA`` (the same as ``../shared/data``)::
+
+    mnist/mnist.npz                                   Keras's mnist.npz arrays
+    imdb/imdb.npz, imdb/imdb_word_index.json          Keras's IMDB arrays and word index
+    icwb2/training/{pku,msr}_training.utf8            SIGHAN 2005 bakeoff (icwb2-data layout)
+    icwb2/testing/{pku,msr}_test.utf8
+    icwb2/gold/{pku,msr}_test_gold.utf8, icwb2/gold/{pku,msr}_training_words.utf8
+    chinese_poetry/poet.tang.zhCN.tar.xz              chinese-poetry-zhCN poetry/poet.tang.*.json
+
+MNIST and IMDB are read with ``np.load`` rather than ``keras.datasets.*.load_data()``: copies that hold
+the same arrays in a differently written ``.npz`` fail that function's hash check, which then tries to
+download.
+"""
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+DATA_ENV = "KEXUE_DATA"
+
+_KERAS_DATASETS = "https://storage.googleapis.com/tensorflow/tf-keras-datasets"
+_ICWB2_URL = "http://sighan.cs.uchicago.edu/bakeoff2005/data/icwb2-data.zip"
+_POETRY_COMMIT = "61dd34ea89b2f7d2a40f948a0460180951ba561f"
+_POETRY_URL = (
+    "https://raw.githubusercontent.com/chinese-poetry/chinese-poetry-zhCN/"
+    f"{_POETRY_COMMIT}/poetry/poet.tang.{{}}.json"
+)
+_POETRY_FILES = [f"{n}" for n in range(0, 58000, 1000)]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset file is neither in the data folder nor in the cache, and could not be downloaded."""
+
+
+class CorpusFormatError(ValueError):
+    """A corpus file has a line that cannot be read; the message names the file and line."""
+
+
+def data_dir():
+    """The data folder named by ``$KEXUE_DATA``, or None when the variable is unset or empty."""
+    value = os.environ.get(DATA_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def _cache_dir():
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "datasets"
+
+
+def locate(relpath, url, *, cache_name=None, file_hash=None, archive_member=None):
+    """Return a local path for ``relpath`` (a path inside the data folder layout).
+
+    Args:
+        relpath: e.g. ``"mnist/mnist.npz"``.
+        url: where a real user downloads it from.
+        cache_name: file name in the Keras cache (default: ``relpath``'s name).
+        file_hash: sha256 or md5 of the download, checked by ``get_file``.
+        archive_member: when ``url`` is an archive, the member's path inside it (``get_file``
+            extracts the archive into the cache and this member is returned).
+    """
+    root = data_dir()
+    if root is not None and (root / relpath).is_file():
+        return root / relpath
+
+    cache_name = cache_name or Path(relpath).name
+    if archive_member is None:
+        cached = _cache_dir() / cache_name
+    else:  # get_file extracts "name.zip" into "name_extracted/"
+        cached = _cache_dir() / f"{cache_name.split('.')[0]}_extracted" / archive_member
+    if cached.is_file():
+        return cached
+
+    import keras  # imported late: reading the data folder must not need a backend
+
+    try:
+        got = keras.utils.get_file(
+            cache_name, origin=url, file_hash=file_hash, extract=archive_member is not None
+        )
+    except Exception as err:  # network down, 404, hash mismatch: all end the same way for a user
+        expected = root / relpath if root is not None else f"${DATA_ENV}/{relpath} (variable unset)"
+        raise DatasetNotFoundError(
+            f"dataset file {relpath!r} not found.\n"
+            f"  looked in: {expected}\n"
+            f"  and in the Keras cache: {cached}\n"
+            f"  download from {url} failed: {type(err).__name__}: {err}\n"
+            f"Set {DATA_ENV} to a folder laid out like the project's data folder "
+            f"(see utils/data.py), or download {url} yourself."
+        ) from err
+    if archive_member is None:
+        return Path(got)
+    for candidate in (Path(got) / archive_member, cached):
+        if candidate.is_file():
+            return candidate
+    raise DatasetNotFoundError(f"{url} was downloaded but has no member {archive_member!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# MNIST and IMDB (Keras layouts)
+
+
+def mnist():
+    """MNIST as Keras gives it: ``(x_train, y_train), (x_test, y_test)``.
+
+    Shapes and dtypes: x_train (60000, 28, 28) uint8, y_train (60000,) uint8, x_test (10000, 28, 28)
+    uint8, y_test (10000,) uint8.
+    """
+    path = locate(
+        "mnist/mnist.npz",
+        f"{_KERAS_DATASETS}/mnist.npz",
+        file_hash="731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
+    )
+    with np.load(path) as f:
+        return (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
+
+
+def imdb(num_words=None, seed=113, start_char=1, oov_char=2, index_from=3):
+    """IMDB reviews as word-id lists, exactly as ``keras.datasets.imdb.load_data`` builds them.
+
+    Word ranks from the file are shifted by ``index_from``, each review starts with ``start_char``,
+    and ids ``>= num_words`` become ``oov_char``; train and test are shuffled with ``seed`` as Keras
+    does. Returns ``(x_train, y_train), (x_test, y_test)``: x arrays of shape (25000,) holding Python
+    lists of ints, y int64 arrays of shape (25000,), 1 = positive.
+    """
+    path = locate(
+        "imdb/imdb.npz",
+        f"{_KERAS_DATASETS}/imdb.npz",
+        file_hash="69664113be75683a8fe16e3ed0ab59fda8886cb3cd7ada244f7d9544e4676b9f",
+    )
+    with np.load(path, allow_pickle=True) as f:
+        x_train, y_train, x_test, y_test = f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+
+    # One generator for both shuffles, train first: this is what makes Keras's order.
+    rng = np.random.RandomState(seed)
+    order = np.arange(len(x_train))
+    rng.shuffle(order)
+    x_train, y_train = x_train[order], y_train[order]
+    order = np.arange(len(x_test))
+    rng.shuffle(order)
+    x_test, y_test = x_test[order], y_test[order]
+
+    def encode(review):
+        ids = [w + index_from for w in review]
+        if start_char is not None:
+            ids = [start_char] + ids
+        if num_words:
+            ids = [w if w < num_words else oov_char for w in ids]
+        return ids
+
+    def as_objects(reviews):  # a 1-D array of lists, as Keras returns, whatever the lengths
+        out = np.empty(len(reviews), dtype=object)
+        for i, review in enumerate(reviews):
+            out[i] = encode(review)
+        return out
+
+    return (as_objects(x_train), y_train), (as_objects(x_test), y_test)
+
+
+def imdb_word_index():
+    """Keras's IMDB word index: word -> rank (1 = most frequent), before ``index_from`` shifts it."""
+    path = locate(
+        "imdb/imdb_word_index.json",
+        f"{_KERAS_DATASETS}/imdb_word_index.json",
+        file_hash="bfafd718b763782e994055a2d397834f",
+    )
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# --------------------------------------------------------------------------------------------------
+# SIGHAN 2005 word segmentation (icwb2-data)
+
+_ICWB2_PARTS = {
+    "train": "training/{}_training.utf8",
+    "test": "testing/{}_test.utf8",
+    "gold": "gold/{}_test_gold.utf8",
+    "words": "gold/{}_training_words.utf8",
+}
+
+
+def read_lines(path):
+    """Yield ``(line_number, text)`` for each line of a UTF-8 file, without the line end.
+
+    A line that is not valid UTF-8 raises ``CorpusFormatError`` naming the file, the line and the
+    offending bytes. A BOM at the start is dropped; CRLF and LF endings are both accepted.
+    """
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad = raw[err.start : err.end]
+                raise CorpusFormatError(
+                    f"{path}:{number}: not valid UTF-8 (bytes {bad!r} at column {err.start + 1})"
+                ) from None
+            if number == 1:
+                text = text.lstrip("\ufeff")
+            yield number, text.rstrip("\r\n")
+
+
+def split_words(line):
+    """Words of one segmented line. Any run of whitespace (the bakeoff's two spaces, a tab, stray
+    spaces at either end) separates words; an empty or blank line gives ``[]``."""
+    return line.split()
+
+
+def icwb2(corpus="pku", part="train"):
+    """Read one file of the SIGHAN 2005 bakeoff data (``corpus`` is ``"pku"`` or ``"msr"``).
+
+    ``part``:
+      - ``"train"``: the training set, a list of sentences, each a list of words. Blank lines are
+        dropped (they hold no words).
+      - ``"gold"``: the gold segmentation of the test set, one list of words per line; blank lines
+        are kept as ``[]`` so line ``i`` matches line ``i`` of ``"test"``.
+      - ``"test"``: the unsegmented test input, one string per line (blank lines kept as ``""``).
+      - ``"words"``: the official training-word list, a set of strings (what the bakeoff scorer
+        counts as in-vocabulary).
+
+    Note: on the project's offline machines ``pku_training.utf8`` is a reconstruction from the
+    People's Daily 1998-01 corpus, not the bakeoff's own file (see the data folder's README).
+    """
+    if corpus not in ("pku", "msr"):
+        raise ValueError(f"icwb2 corpus must be 'pku' or 'msr', got {corpus!r}")
+    if part not in _ICWB2_PARTS:
+        raise ValueError(f"icwb2 part must be one of {sorted(_ICWB2_PARTS)}, got {part!r}")
+    member = _ICWB2_PARTS[part].format(corpus)
+    path = locate(f"icwb2/{member}", _ICWB2_URL, cache_name="icwb2-data.zip", archive_member=f"icwb2-data/{member}")
+    lines = read_lines(path)
+    if part == "train":
+        return [words for _, line in lines if (words := split_words(line))]
+    if part == "gold":
+        return [split_words(line) for _, line in lines]
+    if part == "test":
+        return [line.strip() for _, line in lines]
+    return {line.strip() for _, line in lines if line.strip()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Tang poems (chinese-poetry-zhCN)
+
+
+def tang_poems():
+    """The 57,591 Tang poems of chinese-poetry-zhCN (simplified characters), in corpus order.
+
+    Each poem is a dict with ``author``, ``title``, ``paragraphs`` (list of lines, usually one couplet
+    each, with ``，`` and ``。``) and ``strains`` (tone patterns).
+    """
+    root = data_dir()
+    archive = root / "chinese_poetry/poet.tang.zhCN.tar.xz" if root is not None else None
+    if archive is not None and archive.is_file():
+        poems = {}
+        with tarfile.open(archive, "r:xz") as tar:
+            for member in tar.getmembers():
+                name = Path(member.name).name
+                if name.startswith("poet.tang.") and name.endswith(".json"):
+                    poems[int(name.split(".")[2])] = json.load(io.TextIOWrapper(tar.extractfile(member), "utf-8"))
+        return [poem for key in sorted(poems) for poem in poems[key]]
+    # No local archive: fetch the 58 JSON files one by one into the Keras cache.
+    out = []
+    for n in _POETRY_FILES:
+        path = locate(f"chinese_poetry/poet.tang.{n}.json", _POETRY_URL.format(n))
+        with open(path, encoding="utf-8") as f:
+            out.extend(json.load(f))
+    return out
