@@ -1,0 +1,76 @@
+"""Shared test setup: the backend in the header, the data folder, and a backend-neutral gradient."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+BACKEND_INSTALLED = importlib.util.find_spec(BACKEND) is not None
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_report_header(config):
+    if not BACKEND_INSTALLED:
+        return f"keras backend: {BACKEND} (NOT INSTALLED: the tests that need Keras skip)"
+    import keras
+
+    module = __import__(BACKEND)
+    return f"keras backend: {keras.backend.backend()} ({BACKEND} {module.__version__}, keras {keras.__version__})"
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """The data folder: $KEXUE_DATA, else ../shared/data beside the repository."""
+    from utils.data import DATA_ENV
+
+    path = Path(os.environ.get(DATA_ENV) or REPO.parent / "shared" / "data")
+    os.environ[DATA_ENV] = str(path)
+    return path
+
+
+@pytest.fixture
+def require_data(data_dir):
+    """``require_data("mnist/mnist.npz")`` returns the file's path, or skips with the reason; with
+    KEXUE_REQUIRE_DATA=1 (CI) a missing file fails the test instead."""
+
+    def need(relpath):
+        path = data_dir / relpath
+        if not path.is_file():
+            message = f"dataset file {path} not found (set KEXUE_DATA to the data folder)"
+            if os.environ.get("KEXUE_REQUIRE_DATA") == "1":
+                pytest.fail(message + "; KEXUE_REQUIRE_DATA=1 makes this a failure")
+            pytest.skip(message)
+        return path
+
+    return need
+
+
+def grad(f, x):
+    """d sum(f(x)) / dx with the current backend's autodiff; x a NumPy array, result a NumPy array."""
+    import keras
+    import numpy as np
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(f(x))
+        return tape.gradient(y, x).numpy()
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        return np.asarray(jax.grad(lambda v: jnp.sum(f(v)))(jnp.asarray(x)))
+    if backend == "torch":
+        import torch
+
+        x = torch.tensor(x, requires_grad=True)
+        f(x).sum().backward()
+        return x.grad.detach().numpy()
+    raise NotImplementedError(backend)
