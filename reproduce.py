@@ -31,7 +31,8 @@ ARTICLES = {
 
 
 def run_article(name, full, extra):
-    command = [sys.executable, str(REPO / ARTICLES[name]["script"]), *([] if full else ["--quick"]), *extra]
+    # A relative script path and cwd=REPO: the command recorded in each result file is portable.
+    command = [sys.executable, ARTICLES[name]["script"], *([] if full else ["--quick"]), *extra]
     print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
     return subprocess.run(command, cwd=REPO).returncode
 
@@ -93,11 +94,14 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=REPO / "results", help="results folder (default: results/)")
     p.add_argument("--results-md", type=Path, default=REPO / "RESULTS.md", help="where to write the table")
     args, extra = p.parse_known_args(argv)  # anything else goes to every train.py (e.g. --seeds 1)
+    args.out = args.out.resolve()
+    if args.out != REPO / "results":
+        extra += ["--out", str(args.out)]
 
     failed = []
     if not args.table_only:
         for name in args.only or ARTICLES:
-            if run_article(name, args.full, [*extra, "--out", str(args.out)]) != 0:
+            if run_article(name, args.full, extra) != 0:
                 failed.append(name)
     print("\n" + write_results(args.out, args.results_md))
     print(f"wrote {args.results_md}")

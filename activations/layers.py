@@ -29,9 +29,16 @@ from keras import ops
 __all__ = ["swish", "x_min_exp", "Swish", "XMinExp", "rounding_nonlinearity"]
 
 
+def _floating(x):
+    """Integer or boolean inputs become Keras's float type (an activation of an int is a float)."""
+    x = ops.convert_to_tensor(x)
+    return x if keras.backend.is_float_dtype(x.dtype) else ops.cast(x, keras.config.floatx())
+
+
 @keras.saving.register_keras_serializable(package="kexue_activations")
 def swish(x, beta=1.0):
     """``x * sigmoid(beta * x)`` (Ramachandran et al. 2017; beta = 1 is SiLU)."""
+    x = _floating(x)
     return x * ops.sigmoid(beta * x)
 
 
@@ -42,6 +49,7 @@ def x_min_exp(x):
     Computed as ``x * exp(min(x, 0))``: the exponent is <= 0, so nothing overflows, and the gradient
     ``exp(min(x, 0)) * (1 + x * [x < 0])`` is finite for every finite input, in float16 too.
     """
+    x = _floating(x)
     return x * ops.exp(ops.minimum(x, 0))
 
 
@@ -72,6 +80,7 @@ class Swish(keras.layers.Layer):
             self.beta = self.beta_init
 
     def call(self, inputs):
+        inputs = _floating(inputs)
         beta = ops.cast(self.beta, inputs.dtype) if self.trainable_beta else self.beta
         return swish(inputs, beta)
 

@@ -162,8 +162,12 @@ def run_seed(model_name, activation, seed, args, mode):
     path = runs.result_path(args.out, ARTICLE, experiment, seed)
     done = runs.load_result(path)
     if done is not None and not args.force:
-        if done["config"] != config:
-            raise SystemExit(f"{path} was made with another config; pass --force to replace it or --out elsewhere")
+        if done["config"] != config or done["backend"] != keras.backend.backend():
+            changed = {k: (done["config"].get(k), v) for k, v in config.items() if done["config"].get(k) != v}
+            if done["backend"] != keras.backend.backend():
+                changed["backend"] = (done["backend"], keras.backend.backend())
+            raise SystemExit(f"{path} was made with another setup (was, now: {changed}); "
+                             "pass --force to replace it, or --out to write elsewhere")
         print(f"  {experiment} seed {seed}: done already ({path})")
         return done
 
@@ -205,7 +209,7 @@ def report(records, out, mode):
     print("|---|---|---|---|---|---|---|---|")
     figures = []
     for model_name in MODELS:
-        curves = {}
+        val_acc, train_loss = {}, {}
         for act in ACTIVATIONS:
             rs = [r for r in records if r["config"]["model"] == model_name and r["config"]["activation"] == act]
             if not rs:
@@ -213,14 +217,16 @@ def report(records, out, mode):
             col = lambda key, d=4: runs.format_mean_std([r["metrics"][key] for r in rs], d)
             print(f"| {model_name} | {act} | {col('test_acc')} | {col('best_val_acc')} | {col('flat_fraction_init', 2)} "
                   f"| {col('flat_fraction_final', 2)} | {col('epoch_time_s', 1)} | {len(rs)} |")
-            curves[act] = [r["history"]["val_accuracy"] for r in rs]
-        if curves:
-            suffix = "-quick" if mode == "quick" else ""
-            figures.append(plots.plot_curves(
-                curves, Path(out) / ARTICLE / f"{model_name}_val_acc{suffix}.png", ylabel="validation accuracy",
-                title=f"MNIST, {'10-layer MLP' if model_name == 'mlp' else 'small CNN'}: validation accuracy "
-                      f"(mean, min-max over seeds)",
-            ))
+            val_acc[act] = [r["history"]["val_accuracy"] for r in rs]
+            train_loss[act] = [r["history"]["loss"] for r in rs]
+        name = "10-layer MLP" if model_name == "mlp" else "small CNN"
+        suffix = "-quick" if mode == "quick" else ""
+        for curves, label, file in ((val_acc, "validation accuracy", "val_acc"), (train_loss, "training loss", "train_loss")):
+            if curves:
+                figures.append(plots.plot_curves(
+                    curves, Path(out) / ARTICLE / f"{model_name}_{file}{suffix}.png", ylabel=label,
+                    title=f"MNIST, {name}: {label} (mean, min-max over seeds)",
+                ))
     print("\nfigures: " + ", ".join(str(f) for f in figures))
 
 
@@ -230,6 +236,8 @@ def main(argv=None):
     print(f"backend {keras.backend.backend()}, mode {mode}, seeds {cli.seeds(args)}")
 
     errors = rounding_demo()
+    runs.write_json_atomic(Path(args.out) / ARTICLE / "rounding_demo.json", {
+        "max_additivity_error": errors, "pairs": 10000, "range": [-1, 1], "function": "rounding_nonlinearity"})
     print(f"\n1. Rounding as a nonlinearity: max |f(a+b) - f(a) - f(b)| over 10k pairs in [-1, 1]: "
           f"float64 {errors['float64']:.1e}, float32 {errors['float32']:.1e}")
 

@@ -1,13 +1,29 @@
 """Shared test setup: the backend in the header, the data folder, and a backend-neutral gradient."""
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def _configured_backend():
+    """The backend Keras will load, found as Keras finds it (variable, then keras.json), without
+    importing Keras: that import fails when the backend is not installed."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json"), encoding="utf-8") as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+BACKEND = _configured_backend()
 BACKEND_INSTALLED = importlib.util.find_spec(BACKEND) is not None
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

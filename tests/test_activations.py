@@ -107,14 +107,25 @@ def test_keras_save_load_round_trip_is_exact(tmp_path):
 
 
 @pytest.mark.layers
-def test_layers_keep_masks_and_shapes():
-    embedded = keras.layers.Embedding(10, 4, mask_zero=True)
-    tokens = np.array([[1, 2, 0, 0]])
-    for layer in (Swish(), XMinExp()):
-        x = embedded(tokens)
-        assert tuple(layer.compute_output_shape((None, 4, 4))) == (None, 4, 4)
-        assert layer.supports_masking
-        assert tuple(layer(x).shape) == (1, 4, 4)
+@pytest.mark.filterwarnings("ignore:Layer 'lambda")  # the probe consumes the mask on purpose
+@pytest.mark.parametrize("layer", [Swish(), Swish(trainable_beta=True), XMinExp()], ids=["swish", "swish_beta", "xminexp"])
+def test_layers_pass_the_keras_mask_through(layer):
+    """After Embedding(mask_zero=True) the padding mask reaches the next layer unchanged."""
+    tokens = keras.Input((4,), dtype="int32")
+    x = keras.layers.Embedding(10, 3, mask_zero=True)(tokens)
+    x = layer(x)
+    mask_probe = keras.layers.Lambda(lambda t, mask=None: keras.ops.cast(mask, "float32"), output_shape=(4,))  # echoes its mask
+    model = keras.Model(tokens, mask_probe(x))
+    np.testing.assert_array_equal(np_(model(np.array([[1, 2, 0, 0], [3, 0, 0, 0]]))), [[1, 1, 0, 0], [1, 0, 0, 0]])
+    assert tuple(layer.compute_output_shape((None, 4, 3))) == (None, 4, 3)
+
+
+@pytest.mark.layers
+def test_integer_inputs_become_floats():
+    ints = np.array([[-2, 0, 3]])
+    assert keras.backend.is_float_dtype(keras.ops.convert_to_tensor(x_min_exp(ints)).dtype)
+    np.testing.assert_allclose(np_(XMinExp()(ints)), [[-2 * np.exp(-2), 0, 3]], rtol=1e-6)
+    np.testing.assert_allclose(np_(Swish()(ints)), ints * sigmoid(ints), rtol=1e-6)
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="jit_compile=True is the TensorFlow/XLA check")
@@ -193,7 +204,7 @@ def test_flat_fraction_is_half_for_relu_and_zero_for_swish():
 @pytest.mark.data
 def test_run_seed_writes_a_record_and_resumes(tmp_path, require_data):
     from activations import train
-    from utils import cli
+    from utils import cli, runs
 
     require_data("mnist/mnist.npz")
     args = cli.parse(cli.parser("test"), ["--quick", "--epochs", "1", "--seeds", "1", "--out", str(tmp_path)])
@@ -207,5 +218,8 @@ def test_run_seed_writes_a_record_and_resumes(tmp_path, require_data):
     again = train.run_seed("mlp", "x_min_exp", 0, args, "quick")  # resumes: nothing retrained
     assert path.stat().st_mtime_ns == mtime and again == record
     other = cli.parse(cli.parser("test"), ["--quick", "--epochs", "2", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="another config"):
+    with pytest.raises(SystemExit, match=r"another setup \(was, now: \{'epochs': \(1, 2\)\}\)"):
         train.run_seed("mlp", "x_min_exp", 0, other, "quick")
+    runs.write_json_atomic(path, {**record, "backend": "some_other_backend"})
+    with pytest.raises(SystemExit, match="'backend': \\('some_other_backend'"):
+        train.run_seed("mlp", "x_min_exp", 0, args, "quick")

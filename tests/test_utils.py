@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import math
 import os
 import signal
 import subprocess
@@ -41,6 +40,10 @@ def test_imdb_matches_keras_load_data(require_data):
     assert x[0][:30] == [1, 14, 22, 16, 43, 530, 973, 1622, 1385, 65, 458, 4468, 66, 3941, 4, 173, 36, 256,
                          5, 25, 100, 43, 838, 112, 50, 670, 22665, 9, 35, 480]
     assert y[:3].tolist() == [1, 0, 0] and yt[:3].tolist() == [0, 1, 1]
+    # Keras's default vocabulary ends below the largest id, so the max ids are 88586 and 88584.
+    assert max(max(r) for r in x) == 88586 and max(max(r) for r in xt) == 88584
+    (x_no_oov, _), _ = data.imdb(num_words=100, oov_char=None)
+    assert all(w < 100 for w in x_no_oov[0]) and x_no_oov[0] == [w for w in x[0] if w < 100]
     (x20k, _), (xt20k, _) = data.imdb(num_words=20000)
     assert max(max(r) for r in x20k) == 19999 and max(max(r) for r in xt20k) < 20000
     assert x20k[0][:30] == [w if w < 20000 else 2 for w in x[0][:30]]
@@ -118,6 +121,16 @@ def test_missing_dataset_error_names_variable_path_and_url(monkeypatch, tmp_path
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="loaders are backend-independent; checked once")
+def test_missing_tang_poems_names_the_archive(monkeypatch, tmp_path):
+    _offline(monkeypatch, tmp_path)
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.tang_poems()
+    message = str(err.value)
+    assert str(tmp_path / "data" / "chinese_poetry" / "poet.tang.zhCN.tar.xz") in message
+    assert "raw.githubusercontent.com/chinese-poetry/chinese-poetry-zhCN" in message and data.DATA_ENV in message
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="loaders are backend-independent; checked once")
 def test_missing_dataset_with_variable_unset_says_so(monkeypatch, tmp_path):
     _offline(monkeypatch, tmp_path)
     monkeypatch.delenv(data.DATA_ENV)
@@ -165,39 +178,54 @@ def test_empty_corpus_file_gives_empty_lists(tmp_path, monkeypatch):
 # ---- results ---------------------------------------------------------------------------------------
 
 
-def test_write_json_atomic_never_leaves_a_half_written_file(tmp_path):
-    """Kill a process that keeps rewriting a large JSON file, many times, at random moments: the
-    file is always absent or a complete JSON document."""
+KILLED_WRITER = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    from utils import runs
+    runs.write_json_atomic({target!r}, {{"version": "old"}})
+    def die(*args):  # the process is killed at this step of the write
+        os.kill(os.getpid(), signal.SIGKILL)
+    setattr(os, {hook!r}, die)
+    runs.write_json_atomic({target!r}, {{"version": "new", "payload": list(range(100000))}})
+""")
+
+
+@pytest.mark.parametrize("hook", ["fsync", "replace"])
+def test_a_killed_write_leaves_the_old_file_whole(tmp_path, hook):
+    """SIGKILL the writer after the new JSON is written but before it is flushed (fsync) or before it
+    is renamed into place (replace): the result file is still the old, complete one."""
     target = tmp_path / "seed0.json"
-    writer = textwrap.dedent(f"""
-        import sys; sys.path.insert(0, {str(REPO)!r})
-        from utils.runs import write_json_atomic
-        i = 0
-        while True:
-            write_json_atomic({str(target)!r}, {{"i": i, "payload": list(range(200000))}})
-            i += 1
-    """)
-    rng = np.random.default_rng(0)
-    kills = 0
-    for _ in range(12):
-        proc = subprocess.Popen([sys.executable, "-c", writer])
-        time.sleep(0.3 + rng.uniform(0, 0.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-        if target.exists():
-            record = json.loads(target.read_text())
-            assert len(record["payload"]) == 200000
-    assert kills == 12 and target.exists()
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITER.format(repo=str(REPO), target=str(target), hook=hook)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert json.loads(target.read_text()) == {"version": "old"}
+    assert runs.load_results(tmp_path) == []  # the leftover temp file is never read as a result
 
 
-def test_write_json_atomic_failure_keeps_the_old_file(tmp_path):
+def test_write_json_atomic_failure_keeps_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / "r.json"
     runs.write_json_atomic(target, {"ok": 1})
-    with pytest.raises(TypeError):
+    assert oct(target.stat().st_mode & 0o777) != oct(0o600)  # readable by others, unlike mkstemp's default
+    with pytest.raises(TypeError):  # not serializable: fails before any file is touched
         runs.write_json_atomic(target, {"bad": object()})
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(runs.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        runs.write_json_atomic(target, {"ok": 2})
     assert json.loads(target.read_text()) == {"ok": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # the temporary file was removed
+
+
+def test_load_results_skips_files_that_are_not_records(tmp_path):
+    runs.write_json_atomic(tmp_path / "a" / "e" / "seed0.json", {"article": "a", "experiment": "e", "seed": 0, "metrics": {}})
+    (tmp_path / "a" / "e" / "seed1.json").write_text("{not json")
+    (tmp_path / "a" / "e" / "seed2.json").write_text('{"something": "else"}')
+    with pytest.warns(UserWarning, match="not a result record"):
+        records = runs.load_results(tmp_path, "a")
+    assert [r["seed"] for r in records] == [0]
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="backend-independent; checked once")
@@ -282,7 +310,7 @@ def test_distribute_trains_on_two_logical_cpus(engine):
 def test_plot_curves_writes_a_png_with_ragged_and_missing_values(tmp_path):
     from utils import plots
 
-    path = plots.plot_curves({"a": [[0.5, 0.6, 0.7], [0.55, None]], "b": [[0.1]]}, tmp_path / "f" / "c.png",
+    path = plots.plot_curves({"a": [[0.5, 0.6, 0.7], [0.55, None]], "b": [[0.1]], "empty": []}, tmp_path / "f" / "c.png",
                              ylabel="acc", title="t", reference={"blog": [0.6, 0.65]})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 

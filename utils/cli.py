@@ -50,6 +50,11 @@ def parse(p, argv=None):
         if not args.data_dir.is_dir():
             p.error(f"--data-dir {args.data_dir} is not a folder")
         os.environ[DATA_ENV] = str(args.data_dir.resolve())
+    if args.distribute or args.cpu_devices:
+        import keras
+
+        if keras.backend.backend() not in ("tensorflow", "jax"):
+            p.error(f"--distribute and --cpu-devices need the tensorflow or jax backend, not {keras.backend.backend()}")
     if args.cpu_devices:
         split_cpu(args.cpu_devices)
     return args
@@ -74,7 +79,7 @@ def split_cpu(n):
 
         jax.config.update("jax_num_cpu_devices", n)
     else:
-        raise SystemExit(f"--cpu-devices: not supported on the {backend} backend (tensorflow or jax only)")
+        raise ValueError(f"split_cpu: the {backend} backend has no logical CPU devices (tensorflow or jax only)")
 
 
 def distribution(args):

@@ -40,7 +40,7 @@ _POETRY_URL = (
     "https://raw.githubusercontent.com/chinese-poetry/chinese-poetry-zhCN/"
     f"{_POETRY_COMMIT}/poetry/poet.tang.{{}}.json"
 )
-_POETRY_FILES = [f"{n}" for n in range(0, 58000, 1000)]
+_POETRY_FILES = range(0, 58000, 1000)  # poet.tang.0.json ... poet.tang.57000.json
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -103,10 +103,9 @@ def locate(relpath, url, *, cache_name=None, file_hash=None, archive_member=None
         ) from err
     if archive_member is None:
         return Path(got)
-    for candidate in (Path(got) / archive_member, cached):
-        if candidate.is_file():
-            return candidate
-    raise DatasetNotFoundError(f"{url} was downloaded but has no member {archive_member!r}")
+    if (Path(got) / archive_member).is_file():
+        return Path(got) / archive_member
+    raise DatasetNotFoundError(f"{url} was downloaded to {got} but has no member {archive_member!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,12 +128,14 @@ def mnist():
 
 
 def imdb(num_words=None, seed=113, start_char=1, oov_char=2, index_from=3):
-    """IMDB reviews as word-id lists, exactly as ``keras.datasets.imdb.load_data`` builds them.
+    """IMDB reviews as word-id lists, built as ``keras.datasets.imdb.load_data`` builds them.
 
-    Word ranks from the file are shifted by ``index_from``, each review starts with ``start_char``,
-    and ids ``>= num_words`` become ``oov_char``; train and test are shuffled with ``seed`` as Keras
-    does. Returns ``(x_train, y_train), (x_test, y_test)``: x arrays of shape (25000,) holding Python
-    lists of ints, y int64 arrays of shape (25000,), 1 = positive.
+    Word ranks from the file are shifted by ``index_from`` and each review starts with ``start_char``;
+    ids ``>= num_words`` (default: the largest id, as in Keras) become ``oov_char``, or are dropped
+    when ``oov_char`` is None. Train and test are shuffled with ``seed`` as Keras does. Returns
+    ``(x_train, y_train), (x_test, y_test)``: x arrays of shape (25000,) holding Python lists of ints,
+    y int64 arrays of shape (25000,), 1 = positive. (Keras's ``skip_top`` and ``maxlen`` filters are
+    not offered; truncate with ``keras.utils.pad_sequences``.)
     """
     path = locate(
         "imdb/imdb.npz",
@@ -153,21 +154,24 @@ def imdb(num_words=None, seed=113, start_char=1, oov_char=2, index_from=3):
     rng.shuffle(order)
     x_test, y_test = x_test[order], y_test[order]
 
-    def encode(review):
-        ids = [w + index_from for w in review]
-        if start_char is not None:
-            ids = [start_char] + ids
-        if num_words:
-            ids = [w if w < num_words else oov_char for w in ids]
-        return ids
+    start = [] if start_char is None else [start_char]
+    reviews = [start + [w + index_from for w in review] for review in (*x_train, *x_test)]
+    # Keras's default vocabulary is "every id seen", and its test is ``id < num_words``, so even then
+    # the single largest id becomes ``oov_char``.
+    num_words = num_words or max(max(r) for r in reviews)
+    if oov_char is None:
+        reviews = [[w for w in r if w < num_words] for r in reviews]
+    else:
+        reviews = [[w if w < num_words else oov_char for w in r] for r in reviews]
 
-    def as_objects(reviews):  # a 1-D array of lists, as Keras returns, whatever the lengths
-        out = np.empty(len(reviews), dtype=object)
-        for i, review in enumerate(reviews):
-            out[i] = encode(review)
+    def as_objects(lists):  # a 1-D array of lists, as Keras returns, whatever the lengths
+        out = np.empty(len(lists), dtype=object)
+        for i, ids in enumerate(lists):
+            out[i] = ids
         return out
 
-    return (as_objects(x_train), y_train), (as_objects(x_test), y_test)
+    n = len(x_train)
+    return (as_objects(reviews[:n]), y_train), (as_objects(reviews[n:]), y_test)
 
 
 def imdb_word_index():
@@ -212,18 +216,13 @@ def read_lines(path):
             yield number, text.rstrip("\r\n")
 
 
-def split_words(line):
-    """Words of one segmented line. Any run of whitespace (the bakeoff's two spaces, a tab, stray
-    spaces at either end) separates words; an empty or blank line gives ``[]``."""
-    return line.split()
-
-
 def icwb2(corpus="pku", part="train"):
     """Read one file of the SIGHAN 2005 bakeoff data (``corpus`` is ``"pku"`` or ``"msr"``).
 
     ``part``:
-      - ``"train"``: the training set, a list of sentences, each a list of words. Blank lines are
-        dropped (they hold no words).
+      - ``"train"``: the training set, a list of sentences, each a list of words. Any run of
+        whitespace separates words (the bakeoff's two spaces, a tab, stray spaces at either end);
+        blank lines are dropped (they hold no words).
       - ``"gold"``: the gold segmentation of the test set, one list of words per line; blank lines
         are kept as ``[]`` so line ``i`` matches line ``i`` of ``"test"``.
       - ``"test"``: the unsegmented test input, one string per line (blank lines kept as ``""``).
@@ -241,9 +240,9 @@ def icwb2(corpus="pku", part="train"):
     path = locate(f"icwb2/{member}", _ICWB2_URL, cache_name="icwb2-data.zip", archive_member=f"icwb2-data/{member}")
     lines = read_lines(path)
     if part == "train":
-        return [words for _, line in lines if (words := split_words(line))]
+        return [words for _, line in lines if (words := line.split())]
     if part == "gold":
-        return [split_words(line) for _, line in lines]
+        return [line.split() for _, line in lines]
     if part == "test":
         return [line.strip() for _, line in lines]
     return {line.strip() for _, line in lines if line.strip()}
@@ -272,7 +271,14 @@ def tang_poems():
     # No local archive: fetch the 58 JSON files one by one into the Keras cache.
     out = []
     for n in _POETRY_FILES:
-        path = locate(f"chinese_poetry/poet.tang.{n}.json", _POETRY_URL.format(n))
+        try:
+            path = locate(f"chinese_poetry/poet.tang.{n}.json", _POETRY_URL.format(n))
+        except DatasetNotFoundError as err:
+            expected = archive if archive is not None else f"${DATA_ENV}/chinese_poetry/poet.tang.zhCN.tar.xz (variable unset)"
+            raise DatasetNotFoundError(
+                f"Tang poems not found.\n  looked for the archive: {expected}\n"
+                f"  then tried to download poet.tang.{n}.json: {err}"
+            ) from err
         with open(path, encoding="utf-8") as f:
             out.extend(json.load(f))
     return out

@@ -20,6 +20,8 @@ def plot_curves(curves, path, *, ylabel, title, reference=None, xlabel="epoch"):
     """
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, runs in curves.items():
+        if not runs or not any(runs):
+            continue
         length = max(len(r) for r in runs)
         table = np.full((len(runs), length), np.nan)
         for i, run in enumerate(runs):

@@ -17,11 +17,14 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def set_seed(seed):
@@ -45,7 +48,8 @@ def _cpu_name():
 
 
 def devices():
-    """The accelerators the current backend sees, e.g. ``["GPU:0 NVIDIA A100"]``; ``[]`` on CPU."""
+    """The accelerators the current backend sees (e.g. ``["GPU:0"]`` on TensorFlow,
+    ``["cuda:0"]`` on JAX, the device name on PyTorch); ``[]`` on a CPU-only machine."""
     import keras
 
     backend = keras.backend.backend()
@@ -70,9 +74,8 @@ def environment():
 
     backend = keras.backend.backend()
     versions = {"python": platform.python_version(), "keras": keras.__version__, "numpy": np.__version__}
-    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
-    if module:
-        versions[module] = __import__(module).__version__
+    if backend in ("tensorflow", "jax", "torch"):  # the backend's name is its module's name
+        versions[backend] = __import__(backend).__version__
     accelerators = devices()
     return {
         "backend": backend,
@@ -90,6 +93,7 @@ def write_text_atomic(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are for everyone
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -175,7 +179,16 @@ def load_results(root, article=None):
     """All seed records under ``root`` (optionally one article's), sorted by article, experiment, seed."""
     root = Path(root)
     pattern = f"{article}/*/seed*.json" if article else "*/*/seed*.json"
-    records = [load_result(p) for p in root.glob(pattern)]
+    records = []
+    for path in root.glob(pattern):
+        try:
+            record = load_result(path)
+        except ValueError:  # not JSON (json.JSONDecodeError is a ValueError)
+            record = None
+        if not isinstance(record, dict) or not {"article", "experiment", "seed", "metrics"} <= set(record):
+            warnings.warn(f"skipping {path}: not a result record", stacklevel=2)
+            continue
+        records.append(record)
     return sorted(records, key=lambda r: (r["article"], r["experiment"], r["seed"]))
 
 
