@@ -1,6 +1,5 @@
 """Shared test setup: the backend in the header, the data folder, and a backend-neutral gradient."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -24,16 +23,16 @@ def _configured_backend():
 
 
 BACKEND = _configured_backend()
-BACKEND_INSTALLED = importlib.util.find_spec(BACKEND) is not None
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def pytest_report_header(config):
-    if not BACKEND_INSTALLED:
-        return f"keras backend: {BACKEND} (NOT INSTALLED: the tests that need Keras skip)"
-    import keras
+    try:
+        import keras
 
-    module = __import__(BACKEND)
+        module = __import__(BACKEND)
+    except ImportError as err:
+        return f"keras backend: {BACKEND} (NOT INSTALLED: the tests that need Keras skip; {err})"
     return f"keras backend: {keras.backend.backend()} ({BACKEND} {module.__version__}, keras {keras.__version__})"
 
 

@@ -223,3 +223,24 @@ def test_run_seed_writes_a_record_and_resumes(tmp_path, require_data):
     runs.write_json_atomic(path, {**record, "backend": "some_other_backend"})
     with pytest.raises(SystemExit, match="'backend': \\('some_other_backend'"):
         train.run_seed("mlp", "x_min_exp", 0, args, "quick")
+
+
+@pytest.mark.data
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the main job end to end; checked once")
+def test_main_job_prints_and_writes_the_activations_table(tmp_path, require_data):
+    """`python reproduce.py` (here with 1 seed and 1 epoch to stay short) trains every activation and
+    model, prints the table and writes RESULTS.md with a row per experiment."""
+    require_data("mnist/mnist.npz")
+    results_md = tmp_path / "RESULTS.md"
+    done = subprocess.run([sys.executable, "reproduce.py", "--only", "activations", "--seeds", "1", "--epochs", "1",
+                           "--out", str(tmp_path / "results"), "--results-md", str(results_md)],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| mlp | x_min_exp |" in done.stdout and "| cnn | relu |" in done.stdout  # the article's table
+    text = results_md.read_text(encoding="utf-8")
+    for model in ("mlp", "cnn"):
+        for act in ("relu", "tanh", "sigmoid", "swish", "x_min_exp"):
+            assert f"| {model}-{act}-quick | MNIST test accuracy |" in text
+    assert "`python activations/train.py --quick --seeds 1 --epochs 1 --out " in text
+    for figure in ("mlp_val_acc-quick.png", "cnn_train_loss-quick.png"):
+        assert (tmp_path / "results" / "activations" / figure).is_file()
