@@ -1,0 +1,203 @@
+"""Segment Chinese text into words with a trained CNN-CRF model (crf/train.py).
+
+    python crf/segment.py MODEL_DIR "我爱北京天安门"          # text as arguments
+    python crf/segment.py MODEL_DIR --input in.txt --output out.txt
+    cat in.txt | python crf/segment.py MODEL_DIR             # stdin -> stdout
+
+Output: one line per input line, words separated by single spaces. Rules on top of the model:
+spaces in the input are word boundaries (kept as separators), a run of ASCII letters and digits such
+as ``Keras3`` or ``3.14`` is one word, an empty line stays empty, and characters the model never saw
+are read as "unknown" (id 1) rather than dropped.
+
+From Python::
+
+    from crf.segment import Segmenter
+    seg = Segmenter.load("runs/crf/article-seed0")
+    seg.cut("我爱北京天安门")                 # ['我', '爱', '北京', '天安门']
+    seg.cut_lines(lines, batch_size=256)    # batched: much faster for many lines
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+TAGS = "sbme"  # the article's tag ids: s = single-character word, b = begin, m = middle, e = end
+PAD, UNKNOWN = 0, 1
+_LATIN = re.compile(r"[A-Za-z0-9]+(?:[.'_-][A-Za-z0-9]+)*")
+
+
+def word_tags(words):
+    """The sbme tag ids of a segmented sentence: 单 s, 中国 b e, 天安门 b m e."""
+    tags = []
+    for word in words:
+        tags += [0] if len(word) == 1 else [1] + [2] * (len(word) - 2) + [3]
+    return tags
+
+
+def tags_to_words(text, tags):
+    """Cut ``text`` where the tags say a word begins (b or s). Tolerates any tag sequence."""
+    words, current = [], ""
+    for char, tag in zip(text, tags):
+        if current and tag in (0, 1):  # s or b starts a new word
+            words.append(current)
+            current = ""
+        current += char
+        if tag in (0, 3):  # s or e ends it
+            words.append(current)
+            current = ""
+    if current:
+        words.append(current)
+    return words
+
+
+def build_vocab(sentences, min_count=2):
+    """Characters seen at least ``min_count`` times (the article uses 2), most frequent first; id 0
+    is padding, id 1 the unknown character, real characters start at 2."""
+    counts = {}
+    for words in sentences:
+        for word in words:
+            for char in word:
+                counts[char] = counts.get(char, 0) + 1
+    kept = sorted((c for c, n in counts.items() if n >= min_count), key=lambda c: (-counts[c], c))
+    return {char: i for i, char in enumerate(kept, start=2)}
+
+
+def encode(text, vocab):
+    return [vocab.get(char, UNKNOWN) for char in text]
+
+
+def pad(rows, value=PAD, length=None):
+    """Right-pad lists of ints into an int32 array (batch, max length)."""
+    length = length or max((len(r) for r in rows), default=0) or 1
+    out = np.full((len(rows), length), value, dtype="int32")
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+class Segmenter:
+    """A trained tagger (Keras model: char ids -> sbme tags) and its vocabulary."""
+
+    def __init__(self, tagger, vocab):
+        self.tagger = tagger
+        self.vocab = vocab
+
+    @classmethod
+    def load(cls, path):
+        """Load ``path/tagger.keras`` and ``path/vocab.json`` (what crf/train.py saves)."""
+        import keras
+
+        from crf import layers  # noqa: F401  (registers CRF for deserialization)
+
+        path = Path(path)
+        for name in ("tagger.keras", "vocab.json"):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path / name} not found: a model folder holds tagger.keras and vocab.json "
+                                        "(python crf/train.py writes them)")
+        with open(path / "vocab.json", encoding="utf-8") as f:
+            vocab = json.load(f)
+        return cls(keras.saving.load_model(path / "tagger.keras", compile=False), vocab)
+
+    def save(self, path):
+        from utils.runs import write_text_atomic
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / ".tagger.keras.tmp.keras"
+        self.tagger.save(tmp)
+        os.replace(tmp, path / "tagger.keras")
+        write_text_atomic(path / "vocab.json", json.dumps(self.vocab, ensure_ascii=False))
+
+    def tag(self, texts, batch_size=256):
+        """sbme tag ids for each text (no spaces expected), batched; texts sorted by length so each
+        batch pads little."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = [None] * len(texts)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            longest = len(texts[chunk[-1]])
+            ids = pad([encode(texts[i], self.vocab) for i in chunk], length=-(-longest // 32) * 32)  # few shapes: few retraces
+            tags = np.asarray(self.tagger.predict_on_batch(ids))
+            for row, i in enumerate(chunk):
+                out[i] = tags[row, : len(texts[i])].tolist()
+        return out
+
+    def cut_lines(self, lines, batch_size=256):
+        """Segment many lines at once; returns a list of word lists (``[]`` for an empty line)."""
+        pieces = [_split_line(line) for line in lines]
+        texts = ["".join(chunk for chunk, _ in p) for p in pieces]
+        todo = [i for i, t in enumerate(texts) if t]
+        tagged = dict(zip(todo, self.tag([texts[i] for i in todo], batch_size)))
+        return [_apply_rules(pieces[i], tagged.get(i, [])) for i in range(len(lines))]
+
+    def cut(self, text):
+        return self.cut_lines([text])[0]
+
+
+def _split_line(line):
+    """The line as (chunk, kind) pieces: kind "latin" for a run of ASCII letters and digits, "text"
+    otherwise; whitespace is dropped (each space is a boundary between pieces)."""
+    pieces = []
+    for part in line.split():
+        last = 0
+        for match in _LATIN.finditer(part):
+            if match.start() > last:
+                pieces.append((part[last : match.start()], "text"))
+            pieces.append((match.group(), "latin"))
+            last = match.end()
+        if last < len(part):
+            pieces.append((part[last:], "text"))
+    return pieces
+
+
+def _apply_rules(pieces, tags):
+    """Words from the model's tags, cut at every piece boundary, with each Latin run kept whole."""
+    words, offset = [], 0
+    for chunk, kind in pieces:
+        if kind == "latin":
+            words.append(chunk)
+        else:
+            words += tags_to_words(chunk, tags[offset : offset + len(chunk)])
+        offset += len(chunk)
+    return words
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, help="a model folder written by crf/train.py (tagger.keras + vocab.json)")
+    p.add_argument("text", nargs="*", help="text to segment (default: --input, else stdin)")
+    p.add_argument("--input", type=Path, help="a UTF-8 file, one text per line")
+    p.add_argument("--output", type=Path, help="write here instead of stdout")
+    p.add_argument("--batch-size", type=int, default=256)
+    args = p.parse_args(argv)
+    if args.text:
+        lines = args.text
+    elif args.input:
+        from utils.data import read_lines
+
+        lines = [line for _, line in read_lines(args.input)]
+    else:
+        lines = sys.stdin.read().splitlines()
+    try:
+        segmenter = Segmenter.load(args.model)
+    except FileNotFoundError as err:
+        p.error(str(err))
+    out = "\n".join(" ".join(words) for words in segmenter.cut_lines(lines, args.batch_size))
+    if args.output:
+        from utils.runs import write_text_atomic
+
+        write_text_atomic(args.output, out + "\n")
+    else:
+        sys.stdout.write(out + "\n")
+
+
+if __name__ == "__main__":
+    main()
