@@ -27,6 +27,11 @@ ARTICLES = {
         "url": "https://kexue.fm/archives/4647",
         "script": "activations/train.py",
     },
+    "crf": {
+        "title": "简明条件随机场CRF介绍（附带纯Keras实现） (A concise CRF, with a pure-Keras implementation)",
+        "url": "https://kexue.fm/archives/5542",
+        "script": "crf/train.py",
+    },
 }
 
 

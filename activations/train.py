@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from activations.layers import Swish, XMinExp, rounding_nonlinearity  # noqa: E402
 from utils import cli, data, plots, runs  # noqa: E402
+from utils.callbacks import EpochTimer  # noqa: E402
 
 ARTICLE = "activations"
 ACTIVATIONS = {
@@ -139,14 +140,6 @@ def flat_fraction(model, x, tol=1e-2):
 """## 4. Training one seed"""
 
 
-class EpochTimer(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["epoch_time_s"] = time.perf_counter() - self.start
-
-
 def run_seed(model_name, activation, seed, args, mode):
     """Train one model with one activation and one seed; write and return its result record. A
     record that already exists with the same config is returned as it is (the run resumes)."""
@@ -205,7 +198,7 @@ def run_seed(model_name, activation, seed, args, mode):
 
 def report(records, out, mode):
     """Print the table (mean ± std over seeds) and draw the validation curves."""
-    print(f"\n| model | activation | test acc | best val acc | flat at init | flat at end | s/epoch | seeds |")
+    print("\n| model | activation | test acc | best val acc | flat at init | flat at end | s/epoch | seeds |")
     print("|---|---|---|---|---|---|---|---|")
     figures = []
     for model_name in MODELS:
@@ -214,7 +207,7 @@ def report(records, out, mode):
             rs = [r for r in records if r["config"]["model"] == model_name and r["config"]["activation"] == act]
             if not rs:
                 continue
-            col = lambda key, d=4: runs.format_mean_std([r["metrics"][key] for r in rs], d)
+            col = lambda key, d=4, rs=rs: runs.format_mean_std([r["metrics"][key] for r in rs], d)
             print(f"| {model_name} | {act} | {col('test_acc')} | {col('best_val_acc')} | {col('flat_fraction_init', 2)} "
                   f"| {col('flat_fraction_final', 2)} | {col('epoch_time_s', 1)} | {len(rs)} |")
             val_acc[act] = [r["history"]["val_accuracy"] for r in rs]

@@ -33,6 +33,7 @@ from crf.layers import CRF, allowed_transitions  # noqa: E402
 from crf.scoring import bakeoff_score, word_set_score  # noqa: E402
 from crf.segment import Segmenter, build_vocab, encode, pad, word_tags  # noqa: E402
 from utils import cli, data, runs  # noqa: E402
+from utils.callbacks import EpochTimer  # noqa: E402
 
 ARTICLE = "crf"
 BMES = allowed_transitions("bmes", "sbme")
@@ -166,14 +167,6 @@ class HeldOutMetric(keras.callbacks.Callback):
         print(f"    epoch {epoch + 1}: loss {logs['loss']:.3f}, held-out word-set score {logs['heldout_word_set']:.4f}", flush=True)
 
 
-class EpochTimer(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["epoch_time_s"] = time.perf_counter() - self.start
-
-
 """## 4. Evaluation: bakeoff scores on the official test set, and speed"""
 
 
@@ -277,7 +270,7 @@ def report(records, jieba):
     print("|---|---|---|---|---|---|---|---|---|---|")
     for experiment in sorted({r["experiment"] for r in records}):
         rs = [r for r in records if r["experiment"] == experiment]
-        col = lambda key, d=4: runs.format_mean_std([r["metrics"][key] for r in rs], d)
+        col = lambda key, d=4, rs=rs: runs.format_mean_std([r["metrics"][key] for r in rs], d)
         print(f"| {experiment} | {len(rs)} | {col('test_f1')} | {col('test_precision')} | {col('test_recall')} "
               f"| {col('test_oov_recall')} | {col('test_iv_recall')} | {col('heldout_word_set')} | {col('epoch_time_s', 0)} "
               f"| {col('test_chars_per_s', 0)} |")

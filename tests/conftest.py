@@ -1,7 +1,11 @@
 """Shared test setup: the backend in the header, the data folder, and a backend-neutral gradient."""
 
+import ast
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +93,21 @@ def grad(f, x):
         f(x).sum().backward()
         return x.grad.detach().numpy()
     raise NotImplementedError(backend)
+
+
+def run_copied_alone(source, script, tmp_path):
+    """Check that ``source`` (a layers.py) imports nothing but keras and numpy, copy it alone into
+    ``tmp_path`` as ``layers.py`` and run ``script`` there in a fresh interpreter that cannot see the
+    repository. Returns the script's last line of output."""
+    imported = set()
+    for node in ast.walk(ast.parse(Path(source).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported <= {"keras", "numpy"}, f"{source} imports {sorted(imported - {'keras', 'numpy'})}"
+    shutil.copy(source, tmp_path / "layers.py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]

@@ -1,15 +1,13 @@
 """activations/: the layers against closed forms, their gradients, saving, and the experiment's pieces."""
 
 import ast
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
-from conftest import BACKEND, REPO, grad
+from conftest import BACKEND, REPO, grad, run_copied_alone
 
 pytest.importorskip(BACKEND, reason=f"KERAS_BACKEND={BACKEND} but {BACKEND} is not installed")
 import keras  # noqa: E402
@@ -162,15 +160,6 @@ def test_rounding_nonlinearity_is_linear_in_float64_only():
 
 def test_layers_file_is_copyable_alone(tmp_path):
     """activations/layers.py imports only keras and numpy, and works from an empty folder."""
-    source = REPO / "activations" / "layers.py"
-    imported = set()
-    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[0])
-    assert imported <= {"keras", "numpy"}, f"layers.py imports {imported - {'keras', 'numpy'}}"
-    shutil.copy(source, tmp_path / "layers.py")
     script = textwrap.dedent("""
         import numpy as np, keras, layers
         x = np.array([-2.0, 0.0, 2.0], "float32")
@@ -179,11 +168,8 @@ def test_layers_file_is_copyable_alone(tmp_path):
         out = keras.saving.load_model("m.keras")(x[None])
         print(keras.ops.convert_to_numpy(out).tolist())
     """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    got = ast.literal_eval(run_copied_alone(REPO / "activations" / "layers.py", script, tmp_path))
     s = -2 * sigmoid(-2.0)  # swish(-2), then x * e^x since it is negative
-    got = ast.literal_eval(done.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(got, [[s * np.exp(s), 0.0, 2 * sigmoid(2.0)]], rtol=1e-6)
 
 

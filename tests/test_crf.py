@@ -5,6 +5,7 @@ definition, score = start[y_1] + sum x_t[y_t] + sum trans[y_t-1, y_t] + end[y_n]
 the log-likelihood, the k best paths and the marginals from that list. It shares no code with the layer.
 """
 
+import ast
 import itertools
 import os
 import subprocess
@@ -13,12 +14,14 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import BACKEND, REPO, grad
+from conftest import BACKEND, REPO, grad, run_copied_alone
 
 pytest.importorskip(BACKEND, reason=f"KERAS_BACKEND={BACKEND} but {BACKEND} is not installed")
 import keras  # noqa: E402
 
 from crf.layers import CRF, FORBIDDEN, allowed_transitions  # noqa: E402
+from crf.scoring import bakeoff_score, spans, word_set_score  # noqa: E402
+from crf.segment import Segmenter, build_vocab, tags_to_words, word_tags  # noqa: E402
 
 np_ = keras.ops.convert_to_numpy
 TOL = 1e-4
@@ -159,6 +162,17 @@ def test_marginals_match_brute_force(k, boundary, scheme, padding):
     np.testing.assert_allclose(marginals.sum(-1), mask.astype(float), atol=TOL)  # a distribution per real token
 
 
+def central_differences(f, x, h=1e-5):
+    """d f / d x, one coordinate at a time, (f(x + h) - f(x - h)) / 2h, in float64."""
+    out = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        out[idx] = (f(plus) - f(minus)) / (2 * h)
+    return out
+
+
 @pytest.mark.layers
 @pytest.mark.parametrize("padding", ["right", "left"])
 def test_gradients_match_finite_differences_of_the_oracle(padding):
@@ -178,24 +192,13 @@ def test_gradients_match_finite_differences_of_the_oracle(padding):
                 total += o.score(tags[b, pos]) - o.log_z
         return total
 
-    h = 1e-5
     e64 = emissions.astype(np.float64)
-    fd_e = np.zeros_like(e64)
-    for idx in np.ndindex(*e64.shape):
-        plus, minus = e64.copy(), e64.copy()
-        plus[idx] += h
-        minus[idx] -= h
-        fd_e[idx] = (oracle_ll(plus, trans) - oracle_ll(minus, trans)) / (2 * h)
+    fd_e = central_differences(lambda e: oracle_ll(e, trans), e64)
     got_e = grad(lambda e: crf.log_likelihood(e, tags, mask), emissions)
     np.testing.assert_allclose(got_e, fd_e, atol=TOL)
     assert np.all(got_e[~mask] == 0)  # padding gets no gradient
 
-    fd_t = np.zeros_like(trans)
-    for idx in np.ndindex(*trans.shape):
-        plus, minus = trans.copy(), trans.copy()
-        plus[idx] += h
-        minus[idx] -= h
-        fd_t[idx] = (oracle_ll(e64, plus) - oracle_ll(e64, minus)) / (2 * h)
+    fd_t = central_differences(lambda t: oracle_ll(e64, t), trans)
 
     def ll_of_transitions(t):
         with keras.StatelessScope(state_mapping=[(crf.transitions, t)]):
@@ -401,36 +404,19 @@ def test_keras_save_load_round_trip_gives_identical_decodes(tmp_path):
 
 
 def test_layers_file_is_copyable_alone(tmp_path):
-    import ast
-    import shutil
-
-    source = REPO / "crf" / "layers.py"
-    imported = set()
-    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[0])
-    assert imported <= {"keras", "numpy"}, imported
-    shutil.copy(source, tmp_path / "layers.py")
     script = textwrap.dedent("""
         import numpy as np, layers
         crf = layers.CRF(4, **layers.allowed_transitions("bmes", "sbme"))
         tags, _ = crf.decode(np.zeros((1, 3, 4), "float32"))
         print(np.asarray(tags).tolist())
     """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    tags = eval(done.stdout.strip().splitlines()[-1])[0]
+    tags = ast.literal_eval(run_copied_alone(REPO / "crf" / "layers.py", script, tmp_path))[0]
     rules = allowed_transitions("bmes", "sbme")
     assert rules["allowed_start"][tags[0]] and rules["allowed_end"][tags[-1]]
 
 
 # ---- the word segmentation application (crf/segment.py, crf/scoring.py, crf/train.py) --------------
 
-from crf.scoring import bakeoff_score, spans, word_set_score  # noqa: E402
-from crf.segment import Segmenter, build_vocab, tags_to_words, word_tags  # noqa: E402
 
 
 def test_sbme_tags_round_trip():
