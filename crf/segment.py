@@ -58,20 +58,43 @@ def tags_to_words(text, tags):
     return words
 
 
-def build_vocab(sentences, min_count=2):
-    """Characters seen at least ``min_count`` times (the article uses 2), most frequent first; id 0
-    is padding, id 1 the unknown character, real characters start at 2."""
+def bigrams(text):
+    """The character bigram starting at each position: 中国人 -> 中国, 国人, 人</s>."""
+    return [text[i : i + 2] if i + 1 < len(text) else text[i] + "</s>" for i in range(len(text))]
+
+
+def _ids(units, min_count):
     counts = {}
-    for words in sentences:
-        for word in words:
-            for char in word:
-                counts[char] = counts.get(char, 0) + 1
-    kept = sorted((c for c, n in counts.items() if n >= min_count), key=lambda c: (-counts[c], c))
-    return {char: i for i, char in enumerate(kept, start=2)}
+    for unit in units:
+        counts[unit] = counts.get(unit, 0) + 1
+    kept = sorted((u for u, n in counts.items() if n >= min_count), key=lambda u: (-counts[u], u))
+    return {unit: i for i, unit in enumerate(kept, start=2)}
+
+
+def build_vocab(sentences, min_count=2, with_bigrams=False):
+    """The model's vocabulary from training sentences: ``{"chars": {char: id}, "bigrams": {bigram: id}
+    or None}``. Units seen at least ``min_count`` times (the article uses 2) get ids from 2, most
+    frequent first; id 0 is padding and id 1 "unknown"."""
+    texts = ["".join(words) for words in sentences]
+    return {
+        "chars": _ids((c for t in texts for c in t), min_count),
+        "bigrams": _ids((b for t in texts for b in bigrams(t)), min_count) if with_bigrams else None,
+    }
 
 
 def encode(text, vocab):
-    return [vocab.get(char, UNKNOWN) for char in text]
+    """Char ids of ``text`` (unknown characters -> 1)."""
+    return [vocab["chars"].get(char, UNKNOWN) for char in text]
+
+
+def features(texts, vocab, length=None):
+    """Model inputs for a batch of texts: char ids, plus bigram ids when the vocabulary has them;
+    each (batch, length) int32, right-padded with 0."""
+    chars = pad([encode(t, vocab) for t in texts], length=length)
+    if not vocab.get("bigrams"):
+        return chars
+    table = vocab["bigrams"]
+    return [chars, pad([[table.get(b, UNKNOWN) for b in bigrams(t)] for t in texts], length=chars.shape[1])]
 
 
 def pad(rows, value=PAD, length=None):
@@ -124,8 +147,8 @@ class Segmenter:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             longest = len(texts[chunk[-1]])
-            ids = pad([encode(texts[i], self.vocab) for i in chunk], length=-(-longest // 32) * 32)  # few shapes: few retraces
-            tags = np.asarray(self.tagger.predict_on_batch(ids))
+            inputs = features([texts[i] for i in chunk], self.vocab, length=-(-longest // 32) * 32)  # few shapes, few retraces
+            tags = np.asarray(self.tagger.predict_on_batch(inputs))
             for row, i in enumerate(chunk):
                 out[i] = tags[row, : len(texts[i])].tolist()
         return out

@@ -21,7 +21,7 @@ import keras  # noqa: E402
 
 from crf.layers import CRF, FORBIDDEN, allowed_transitions  # noqa: E402
 from crf.scoring import bakeoff_score, spans, word_set_score  # noqa: E402
-from crf.segment import Segmenter, build_vocab, tags_to_words, word_tags  # noqa: E402
+from crf.segment import Segmenter, bigrams, build_vocab, tags_to_words, word_tags  # noqa: E402
 
 np_ = keras.ops.convert_to_numpy
 TOL = 1e-4
@@ -451,20 +451,24 @@ def test_word_set_score_is_the_articles_metric():
 
 def test_vocabulary_keeps_characters_seen_twice():
     vocab = build_vocab([["中国", "人"], ["人", "民"], ["中"]], min_count=2)
-    assert vocab == {"中": 2, "人": 3}  # by frequency then character; 0 = padding, 1 = unknown
+    assert vocab == {"chars": {"中": 2, "人": 3}, "bigrams": None}  # by frequency then character; 0 = padding, 1 = unknown
+    with_pairs = build_vocab([["中国", "人"], ["中国"]], min_count=2, with_bigrams=True)
+    assert with_pairs["bigrams"] == {"中国": 2}  # 国人 and 人</s> and 国</s> are seen once
+    assert bigrams("中国人") == ["中国", "国人", "人</s>"]
 
 
-def tiny_segmenter():
+def tiny_segmenter(variant="bmes"):
     from crf.train import build_model
 
-    vocab = {c: i for i, c in enumerate("我爱北京天安门", start=2)}
-    _, _, tagger = build_model(len(vocab) + 2, "bmes")
+    vocab = build_vocab([list("我爱北京天安门") * 2], min_count=2, with_bigrams=variant == "strong")
+    _, _, tagger = build_model(vocab, variant)
     return Segmenter(tagger, vocab)
 
 
 @pytest.mark.layers
-def test_segmenter_rules_spaces_latin_empty_unknown():
-    seg = tiny_segmenter()
+@pytest.mark.parametrize("variant", ["bmes", "strong"])
+def test_segmenter_rules_spaces_latin_empty_unknown(variant):
+    seg = tiny_segmenter(variant)
     lines = ["我爱北京天安门", "", "   ", "我 爱Keras3和Python 3.11！", "從未見過的字"]
     out = seg.cut_lines(lines, batch_size=2)
     assert [len(w) for w in out[1:3]] == [0, 0]  # empty and blank lines stay empty
@@ -477,7 +481,7 @@ def test_segmenter_rules_spaces_latin_empty_unknown():
 
 @pytest.mark.layers
 def test_segmenter_save_load_and_cli(tmp_path):
-    seg = tiny_segmenter()
+    seg = tiny_segmenter("strong")
     seg.save(tmp_path / "model")
     loaded = Segmenter.load(tmp_path / "model")
     lines = ["我爱北京天安门", "北京我爱", "天安门abc"]
@@ -526,3 +530,22 @@ def runs_load(path):
     from utils import runs
 
     return runs.load_result(path)
+
+
+@pytest.mark.parametrize("variant", ["article", "bmes", "strong"])
+def test_every_variant_trains_on_generated_batches(variant):
+    """Each model variant fits a few steps from the article-style batch generator (synthetic
+    sentences) and its loss goes down."""
+    from crf import train
+
+    rng = np.random.default_rng(0)
+    lexicon = ["中国", "人民", "的", "天安门", "我", "爱", "北京", "新", "世纪"]
+    sentences = [[lexicon[i] for i in rng.integers(0, len(lexicon), rng.integers(2, 9))] for _ in range(256)]
+    vocab = build_vocab(sentences, with_bigrams=train.VARIANTS[variant]["bigrams"])
+    keras.utils.set_random_seed(0)
+    model, crf, tagger = train.build_model(vocab, variant)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss=crf.loss, metrics=[crf.accuracy])
+    history = model.fit(train.batches(sentences, vocab), steps_per_epoch=4, epochs=3, shuffle=False, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0]
+    seg = Segmenter(tagger, vocab)
+    assert seg.cut_lines(["中国人民爱北京"])[0] and "".join(seg.cut("我爱北京天安门")) == "我爱北京天安门"
