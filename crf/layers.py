@@ -295,7 +295,7 @@ class CRF(keras.layers.Layer):
         trans, start, end = self._scores()
         num, steps = self.num_tags, ops.shape(emissions)[1]
         batch = ops.shape(emissions)[0]
-        rank0 = ops.concatenate([ops.zeros((1,)), ops.full((k - 1,), FORBIDDEN)])  # one path so far
+        rank0 = ops.concatenate([ops.zeros((1,), "float32"), ops.full((k - 1,), FORBIDDEN, "float32")])  # one path so far
         score = (start[None, :] + emissions[:, 0])[:, :, None] + rank0[None, None, :]
         stay = ops.reshape(ops.arange(num * k, dtype="int32"), (1, num, k))
         pointers = ops.zeros((batch, steps, num, k), "int32")
@@ -394,8 +394,9 @@ def allowed_transitions(scheme, tags):
     Args:
         scheme: ``"bmes"`` (word segmentation: s single, b begin, m middle, e end; ``tags`` is a
             string or list of the four letters in tag-id order, e.g. ``"sbme"`` as in the article),
-            ``"bio"`` or ``"bioes"`` (``tags`` a list like ``["O", "B-PER", "I-PER", ...]``; ``I-X``
-            must follow ``B-X`` or ``I-X``; in BIOES ``E-X`` closes it, ``S-X`` is a single token).
+            ``"bio"`` or ``"bioes"`` (``tags`` a list like ``["O", "B-PER", "I-PER", ...]``, or
+            untyped ``["O", "B", "I"]``; ``I-X`` must follow ``B-X`` or ``I-X``; in BIOES ``E-X``
+            closes it, ``S-X`` is a single token).
         tags: the tag names, in the order of the tag ids.
 
     Returns:
@@ -410,14 +411,14 @@ def allowed_transitions(scheme, tags):
         begins, insides, ends = "bs", "me", "es"
     elif scheme in ("bio", "bioes"):
         parsed = []
-        for t in tags:
+        for t in tags:  # "O", "B-PER", or untyped "B", "I", ...
             prefix, _, kind = t.partition("-")
             if t == "O":
                 parsed.append(("o", ""))
-            elif prefix.upper() in tuple(scheme.upper().replace("O", "")) and kind:
+            elif prefix.upper() in tuple(scheme.upper().replace("O", "")):
                 parsed.append((prefix.lower(), kind))
             else:
-                raise ValueError(f"allowed_transitions: {t!r} is not a {scheme.upper()} tag (O or X-TYPE)")
+                raise ValueError(f"allowed_transitions: {t!r} is not a {scheme.upper()} tag (O, X or X-TYPE)")
         begins, insides, ends = ("bo", "i", "bio") if scheme == "bio" else ("bso", "ie", "eso")
     else:
         raise ValueError(f"allowed_transitions: scheme must be 'bmes', 'bio' or 'bioes', got {scheme!r}")

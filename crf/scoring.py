@@ -1,8 +1,11 @@
 """Word segmentation scores: the SIGHAN bakeoff's, and the article's own quick metric.
 
-The bakeoff scorer (icwb2-data ``scripts/score``) aligns the system's words with the gold words and
-counts a word correct when both its boundaries match. For a system that keeps the characters of the
-input, that is the same as comparing words as character spans, which is what ``bakeoff_score`` does:
+The bakeoff scorer (icwb2-data ``scripts/score``, Perl) aligns each line's system words with its gold
+words by ``diff`` and counts the words the alignment matches. ``bakeoff_score`` counts a word correct
+when a system word has exactly its character span, the definition the scorer's alignment implements
+for a system that keeps the input's characters; the two can differ only where ``diff`` pairs a
+repeated word with a copy at another position, which span matching does not credit. Lines with an
+empty gold segmentation count nothing in either.
 
     precision = correct / system words     recall = correct / gold words     F1 = 2PR / (P + R)
     OOV recall = recall over gold words that are not in the training-word list, IV recall over the rest.

@@ -5,9 +5,10 @@
     cat in.txt | python crf/segment.py MODEL_DIR             # stdin -> stdout
 
 Output: one line per input line, words separated by single spaces. Rules on top of the model:
-spaces in the input are word boundaries (kept as separators), a run of ASCII letters and digits such
-as ``Keras3`` or ``3.14`` is one word, an empty line stays empty, and characters the model never saw
-are read as "unknown" (id 1) rather than dropped.
+spaces in the input are word boundaries, no boundary falls inside a run of ASCII letters and digits
+such as ``Keras3`` or ``3.14`` (the model decides its edges: ``2001年`` stays one word), ASCII is read
+as its full-width form (as the training corpora write it), an empty line stays empty, and characters
+the model never saw are read as "unknown" (id 1) rather than dropped.
 
 From Python::
 
@@ -43,19 +44,27 @@ def word_tags(words):
 
 
 def tags_to_words(text, tags):
-    """Cut ``text`` where the tags say a word begins (b or s). Tolerates any tag sequence."""
-    words, current = [], ""
-    for char, tag in zip(text, tags):
-        if current and tag in (0, 1):  # s or b starts a new word
-            words.append(current)
-            current = ""
-        current += char
-        if tag in (0, 3):  # s or e ends it
-            words.append(current)
-            current = ""
-    if current:
-        words.append(current)
-    return words
+    """Cut ``text`` where the tags say a word begins (s or b, or after s or e). Tolerates any tags."""
+    return _cut(text, _tag_starts(tags))
+
+
+def _tag_starts(tags):
+    return {0} | {i for i, t in enumerate(tags) if t in (0, 1)} | {i + 1 for i, t in enumerate(tags) if t in (0, 3)}
+
+
+def _cut(text, starts):
+    cuts = sorted(s for s in starts if 0 <= s < len(text)) + [len(text)]
+    return [text[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+_FULL_WIDTH = str.maketrans({chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)})
+
+
+def normalize(text):
+    """What the model reads: ASCII letters, digits and punctuation as their full-width forms, which is
+    how the bakeoff's training texts write them (PKU has no ASCII letters or digits at all), so
+    ``2001年`` is read like ``２００１年``. The output keeps the original characters."""
+    return text.translate(_FULL_WIDTH)
 
 
 def bigrams(text):
@@ -75,7 +84,7 @@ def build_vocab(sentences, min_count=2, with_bigrams=False):
     """The model's vocabulary from training sentences: ``{"chars": {char: id}, "bigrams": {bigram: id}
     or None}``. Units seen at least ``min_count`` times (the article uses 2) get ids from 2, most
     frequent first; id 0 is padding and id 1 "unknown"."""
-    texts = ["".join(words) for words in sentences]
+    texts = [normalize("".join(words)) for words in sentences]
     return {
         "chars": _ids((c for t in texts for c in t), min_count),
         "bigrams": _ids((b for t in texts for b in bigrams(t)), min_count) if with_bigrams else None,
@@ -83,8 +92,8 @@ def build_vocab(sentences, min_count=2, with_bigrams=False):
 
 
 def encode(text, vocab):
-    """Char ids of ``text`` (unknown characters -> 1)."""
-    return [vocab["chars"].get(char, UNKNOWN) for char in text]
+    """Char ids of ``text`` (normalized; unknown characters -> 1)."""
+    return [vocab["chars"].get(char, UNKNOWN) for char in normalize(text)]
 
 
 def features(texts, vocab, length=None):
@@ -94,7 +103,7 @@ def features(texts, vocab, length=None):
     if not vocab.get("bigrams"):
         return chars
     table = vocab["bigrams"]
-    return [chars, pad([[table.get(b, UNKNOWN) for b in bigrams(t)] for t in texts], length=chars.shape[1])]
+    return [chars, pad([[table.get(b, UNKNOWN) for b in bigrams(normalize(t))] for t in texts], length=chars.shape[1])]
 
 
 def pad(rows, value=PAD, length=None):
@@ -155,42 +164,28 @@ class Segmenter:
 
     def cut_lines(self, lines, batch_size=256):
         """Segment many lines at once; returns a list of word lists (``[]`` for an empty line)."""
-        pieces = [_split_line(line) for line in lines]
-        texts = ["".join(chunk for chunk, _ in p) for p in pieces]
+        texts = ["".join(line.split()) for line in lines]
         todo = [i for i, t in enumerate(texts) if t]
         tagged = dict(zip(todo, self.tag([texts[i] for i in todo], batch_size)))
-        return [_apply_rules(pieces[i], tagged.get(i, [])) for i in range(len(lines))]
+        return [apply_rules(line, tagged.get(i, [])) for i, line in enumerate(lines)]
 
     def cut(self, text):
         return self.cut_lines([text])[0]
 
 
-def _split_line(line):
-    """The line as (chunk, kind) pieces: kind "latin" for a run of ASCII letters and digits, "text"
-    otherwise; whitespace is dropped (each space is a boundary between pieces)."""
-    pieces = []
-    for part in line.split():
-        last = 0
-        for match in _LATIN.finditer(part):
-            if match.start() > last:
-                pieces.append((part[last : match.start()], "text"))
-            pieces.append((match.group(), "latin"))
-            last = match.end()
-        if last < len(part):
-            pieces.append((part[last:], "text"))
-    return pieces
-
-
-def _apply_rules(pieces, tags):
-    """Words from the model's tags, cut at every piece boundary, with each Latin run kept whole."""
-    words, offset = [], 0
-    for chunk, kind in pieces:
-        if kind == "latin":
-            words.append(chunk)
-        else:
-            words += tags_to_words(chunk, tags[offset : offset + len(chunk)])
-        offset += len(chunk)
-    return words
+def apply_rules(line, tags):
+    """Words of ``line`` from sbme ``tags`` of its characters (spaces removed): a word starts where a
+    tag is s or b or follows an s or e, and where the line had a space; no word boundary falls inside
+    a run of ASCII letters and digits (``Keras3``, ``3.14``), whose edges the model still decides."""
+    parts = line.split()
+    starts = _tag_starts(tags)
+    offset = 0
+    for part in parts:
+        starts.add(offset)
+        for run in _LATIN.finditer(part):
+            starts -= set(range(offset + run.start() + 1, offset + run.end()))
+        offset += len(part)
+    return _cut("".join(parts), starts)
 
 
 def main(argv=None):
