@@ -196,25 +196,24 @@ def main(argv=None):
     p.add_argument("--output", type=Path, help="write here instead of stdout")
     p.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args(argv)
-    if args.text:
-        lines = args.text
-    elif args.input:
-        from utils.data import read_lines
+    from utils.data import CorpusFormatError, read_lines
 
-        lines = [line for _, line in read_lines(args.input)]
-    else:
-        lines = sys.stdin.read().splitlines()
     try:
         segmenter = Segmenter.load(args.model)
-    except FileNotFoundError as err:
+        if args.text:
+            lines = args.text
+        else:
+            source = args.input if args.input else sys.stdin.buffer
+            lines = [line for _, line in read_lines(source)]
+    except (FileNotFoundError, CorpusFormatError) as err:
         p.error(str(err))
-    out = "\n".join(" ".join(words) for words in segmenter.cut_lines(lines, args.batch_size))
+    out = "".join(" ".join(words) + "\n" for words in segmenter.cut_lines(lines, args.batch_size))
     if args.output:
         from utils.runs import write_text_atomic
 
-        write_text_atomic(args.output, out + "\n")
+        write_text_atomic(args.output, out)
     else:
-        sys.stdout.write(out + "\n")
+        sys.stdout.write(out)
 
 
 if __name__ == "__main__":

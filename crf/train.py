@@ -18,6 +18,8 @@ Run:  python crf/train.py                       (article recipe, 3 seeds, ~25 mi
       python crf/train.py --quick               (a few minutes: 2 x 50 steps, 1 seed)
 """
 
+import hashlib
+import json
 import os
 import sys
 import time
@@ -132,39 +134,49 @@ def build_model(vocab, variant):
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """After each epoch, save weights, optimizer state and the epoch's logs (atomically), so a killed
-    run restarts at the next epoch with the same batches."""
+    """After each epoch, one file holds everything needed to go on: the model's variables (dropout's
+    random state included), the optimizer's, the logs so far, the config and a fingerprint of the
+    vocabulary. It is written to a temporary file and renamed, so a killed run restarts at the next
+    epoch, with the same batches, from a consistent state."""
 
-    def __init__(self, folder):
+    def __init__(self, path, config, vocab):
         super().__init__()
-        self.folder = Path(folder)
+        self.path = Path(path)
+        self.identity = json.dumps({"config": config, "vocab": _fingerprint(vocab)}, sort_keys=True)
+        self.history = {}
 
     def on_epoch_end(self, epoch, logs=None):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / ".weights.tmp.weights.h5"
-        self.model.save_weights(tmp)
-        os.replace(tmp, self.folder / "weights.weights.h5")
-        tmp = self.folder / ".optimizer.tmp.npz"
-        with open(tmp, "wb") as f:
-            np.savez(f, *[keras.ops.convert_to_numpy(v) for v in self.model.optimizer.variables])
-        os.replace(tmp, self.folder / "optimizer.npz")
-        state = runs.load_result(self.folder / "state.json") or {"history": {}}
         for key, value in (logs or {}).items():
-            state["history"].setdefault(key, []).append(float(value))
-        state["epochs_done"] = epoch + 1
-        runs.write_json_atomic(self.folder / "state.json", state)
+            self.history.setdefault(key, []).append(float(value))
+        state = json.dumps({"epochs_done": epoch + 1, "history": self.history})
+        arrays = {f"model_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.model.variables)}
+        arrays |= {f"optimizer_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.model.optimizer.variables)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, identity=np.array(self.identity), state=np.array(state), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def restore(self, model):
-        """The number of epochs already done (0 if none) and their logs; loads their weights."""
-        state = runs.load_result(self.folder / "state.json")
-        if not state:
-            return 0, {}
-        model.load_weights(self.folder / "weights.weights.h5")
-        model.optimizer.build(model.trainable_variables)
-        with np.load(self.folder / "optimizer.npz") as saved:
-            for variable, value in zip(model.optimizer.variables, [saved[f"arr_{i}"] for i in range(len(saved.files))]):
-                variable.assign(value)
-        return state["epochs_done"], state["history"]
+        """Epochs already done (0 if no checkpoint); loads the model's and optimizer's variables."""
+        if not self.path.is_file():
+            return 0
+        with np.load(self.path) as saved:
+            if str(saved["identity"]) != self.identity:
+                raise SystemExit(f"{self.path} is from another config or vocabulary; pass --force to start over")
+            state = json.loads(str(saved["state"]))
+            model.optimizer.build(model.trainable_variables)
+            for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+                for i, variable in enumerate(variables):
+                    variable.assign(saved[f"{prefix}_{i}"])
+        self.history = state["history"]
+        return state["epochs_done"]
+
+
+def _fingerprint(vocab):
+    return hashlib.sha256(json.dumps(vocab, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 class HeldOutMetric(keras.callbacks.Callback):
@@ -248,11 +260,10 @@ def run_seed(variant, seed, args, mode, corpus_data):
     model.compile(optimizer="adam", loss=crf.loss, metrics=[crf.accuracy])
     segmenter = Segmenter(tagger, vocab)
     run_dir = args.save / f"{experiment}-seed{seed}"
-    checkpoint = Checkpoint(run_dir / "checkpoint")
+    checkpoint = Checkpoint(run_dir / "checkpoint.npz", config, vocab)
     if args.force:
-        for stale in ("state.json", "weights.weights.h5", "optimizer.npz"):
-            (checkpoint.folder / stale).unlink(missing_ok=True)
-    initial_epoch, previous = checkpoint.restore(model)
+        checkpoint.path.unlink(missing_ok=True)
+    initial_epoch = checkpoint.restore(model)
     if initial_epoch:
         print(f"  resuming {experiment} seed {seed} after epoch {initial_epoch}")
     print(f"  {experiment} seed {seed}: {len(train)} training sentences, {len(heldout)} held out, "
@@ -263,7 +274,7 @@ def run_seed(variant, seed, args, mode, corpus_data):
             steps_per_epoch=cfg["steps_per_epoch"], epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0,
             callbacks=[EpochTimer(), HeldOutMetric(segmenter, heldout), checkpoint],
         )
-    history = (runs.load_result(checkpoint.folder / "state.json") or {"history": previous})["history"]
+    history = checkpoint.history
     segmenter.save(run_dir)
     scores = evaluate(segmenter.cut_lines, test, gold, training_words)
     metrics = {f"test_{k}": v for k, v in scores.items()}

@@ -447,6 +447,14 @@ def test_keras_save_load_round_trip_gives_identical_decodes(tmp_path):
     crf2 = [layer for layer in loaded.layers if isinstance(layer, CRF)][0]
     assert crf2.get_config() == crf.get_config()
     np.testing.assert_array_equal(np_(crf2.transitions), np_(crf.transitions))
+    # The training model: its loss is a bound method, so it loads with compile=False and is compiled
+    # again with the loaded layer's loss (documented in crf/README.md).
+    model.save(tmp_path / "model.keras")
+    again = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    crf3 = again.get_layer(crf.name)
+    again.compile(optimizer="adam", loss=crf3.loss)
+    np.testing.assert_array_equal(np_(again(x)), np_(model(x)))
+    assert np.isfinite(again.evaluate(x, y, verbose=0))
 
 
 def test_layers_file_is_copyable_alone(tmp_path):
@@ -561,6 +569,12 @@ def test_segmenter_save_load_and_cli(tmp_path):
     assert run(str(tmp_path / "model"), *lines).stdout == expected
     missing = run(str(tmp_path / "nowhere"), "我")
     assert missing.returncode == 2 and "tagger.keras not found" in missing.stderr
+    assert run(str(tmp_path / "model"), input="").stdout == ""  # nothing in, nothing out
+    (tmp_path / "bad.txt").write_bytes("北京\n".encode() + "天".encode("gbk") + b"\n")
+    bad = run(str(tmp_path / "model"), "--input", str(tmp_path / "bad.txt"))
+    assert bad.returncode == 2 and "bad.txt:2: not valid UTF-8" in bad.stderr
+    odd = run(str(tmp_path / "model"), input="北京\x0c天安门\n我")  # a form feed is not a line end
+    assert odd.stdout.count("\n") == 2
 
 
 @pytest.mark.data

@@ -197,12 +197,18 @@ _ICWB2_PARTS = {
 
 
 def read_lines(path):
-    """Yield ``(line_number, text)`` for each line of a UTF-8 file, without the line end.
+    """Yield ``(line_number, text)`` for each line of a UTF-8 file (a path, or a binary stream such
+    as ``sys.stdin.buffer``), without the line end.
 
     A line that is not valid UTF-8 raises ``CorpusFormatError`` naming the file, the line and the
-    offending bytes. A BOM at the start is dropped; CRLF and LF endings are both accepted.
+    offending bytes. A BOM at the start is dropped; CRLF and LF endings are both accepted, and only
+    they end a line.
     """
-    with open(path, "rb") as f:
+    if hasattr(path, "read"):
+        stream, path = path, getattr(path, "name", "<stream>")
+    else:
+        stream = open(path, "rb")
+    with stream as f:
         for number, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")
