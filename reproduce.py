@@ -54,14 +54,15 @@ def table(records):
         metric = head.get("metric")
         values = [r["metrics"].get(metric) for r in rs]
         blog = head.get("blog")
-        blog_text = f"{blog} ({head.get('blog_source', '')})" if blog is not None else f"none ({head.get('blog_source', '')})"
+        blog_text = "none" if blog is None else f"{blog}"
         dates = sorted({r["date"] for r in rs})
         date = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
         machine = f"{rs[0]['machine']}; {rs[0]['device']}; {rs[0]['backend']} {rs[0]['versions'].get(rs[0]['backend'], '')}"
         seeds = ",".join(str(r["seed"]) for r in rs)
         rows.append(f"| {experiment} | {head.get('label', metric)} | {blog_text} | "
                     f"{runs.format_mean_std(values)} | {len(rs)} ({seeds}) | `{rs[0]['command']}` | {date} | {machine} |")
-    return rows
+    sources = sorted({(r["headline"] or {}).get("blog_source") for r in records} - {None})
+    return rows + [""] + [f"Blog column: {source}." for source in sources]
 
 
 def write_results(out, path):

@@ -335,6 +335,7 @@ def test_results_md_is_a_table_over_the_result_files(tmp_path):
     assert done.returncode == 0, done.stderr
     text = out.read_text(encoding="utf-8")
     full, quick = text.split("### Quick mode")
-    assert "| mlp-relu | MNIST test accuracy | none (src) | 0.9800 ± 0.0141 | 2 (0,1) |" in full
-    assert "| mlp-relu-quick | MNIST test accuracy | none (src) | 0.9000 | 1 (0) |" in quick
+    assert "| mlp-relu | MNIST test accuracy | none | 0.9800 ± 0.0141 | 2 (0,1) |" in full
+    assert "| mlp-relu-quick | MNIST test accuracy | none | 0.9000 | 1 (0) |" in quick
+    assert "Blog column: src." in full
     assert "2 cores X; CPU; tensorflow 2.21.0" in full and text in done.stdout
