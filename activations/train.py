@@ -11,7 +11,7 @@ this script prints is ours. It follows the article's order:
 3. the activations trained with the same architecture, initialisation, optimiser, data and epochs
    (a deep MLP, where saturation and dead units matter most, and a small CNN), 3 seeds each.
 
-Run:  python activations/train.py            (the full protocol, about 45 minutes on 2 CPU cores)
+Run:  python activations/train.py            (the full protocol, about an hour on 2 CPU cores)
       python activations/train.py --quick    (a 2-minute check of the pipeline)
 """
 
