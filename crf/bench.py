@@ -117,7 +117,11 @@ def bench_segmenter(model_dir, repeats):
     if model_dir is not None:
         segmenter = Segmenter.load(model_dir)
         for batch_size in (64, 256, 1024):
-            rows.append((f"ours, {model_dir.name}, batch {batch_size}", lambda b=batch_size: segmenter.cut_lines(test, b)))
+            rows.append((f"ours, {model_dir.name}, batch {batch_size}", lambda b=batch_size, s=segmenter: s.cut_lines(test, b)))
+        if keras.backend.backend() == "tensorflow":
+            xla = Segmenter.load(model_dir, jit_compile=True)
+            for batch_size in (256, 1024):
+                rows.append((f"ours, {model_dir.name}, batch {batch_size}, XLA", lambda b=batch_size, s=xla: s.cut_lines(test, b)))
     else:
         print("\n(no --model given: only jieba is timed; train one with python crf/train.py)")
     print(f"\n### Segmentation speed on the PKU test text ({len(test)} lines, {chars} characters), best of {repeats}\n")

@@ -118,12 +118,14 @@ def pad(rows, value=PAD, length=None):
 class Segmenter:
     """A trained tagger (Keras model: char ids -> sbme tags) and its vocabulary."""
 
-    def __init__(self, tagger, vocab):
+    def __init__(self, tagger, vocab, jit_compile=False):
         self.tagger = tagger
         self.vocab = vocab
+        if jit_compile:  # XLA on TensorFlow: one compile per (batch, padded length) shape
+            tagger.compile(jit_compile=True)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, jit_compile=False):
         """Load ``path/tagger.keras`` and ``path/vocab.json`` (what crf/train.py saves)."""
         import keras
 
@@ -136,7 +138,7 @@ class Segmenter:
                                         "(python crf/train.py writes them)")
         with open(path / "vocab.json", encoding="utf-8") as f:
             vocab = json.load(f)
-        return cls(keras.saving.load_model(path / "tagger.keras", compile=False), vocab)
+        return cls(keras.saving.load_model(path / "tagger.keras", compile=False), vocab, jit_compile)
 
     def save(self, path):
         from utils.runs import write_text_atomic

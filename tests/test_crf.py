@@ -629,3 +629,13 @@ def test_every_variant_trains_on_generated_batches(variant):
     assert history["loss"][-1] < history["loss"][0]
     seg = Segmenter(tagger, vocab)
     assert seg.cut_lines(["中国人民爱北京"])[0] and "".join(seg.cut("我爱北京天安门")) == "我爱北京天安门"
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the XLA option of the segmenter is TensorFlow's")
+def test_segmenter_with_xla_cuts_the_same():
+    seg = tiny_segmenter("article")
+    xla = Segmenter(seg.tagger, seg.vocab, jit_compile=True)
+    lines = ["我爱北京天安门", "北京", "天安门我爱北京天安门我爱北京天安门我爱北京天安门我爱北京天安门我爱北京"]
+    plain = Segmenter(tiny_segmenter("article").tagger, seg.vocab)
+    plain.tagger.set_weights(seg.tagger.get_weights())
+    assert xla.cut_lines(lines) == plain.cut_lines(lines)
