@@ -256,7 +256,7 @@ class CRF(keras.layers.Layer):
 
     # ---- training: loss and metric for model.compile -----------------------------------------------
 
-    def _labels(self, y_true, y_pred):
+    def _labels(self, y_true):
         """Sparse tags and mask from the labels: int (batch, T), or the article's one-hot with a last
         padding tag (``ignore_last_label``)."""
         y_true = ops.convert_to_tensor(y_true)
@@ -269,7 +269,7 @@ class CRF(keras.layers.Layer):
 
     def loss(self, y_true, y_pred):
         """Negative log-likelihood per sequence: ``model.compile(loss=crf.loss)``."""
-        tags, mask = self._labels(y_true, y_pred)
+        tags, mask = self._labels(y_true)
         return -self.log_likelihood(y_pred, tags, mask)
 
     def accuracy(self, y_true, y_pred):
@@ -277,7 +277,7 @@ class CRF(keras.layers.Layer):
         article's metric: ``metrics=[crf.accuracy]``. It reads no weights (JAX's trainer computes
         metrics without the model's variables) and so ignores transitions; use ``decode`` for the
         Viterbi path."""
-        tags, mask = self._labels(y_true, y_pred)
+        tags, mask = self._labels(y_true)
         emissions = ops.cast(y_pred, "float32")[..., : self.num_tags]
         real = ops.any(emissions > float("-inf"), axis=-1) if mask is None else ops.cast(mask, "bool")
         right = (ops.cast(ops.argmax(emissions, axis=-1), "int32") == ops.cast(tags, "int32")) & real
