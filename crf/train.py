@@ -50,9 +50,10 @@ VARIANTS = {
              "constraints": "bmes"},
     # Stronger: character-bigram embeddings next to the characters (the usual large gain in Chinese
     # segmentation), five wider convolutions whose dilations see 2 x (1+1+2+4+1) + 1 = 19 characters,
-    # residual connections, dropout, and the BMES CRF.
+    # residual connections, dropout, and the BMES CRF; batches of similar lengths (``batches``), which
+    # makes its steps about 5x cheaper than padding corpus-order batches.
     "strong": {"bigrams": True, "width": 256, "dilations": [1, 1, 2, 4, 1], "dropout": 0.2, "boundary": True,
-               "constraints": "bmes"},
+               "constraints": "bmes", "bucket": True},
 }
 MODES = {
     "full": {"epochs": 10, "steps_per_epoch": 500},
@@ -85,17 +86,41 @@ def split(sentences, seed, heldout):
     return shuffled[: len(shuffled) - heldout], shuffled[len(shuffled) - heldout :]
 
 
-def batches(sentences, vocab, start_step=0):
-    """Endless (char ids, tags) batches of 128 sentences in corpus order, each padded to its longest
-    sentence (no maximum length), as the article's generator; ``start_step`` resumes mid-run."""
+def batches(sentences, vocab, start_step=0, bucket=False, seed=0):
+    """Endless (char ids, tags) batches of 128 sentences, each padded to its longest sentence (no
+    maximum length); ``start_step`` resumes mid-run at exactly the batch it would have reached.
+
+    Without ``bucket``: corpus order, as the article's generator. PKU sentences run from 1 to 1019
+    characters, so such a batch is on average 5.6x longer than its mean sentence, and most of the
+    convolutions' work is padding. With ``bucket``: each pass over the data is reshuffled (seeded by
+    ``seed`` and the pass), cut into pools of 50 batches, each pool sorted by length and cut into
+    batches, and the batches of the pass shuffled: the same sentences per pass, about 1.1x padding.
+    """
     n = -(-len(sentences) // BATCH_SIZE)
-    step = start_step
+    step, order, order_pass = start_step, None, None
     while True:
-        chunk = sentences[(step % n) * BATCH_SIZE : (step % n + 1) * BATCH_SIZE]
+        if bucket and order_pass != step // n:
+            order_pass = step // n
+            order = _bucketed_order(sentences, np.random.default_rng([seed, order_pass]))
+        index = step % n
+        chunk = ([sentences[i] for i in order[index]] if bucket
+                 else sentences[index * BATCH_SIZE : (index + 1) * BATCH_SIZE])
         x = features(["".join(words) for words in chunk], vocab)
         chars = x[0] if isinstance(x, list) else x
         yield (tuple(x) if isinstance(x, list) else x), pad([word_tags(words) for words in chunk], length=chars.shape[1])
         step += 1
+
+
+def _bucketed_order(sentences, rng, pool=50):
+    """One pass over ``sentences`` as a list of index batches of similar lengths, in random order."""
+    lengths = np.array([sum(len(w) for w in words) for words in sentences])
+    order = rng.permutation(len(sentences))
+    out = []
+    for start in range(0, len(order), pool * BATCH_SIZE):
+        chunk = order[start : start + pool * BATCH_SIZE]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        out += [chunk[i : i + BATCH_SIZE] for i in range(0, len(chunk), BATCH_SIZE)]
+    return [out[i] for i in rng.permutation(len(out))]
 
 
 """## 2. Model: CNN emissions, CRF on top"""
@@ -271,7 +296,8 @@ def run_seed(variant, seed, args, mode, corpus_data):
           f"{len(vocab['chars'])} characters, {model.count_params()} parameters", flush=True)
     if initial_epoch < epochs:
         model.fit(
-            batches(train, vocab, start_step=initial_epoch * cfg["steps_per_epoch"]),
+            batches(train, vocab, start_step=initial_epoch * cfg["steps_per_epoch"],
+                    bucket=VARIANTS[variant].get("bucket", False), seed=seed),
             steps_per_epoch=cfg["steps_per_epoch"], epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0,
             callbacks=[EpochTimer(), HeldOutMetric(segmenter, heldout), checkpoint],
         )
