@@ -157,6 +157,12 @@ class CRF(keras.layers.Layer):
             end = ops.where(self.allowed_end, end, FORBIDDEN)
         return trans, start, end
 
+    def decoding_scores(self):
+        """``(transitions (K, K), start (K,), end (K,))`` as decoding uses them: forbidden entries
+        at ``FORBIDDEN``, start and end zeros without ``boundary``. For a decoder outside the graph
+        (crf/segment.py decodes on the host with them)."""
+        return self._scores()
+
     def _prepare(self, emissions, mask):
         """float32 emissions (batch, T, K) and a boolean mask, left-aligned. Masked emissions are 0."""
         if not self.built:
@@ -386,6 +392,33 @@ class CRF(keras.layers.Layer):
 
 
 # ---- constraints for common tag schemes -------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="kexue_crf")
+class ZeroMasked(keras.layers.Layer):
+    """Sets the padded steps of a sequence (batch, T, d) to zero: ``ZeroMasked()(x, mask=ids)`` with
+    a boolean mask or token ids (0 = padding), or the Keras mask when none is given.
+
+    Put after the embedding and after each ``Conv1D(padding="same")``: a convolution then sees the
+    end of every sentence as zeros, as if the sentence were alone, so what the network computes
+    for a sentence does not depend on how much the other sentences of its batch pad it.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    @staticmethod
+    def _keep(mask):
+        return mask if keras.backend.standardize_dtype(mask.dtype) == "bool" else ops.not_equal(mask, 0)
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            return inputs
+        return ops.where(self._keep(mask)[:, :, None], inputs, ops.zeros_like(inputs))
+
+    def compute_mask(self, inputs, mask=None):
+        return None if mask is None else self._keep(mask)
 
 
 def allowed_transitions(scheme, tags):

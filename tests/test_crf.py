@@ -21,7 +21,10 @@ import keras  # noqa: E402
 
 from crf.layers import CRF, FORBIDDEN, allowed_transitions  # noqa: E402
 from crf.scoring import bakeoff_score, spans, word_set_score  # noqa: E402
-from crf.segment import Segmenter, apply_rules, bigrams, build_vocab, normalize, tags_to_words, word_tags  # noqa: E402
+from crf.segment import (  # noqa: E402
+    Segmenter, apply_rules, bigrams, build_vocab, features, normalize, tags_to_words, viterbi, word_tags,
+)
+from crf.segment import _batches as segment_batches  # noqa: E402
 
 np_ = keras.ops.convert_to_numpy
 TOL = 1e-4
@@ -151,6 +154,15 @@ def test_viterbi_and_k_best_paths_match_brute_force(k, boundary, scheme, padding
         assert [tuple(top_tags[b, r, o.positions]) for r in range(n)] == paths
         np.testing.assert_allclose(top_scores[b, :n], best, atol=TOL, rtol=TOL)
         assert np.all(top_scores[b, n:] < FORBIDDEN / 10)  # the missing ones are marked impossible
+
+
+@pytest.mark.layers
+@pytest.mark.parametrize("k, boundary, scheme, padding", [p for p in PARAMS if p.values[3] == "right"])
+def test_host_viterbi_of_the_segmenter_matches_brute_force(k, boundary, scheme, padding):
+    """crf/segment.py decodes in NumPy with the layer's ``decoding_scores``: same best paths."""
+    crf, emissions, mask, oracles = case(k, boundary, scheme, padding)
+    paths = viterbi(emissions, mask.sum(axis=1), *map(np_, crf.decoding_scores()))
+    assert paths == [list(o.best(1)[0][0]) if len(o.positions) else [] for o in oracles]
 
 
 @pytest.mark.layers
@@ -629,6 +641,57 @@ def test_every_variant_trains_on_generated_batches(variant):
     assert history["loss"][-1] < history["loss"][0]
     seg = Segmenter(tagger, vocab)
     assert seg.cut_lines(["中国人民爱北京"])[0] and "".join(seg.cut("我爱北京天安门")) == "我爱北京天安门"
+
+
+@pytest.mark.layers
+def test_segmenter_decodes_on_the_host_like_the_tagger():
+    """The segmenter runs the network to the CRF's emissions and decodes in NumPy; the tags equal
+    the tagger's own in-graph decoding of each text alone, for texts of many lengths batched by
+    rows and by size (the strong variant zeroes padding, so batching changes nothing)."""
+    seg = tiny_segmenter("strong")
+    keras.utils.set_random_seed(3)
+    for w in seg.tagger.weights:  # random weights, so the transitions matter
+        w.assign(np.random.default_rng(abs(hash(w.path)) % 2**32).normal(size=w.shape).astype("float32"))
+    assert seg.crf is not None
+    rng = np.random.default_rng(0)
+    texts = ["".join(rng.choice(list("我爱北京天安门中国人民從未")) for _ in range(n)) for n in rng.integers(1, 90, 40)]
+    hosted = seg.tag(texts, batch_size=8, max_chars=256)
+    for text, tags in zip(texts, hosted):
+        x = keras.ops.convert_to_numpy(seg.tagger.predict_on_batch(features([text], seg.vocab)))
+        assert tags == x[0, : len(text)].tolist()
+
+
+def test_segmenter_batches_respect_both_limits():
+    lengths = [1, 3, 5, 30, 31, 40, 70, 500]
+    batches = list(segment_batches(list(range(len(lengths))), lengths, batch_size=3, max_chars=128))
+    assert [i for b in batches for i in b] == list(range(len(lengths)))  # every text once, in order
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * (-(-lengths[b[-1]] // 32) * 32) <= 128)
+    assert batches[-1] == [7]  # longer than the budget: alone
+
+
+def test_bucketed_training_batches_cover_each_pass_and_resume():
+    """The strong variant's batches: each pass uses every sentence once, batches hold similar
+    lengths, and starting at step s gives exactly the batches a run that got there would see."""
+    from crf import train
+
+    rng = np.random.default_rng(0)
+    sentences = [["中国"] * int(n) for n in rng.integers(1, 60, 700)]
+    vocab = build_vocab(sentences)
+    n = -(-len(sentences) // train.BATCH_SIZE)
+    run = train.batches(sentences, vocab, bucket=True, seed=5)
+    seen = [next(run) for _ in range(2 * n + 1)]
+    for one_pass in (seen[:n], seen[n : 2 * n]):
+        assert sum((x > 0).sum() for x, _ in one_pass) == sum(2 * len(s) for s in sentences)  # all characters once
+        assert sum(len(x) for x, _ in one_pass) == len(sentences)
+    assert [x.shape for x, _ in seen[:n]] != [x.shape for x, _ in seen[n : 2 * n]]  # reshuffled per pass
+    padding = lambda batches: sum(x.size for x, _ in batches) / sum((x > 0).sum() for x, _ in batches)
+    plain = train.batches(sentences, vocab)
+    assert padding(seen[:n]) < 1.2 < padding([next(plain) for _ in range(n)])
+    resumed = train.batches(sentences, vocab, start_step=n + 2, bucket=True, seed=5)
+    for expected in seen[n + 2 :]:
+        x, y = next(resumed)
+        assert np.array_equal(x, expected[0]) and np.array_equal(y, expected[1])
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the XLA option of the segmenter is TensorFlow's")
