@@ -401,7 +401,8 @@ class ZeroMasked(keras.layers.Layer):
 
     Put after the embedding and after each ``Conv1D(padding="same")``: a convolution then sees the
     end of every sentence as zeros, as if the sentence were alone, so what the network computes
-    for a sentence does not depend on how much the other sentences of its batch pad it.
+    for a sentence does not depend on how much the other sentences of its batch pad it. The
+    output carries no Keras mask (pass the ids to the CRF as its mask).
     """
 
     def __init__(self, **kwargs):
@@ -418,7 +419,8 @@ class ZeroMasked(keras.layers.Layer):
         return ops.where(self._keep(mask)[:, :, None], inputs, ops.zeros_like(inputs))
 
     def compute_mask(self, inputs, mask=None):
-        return None if mask is None else self._keep(mask)
+        # The mask is used up here: the convolutions it prepares for would drop it (with a warning).
+        return None
 
 
 def allowed_transitions(scheme, tags):

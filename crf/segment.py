@@ -196,6 +196,10 @@ class Segmenter:
         smaller batches), each padded to a multiple of 32 (few shapes, few retraces)."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = [None] * len(texts)
+        if self.crf is not None:
+            import keras
+
+            crf_scores = [keras.ops.convert_to_numpy(s) for s in self.crf.decoding_scores()]
         for chunk in _batches(order, [len(texts[i]) for i in order], batch_size, max_chars):
             longest = len(texts[chunk[-1]])
             inputs = features([texts[i] for i in chunk], self.vocab, length=_padded(longest))
@@ -204,17 +208,17 @@ class Segmenter:
                 tags = np.asarray(self.tagger.predict_on_batch(inputs))
                 paths = [tags[row, :n].tolist() for row, n in enumerate(lengths)]
             else:
-                scores = np.asarray(self.emissions.predict_on_batch(inputs))[:, :longest, : self.crf.num_tags]
-                paths = viterbi(scores, lengths, *(np.asarray(s) for s in self.crf.decoding_scores()))
+                emissions = np.asarray(self.emissions.predict_on_batch(inputs))[:, :longest, : self.crf.num_tags]
+                paths = viterbi(emissions, lengths, *crf_scores)
             for i, path in zip(chunk, paths):
                 out[i] = path
         return out
 
-    def cut_lines(self, lines, batch_size=256):
+    def cut_lines(self, lines, batch_size=256, max_chars=16384):
         """Segment many lines at once; returns a list of word lists (``[]`` for an empty line)."""
         texts = ["".join(line.split()) for line in lines]
         todo = [i for i, t in enumerate(texts) if t]
-        tagged = dict(zip(todo, self.tag([texts[i] for i in todo], batch_size)))
+        tagged = dict(zip(todo, self.tag([texts[i] for i in todo], batch_size, max_chars)))
         return [apply_rules(line, tagged.get(i, [])) for i, line in enumerate(lines)]
 
     def cut(self, text):

@@ -19,7 +19,7 @@ from conftest import BACKEND, REPO, grad, run_copied_alone
 pytest.importorskip(BACKEND, reason=f"KERAS_BACKEND={BACKEND} but {BACKEND} is not installed")
 import keras  # noqa: E402
 
-from crf.layers import CRF, FORBIDDEN, allowed_transitions  # noqa: E402
+from crf.layers import CRF, FORBIDDEN, ZeroMasked, allowed_transitions  # noqa: E402
 from crf.scoring import bakeoff_score, spans, word_set_score  # noqa: E402
 from crf.segment import (  # noqa: E402
     Segmenter, apply_rules, bigrams, build_vocab, features, normalize, tags_to_words, viterbi, word_tags,
@@ -644,6 +644,28 @@ def test_every_variant_trains_on_generated_batches(variant):
 
 
 @pytest.mark.layers
+def test_zero_masked_makes_same_convolutions_blind_to_padding():
+    """Zeroing padded steps before each 'same' convolution: a sentence's outputs at its real steps
+    are those it gets alone, however much padding its batch adds (without, they differ)."""
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((None,), dtype="int32")
+    embedded = keras.layers.Embedding(20, 8, embeddings_initializer="normal")(ids)
+    conv1, conv2 = keras.layers.Conv1D(8, 3, padding="same", activation="relu"), keras.layers.Conv1D(8, 3, padding="same")
+    blind = keras.Model(ids, conv2(ZeroMasked()(conv1(ZeroMasked()(embedded, mask=ids)), mask=ids)))
+    plain = keras.Model(ids, conv2(conv1(embedded)))
+    alone = np.array([[5, 6, 7, 8]], "int32")
+    padded = np.array([[5, 6, 7, 8, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7]], "int32")
+    np.testing.assert_allclose(np_(blind(padded))[0, :4], np_(blind(alone))[0], atol=1e-6)
+    assert not np.allclose(np_(plain(padded))[0, :4], np_(plain(alone))[0], atol=1e-3)
+    # A boolean mask, and the Keras mask of Embedding(mask_zero=True), do the same.
+    x = np.random.default_rng(0).normal(size=(2, 7, 3)).astype("float32")
+    out = np_(ZeroMasked()(x, mask=padded > 0))
+    assert np.all(out[0, 4:] == 0) and np.array_equal(out[0, :4], x[0, :4]) and np.array_equal(out[1], x[1])
+    masked = keras.Model(ids, ZeroMasked()(keras.layers.Embedding(20, 3, mask_zero=True)(ids)))
+    assert np.all(np_(masked(padded))[0, 4:] == 0) and np.all(np_(masked(padded))[0, :4] != 0)
+
+
+@pytest.mark.layers
 def test_segmenter_decodes_on_the_host_like_the_tagger():
     """The segmenter runs the network to the CRF's emissions and decodes in NumPy; the tags equal
     the tagger's own in-graph decoding of each text alone, for texts of many lengths batched by
@@ -659,6 +681,12 @@ def test_segmenter_decodes_on_the_host_like_the_tagger():
     for text, tags in zip(texts, hosted):
         x = keras.ops.convert_to_numpy(seg.tagger.predict_on_batch(features([text], seg.vocab)))
         assert tags == x[0, : len(text)].tolist()
+    # A tagger that does not end in a CRF is run as it is.
+    ids = keras.Input((None,), dtype="int32")
+    argmax = keras.Model(ids, keras.ops.argmax(keras.layers.Embedding(len(seg.vocab["chars"]) + 2, 4)(ids), axis=-1))
+    other = Segmenter(argmax, {"chars": seg.vocab["chars"], "bigrams": None})
+    assert other.crf is None
+    assert other.tag(texts[:3]) == [np_(argmax(features([t], other.vocab)))[0].tolist() for t in texts[:3]]
 
 
 def test_segmenter_batches_respect_both_limits():
