@@ -7,8 +7,9 @@
 1. The layer: milliseconds per call of (negative log-likelihood + its gradient) and of Viterbi
    decoding, batch 64, length 128, 4 and 17 tags, compiled with and without XLA (TensorFlow's
    ``jit_compile``; JAX always compiles with XLA; PyTorch runs eagerly).
-2. The segmenter: characters per second on the PKU test text, ours (batched) against jieba's default
-   mode, in the same run.
+2. The segmenter: characters per second on the PKU test text, ours (batched; Viterbi in NumPy as
+   crf/segment.py does it, and in the graph for comparison) against jieba's default mode, in the
+   same run.
 """
 
 import argparse
@@ -103,7 +104,7 @@ def bench_layer(repeats):
             print(f"| {num_tags} | {'on' if jit else 'off'} | {timed(nll_grad, repeats):.1f} | {timed(decode, repeats):.1f} |", flush=True)
 
 
-def bench_segmenter(model_dir, repeats):
+def bench_segmenter(model_dirs, repeats):
     import jieba
 
     from crf.segment import Segmenter
@@ -114,15 +115,19 @@ def bench_segmenter(model_dir, repeats):
     jieba.setLogLevel(60)
     jieba.initialize()
     rows = [(f"jieba {jieba.__version__}, default mode (jieba.lcut per line)", lambda: [jieba.lcut(line) for line in test])]
-    if model_dir is not None:
+    for model_dir in model_dirs:
         segmenter = Segmenter.load(model_dir)
-        for batch_size in (64, 256, 1024):
-            rows.append((f"ours, {model_dir.name}, batch {batch_size}", lambda b=batch_size, s=segmenter: s.cut_lines(test, b)))
+        name = f"ours, {model_dir.name}"
+        rows.append((f"{name}, batch 256", lambda s=segmenter: s.cut_lines(test, 256)))
+        rows.append((f"{name}, batch 1024", lambda s=segmenter: s.cut_lines(test, 1024, max_chars=65536)))
+        in_graph = Segmenter.load(model_dir, host_decode=False)
+        rows.append((f"{name}, batch 256, Viterbi in the graph", lambda s=in_graph: s.cut_lines(test, 256)))
         if keras.backend.backend() == "tensorflow":
             xla = Segmenter.load(model_dir, jit_compile=True)
-            for batch_size in (256, 1024):
-                rows.append((f"ours, {model_dir.name}, batch {batch_size}, XLA", lambda b=batch_size, s=xla: s.cut_lines(test, b)))
-    else:
+            rows.append((f"{name}, batch 256, XLA", lambda s=xla: s.cut_lines(test, 256)))
+            xla_graph = Segmenter.load(model_dir, jit_compile=True, host_decode=False)
+            rows.append((f"{name}, batch 256, XLA, Viterbi in the graph", lambda s=xla_graph: s.cut_lines(test, 256)))
+    if not model_dirs:
         print("\n(no --model given: only jieba is timed; train one with python crf/train.py)")
     print(f"\n### Segmentation speed on the PKU test text ({len(test)} lines, {chars} characters), best of {repeats}\n")
     print("| segmenter | chars/s |")
@@ -141,7 +146,7 @@ def timed_once(fn):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, help="a trained model folder (crf/train.py writes runs/crf/<run>/)")
+    p.add_argument("--model", type=Path, nargs="*", default=[], help="trained model folders (crf/train.py writes runs/crf/<run>/)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--layer-only", action="store_true")
     p.add_argument("--segment-only", action="store_true")

@@ -153,19 +153,19 @@ class Segmenter:
     """A trained tagger (Keras model: char ids -> sbme tags, ending in a CRF layer) and its vocabulary.
 
     Tagging runs the network up to the CRF's input (the emission scores) in Keras, batched, and
-    the Viterbi decoding in NumPy (``viterbi``): same paths as the tagger's own decoding, several
-    times faster on CPU. A tagger that does not end in a CRF is run as is.
+    the Viterbi decoding in NumPy (``viterbi``): same paths as the tagger's own decoding, faster on
+    CPU. ``host_decode=False``, or a tagger that does not end in a CRF, runs the tagger as it is.
     """
 
-    def __init__(self, tagger, vocab, jit_compile=False):
+    def __init__(self, tagger, vocab, jit_compile=False, host_decode=True):
         self.tagger = tagger
         self.vocab = vocab
-        self.emissions, self.crf = _split_tagger(tagger)
+        self.emissions, self.crf = _split_tagger(tagger) if host_decode else (None, None)
         if jit_compile:  # XLA on TensorFlow: one compile per (batch, padded length) shape
             (self.emissions or tagger).compile(jit_compile=True)
 
     @classmethod
-    def load(cls, path, jit_compile=False):
+    def load(cls, path, jit_compile=False, host_decode=True):
         """Load ``path/tagger.keras`` and ``path/vocab.json`` (what crf/train.py saves)."""
         import keras
 
@@ -178,7 +178,7 @@ class Segmenter:
                                         "(python crf/train.py writes them)")
         with open(path / "vocab.json", encoding="utf-8") as f:
             vocab = json.load(f)
-        return cls(keras.saving.load_model(path / "tagger.keras", compile=False), vocab, jit_compile)
+        return cls(keras.saving.load_model(path / "tagger.keras", compile=False), vocab, jit_compile, host_decode)
 
     def save(self, path):
         from utils.runs import write_text_atomic
@@ -193,7 +193,7 @@ class Segmenter:
     def tag(self, texts, batch_size=256, max_chars=16384):
         """sbme tag ids for each text (no spaces expected). Texts are sorted by length and batched:
         at most ``batch_size`` texts and ``max_chars`` padded positions per batch (long texts go in
-        smaller batches), each padded to a multiple of 32 (few shapes, few retraces)."""
+        smaller batches), each padded a little (``_padded``: few shapes, few retraces)."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = [None] * len(texts)
         if self.crf is not None:
@@ -226,7 +226,12 @@ class Segmenter:
 
 
 def _padded(length):
-    return -(-max(length, 1) // 32) * 32
+    """Padded length for a batch whose longest text has ``length`` characters: rounded up to a step
+    of 8 below 64, then a quarter of the power of two below (64, 80, 96, 112, 128, 160, ...), so
+    padding stays under 25% and a file needs few distinct shapes (retraces, or XLA compiles)."""
+    length = max(length, 1)
+    step = max(8, 1 << max(length.bit_length() - 3, 0))
+    return -(-length // step) * step
 
 
 def _batches(order, lengths, batch_size, max_chars):

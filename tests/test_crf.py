@@ -24,7 +24,7 @@ from crf.scoring import bakeoff_score, spans, word_set_score  # noqa: E402
 from crf.segment import (  # noqa: E402
     Segmenter, apply_rules, bigrams, build_vocab, features, normalize, tags_to_words, viterbi, word_tags,
 )
-from crf.segment import _batches as segment_batches  # noqa: E402
+from crf.segment import _batches as segment_batches, _padded as segment_padded  # noqa: E402
 
 np_ = keras.ops.convert_to_numpy
 TOL = 1e-4
@@ -694,8 +694,11 @@ def test_segmenter_batches_respect_both_limits():
     batches = list(segment_batches(list(range(len(lengths))), lengths, batch_size=3, max_chars=128))
     assert [i for b in batches for i in b] == list(range(len(lengths)))  # every text once, in order
     for b in batches:
-        assert len(b) <= 3 and (len(b) == 1 or len(b) * (-(-lengths[b[-1]] // 32) * 32) <= 128)
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * segment_padded(lengths[b[-1]]) <= 128)
     assert batches[-1] == [7]  # longer than the budget: alone
+    padded = [segment_padded(n) for n in range(1, 5000)]
+    assert all(n <= p < 1.25 * n + 8 for n, p in zip(range(1, 5000), padded))  # little padding ...
+    assert len(set(padded)) < 60  # ... and few distinct shapes
 
 
 def test_bucketed_training_batches_cover_each_pass_and_resume():
