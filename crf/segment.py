@@ -13,9 +13,12 @@ the model never saw are read as "unknown" (id 1) rather than dropped.
 From Python::
 
     from crf.segment import Segmenter
-    seg = Segmenter.load("runs/crf/article-seed0")
+    seg = Segmenter.load("runs/crf/strong-pku-seed0")
     seg.cut("我爱北京天安门")                 # ['我', '爱', '北京', '天安门']
     seg.cut_lines(lines, batch_size=256)    # batched: much faster for many lines
+
+Speed: lines are sorted by length and batched (at most ``batch_size`` lines and ``max_chars``
+padded characters per batch), the network runs in Keras and the Viterbi decoding in NumPy.
 """
 
 import argparse
