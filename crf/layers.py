@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["CRF", "allowed_transitions"]
+__all__ = ["CRF", "ZeroMasked", "allowed_transitions"]
 
 # Score of a forbidden transition. Finite, so nothing turns into NaN, and far below any real path
 # score (|emission| <= 1e4 and 1e4 tokens give |score| <= 1e8 << 1e30 < float32 max 3.4e38).
@@ -391,7 +391,7 @@ class CRF(keras.layers.Layer):
         return _take(probs, inverse)
 
 
-# ---- constraints for common tag schemes -------------------------------------------------------------
+# ---- padding-blind convolutions ----------------------------------------------------------------------
 
 
 @keras.saving.register_keras_serializable(package="kexue_crf")
@@ -416,11 +416,17 @@ class ZeroMasked(keras.layers.Layer):
     def call(self, inputs, mask=None):
         if mask is None:
             return inputs
+        if len(inputs.shape) != 3 or len(mask.shape) != 2:
+            raise ValueError(f"ZeroMasked: inputs must be (batch, T, d) and the mask (batch, T), got "
+                             f"{tuple(inputs.shape)} and {tuple(mask.shape)}")
         return ops.where(self._keep(mask)[:, :, None], inputs, ops.zeros_like(inputs))
 
     def compute_mask(self, inputs, mask=None):
         # The mask is used up here: the convolutions it prepares for would drop it (with a warning).
         return None
+
+
+# ---- constraints for common tag schemes -------------------------------------------------------------
 
 
 def allowed_transitions(scheme, tags):

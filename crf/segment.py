@@ -129,8 +129,13 @@ def viterbi(emissions, lengths, transitions, start, end):
     as the convolutions.
     """
     emissions = np.asarray(emissions, dtype="float32")
-    lengths = np.asarray(lengths)
+    lengths = np.asarray(lengths, dtype="int64")
+    if emissions.ndim != 3 or lengths.shape != emissions.shape[:1] or np.any(lengths > emissions.shape[1]):
+        raise ValueError(f"viterbi: emissions must be (batch, T, K) and lengths (batch,) at most T, got "
+                         f"{emissions.shape} and lengths {lengths.tolist()[:8]}")
     batch, steps, num = emissions.shape
+    if steps == 0:
+        return [[] for _ in lengths]
     transitions = np.asarray(transitions, dtype="float32")[None]
     stay = np.arange(num, dtype="int32")[None, :]
     score = np.asarray(start, dtype="float32")[None, :] + emissions[:, 0]
@@ -231,7 +236,8 @@ class Segmenter:
 def _padded(length):
     """Padded length for a batch whose longest text has ``length`` characters: rounded up to a step
     of 8 below 64, then a quarter of the power of two below (64, 80, 96, 112, 128, 160, ...), so
-    padding stays under 25% and a file needs few distinct shapes (retraces, or XLA compiles)."""
+    padding stays under 25% from 32 characters on (under 8 below) and a file needs few distinct
+    shapes (retraces, or XLA compiles)."""
     length = max(length, 1)
     step = max(8, 1 << max(length.bit_length() - 3, 0))
     return -(-length // step) * step
@@ -240,6 +246,8 @@ def _padded(length):
 def _batches(order, lengths, batch_size, max_chars):
     """Cut ``order`` (sorted by ``lengths``, ascending) into batches of at most ``batch_size`` items
     and ``max_chars`` padded positions; an item longer than ``max_chars`` gets a batch alone."""
+    if batch_size < 1 or max_chars < 1:
+        raise ValueError(f"batch_size and max_chars must be at least 1, got {batch_size} and {max_chars}")
     batch = []
     for item, length in zip(order, lengths):
         if batch and (len(batch) == batch_size or (len(batch) + 1) * _padded(length) > max_chars):
@@ -256,9 +264,14 @@ def _split_tagger(tagger):
     shares it with the training model), so the call that made the tagger's output is looked up."""
     import keras
 
+    outputs = getattr(tagger, "outputs", None) or [None]
     for node in getattr(tagger.layers[-1] if tagger.layers else None, "_inbound_nodes", []):
-        if hasattr(node.operation, "decoding_scores") and any(o is tagger.outputs[0] for o in node.outputs):
-            return keras.Model(tagger.inputs, node.arguments.args[0]), node.operation
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        if (hasattr(node.operation, "decoding_scores") and any(o is outputs[0] for o in node.outputs) and args
+                and kwargs.get("decode") and (kwargs.get("mask") is None or kwargs.get("mask") is tagger.inputs[0])):
+            # Host decoding assumes what features() builds: right padding after each text, and a
+            # mask that is the char ids (or the Keras mask of their embedding).
+            return keras.Model(tagger.inputs, args[0]), node.operation
     return None, None
 
 
@@ -285,6 +298,8 @@ def main(argv=None):
     p.add_argument("--output", type=Path, help="write here instead of stdout")
     p.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be at least 1, got {args.batch_size}")
     from utils.data import CorpusFormatError, read_lines
 
     try:

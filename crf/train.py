@@ -189,17 +189,22 @@ class Checkpoint(keras.callbacks.Callback):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         variables = {f"model_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.model.variables)}
-        if self.monitor:
-            values = self.history[self.monitor]
-            best = int(np.argmax(values))
-            if best == len(values) - 1:
-                _save_npz(self.best_path, identity=np.array(self.identity), epoch=np.array(epoch + 1), **variables)
-            if self.patience is not None and len(values) - 1 - best >= self.patience:
-                self.stopped = self.model.stop_training = True
-                print(f"    stopping: no better {self.monitor} for {self.patience} epochs; the best was epoch {best + 1}", flush=True)
+        best = self._best_epoch()
+        if best is not None and self.patience is not None and epoch + 1 - best >= self.patience:
+            self.stopped = self.model.stop_training = True
+            print(f"    stopping: no better {self.monitor} for {self.patience} epochs; the best was epoch {best}", flush=True)
         state = json.dumps({"epochs_done": epoch + 1, "history": self.history, "stopped": self.stopped})
         optimizer = {f"optimizer_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.model.optimizer.variables)}
         _save_npz(self.path, identity=np.array(self.identity), state=np.array(state), **variables, **optimizer)
+        # Written after the checkpoint: if a kill falls in between, restore_best finds the best
+        # epoch's weights in the checkpoint itself (the best is then its last epoch).
+        if best == epoch + 1:
+            _save_npz(self.best_path, identity=np.array(self.identity), epoch=np.array(best), **variables)
+
+    def _best_epoch(self):
+        """The epoch (1-based) with the highest ``monitor`` so far, or None without one."""
+        values = self.history.get(self.monitor) if self.monitor else None
+        return int(np.argmax(values)) + 1 if values else None
 
     def restore(self, model):
         """Epochs already done (0 if no checkpoint); loads the model's and optimizer's variables."""
@@ -214,16 +219,34 @@ class Checkpoint(keras.callbacks.Callback):
                 for i, variable in enumerate(variables):
                     variable.assign(saved[f"{prefix}_{i}"])
         self.history, self.stopped = state["history"], state.get("stopped", False)
+        best = self._best_epoch()
+        if best == state["epochs_done"] and self._saved_best() != best:  # killed before best.npz was written
+            variables = {f"model_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.variables)}
+            _save_npz(self.best_path, identity=np.array(self.identity), epoch=np.array(best), **variables)
         return state["epochs_done"]
+
+    def _saved_best(self):
+        if not self.best_path.is_file():
+            return None
+        with np.load(self.best_path) as saved:
+            return int(saved["epoch"]) if str(saved["identity"]) == self.identity else None
 
     def restore_best(self, model):
         """Load the best epoch's variables (with ``monitor``); returns that epoch (1-based)."""
-        with np.load(self.best_path) as saved:
-            if str(saved["identity"]) != self.identity:
-                raise SystemExit(f"{self.best_path} is from another config or vocabulary; pass --force to start over")
-            for i, variable in enumerate(model.variables):
-                variable.assign(saved[f"model_{i}"])
-            return int(saved["epoch"])
+        best = self._best_epoch()
+        for path in (self.best_path, self.path):
+            if not path.is_file():
+                continue
+            with np.load(path) as saved:
+                if str(saved["identity"]) != self.identity:
+                    raise SystemExit(f"{path} is from another config or vocabulary; pass --force to start over")
+                epoch = int(saved["epoch"]) if "epoch" in saved else json.loads(str(saved["state"]))["epochs_done"]
+                if epoch == best:
+                    for i, variable in enumerate(model.variables):
+                        variable.assign(saved[f"model_{i}"])
+                    return best
+        raise SystemExit(f"the weights of the best epoch ({best}) are in neither {self.best_path} nor {self.path}; "
+                         "pass --force to train again")
 
 
 def _save_npz(path, **arrays):
