@@ -14,7 +14,8 @@ project's offline machines the PKU training set is a reconstruction from the Peo
 corpus, not the bakeoff's file; every result here says so.
 
 Run:  python crf/train.py                       (article recipe, 3 seeds, ~25 min a seed on 2 CPU cores)
-      python crf/train.py --variant bmes
+      python crf/train.py --variant bmes        (+ BMES rules and start/end scores)
+      python crf/train.py --variant strong      (our best: bigrams, wider dilated residual CNN, early stopping)
       python crf/train.py --quick               (a few minutes: 2 x 50 steps, 1 seed)
 """
 
@@ -412,6 +413,8 @@ def main(argv=None):
                    help=f"training sentences held out (default {HELDOUT}; the strong variant's own default 1000)")
     p.add_argument("--save", type=Path, default=runs.REPO / "runs" / "crf", help="where trained models go (default runs/crf/)")
     args = cli.parse(p, argv)
+    if args.heldout is not None and args.heldout < 0:
+        p.error(f"--heldout must be 0 or more, got {args.heldout}")
     mode = "quick" if args.quick else "full"
     seeds = cli.seeds(args)[:1] if args.quick and args.seeds == 3 else cli.seeds(args)
     print(f"backend {keras.backend.backend()}, mode {mode}, corpus {args.corpus}, variants {args.variant}, seeds {seeds}")
