@@ -3,6 +3,7 @@
     python crf/segment.py MODEL_DIR "我爱北京天安门"          # text as arguments
     python crf/segment.py MODEL_DIR --input in.txt --output out.txt
     cat in.txt | python crf/segment.py MODEL_DIR             # stdin -> stdout
+    python crf/segment.py MODEL_DIR --input in.txt --ensemble MODEL_DIR2 MODEL_DIR3   # several models
 
 Output: one line per input line, words separated by single spaces. Rules on top of the model:
 spaces in the input are word boundaries, no boundary falls inside a run of ASCII letters and digits
@@ -204,23 +205,28 @@ class Segmenter:
         smaller batches), each padded a little (``_padded``: few shapes, few retraces)."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = [None] * len(texts)
-        if self.crf is not None:
-            import keras
-
-            crf_scores = [keras.ops.convert_to_numpy(s) for s in self.crf.decoding_scores()]
+        crf_scores = self._crf_scores() if self.crf is not None else None
         for chunk in _batches(order, [len(texts[i]) for i in order], batch_size, max_chars):
-            longest = len(texts[chunk[-1]])
-            inputs = features([texts[i] for i in chunk], self.vocab, length=_padded(longest))
-            lengths = [len(texts[i]) for i in chunk]
-            if self.crf is None:
-                tags = np.asarray(self.tagger.predict_on_batch(inputs))
+            batch = [texts[i] for i in chunk]
+            longest, lengths = len(batch[-1]), [len(t) for t in batch]
+            if crf_scores is None:
+                tags = np.asarray(self.tagger.predict_on_batch(features(batch, self.vocab, length=_padded(longest))))
                 paths = [tags[row, :n].tolist() for row, n in enumerate(lengths)]
             else:
-                emissions = np.asarray(self.emissions.predict_on_batch(inputs))[:, :longest, : self.crf.num_tags]
-                paths = viterbi(emissions, lengths, *crf_scores)
+                paths = viterbi(self._emission_scores(batch, _padded(longest))[:, :longest], lengths, *crf_scores)
             for i, path in zip(chunk, paths):
                 out[i] = path
         return out
+
+    def _crf_scores(self):
+        """The CRF's (transitions, start, end) as NumPy arrays, for ``viterbi``."""
+        import keras
+
+        return [keras.ops.convert_to_numpy(s) for s in self.crf.decoding_scores()]
+
+    def _emission_scores(self, texts, length):
+        """Emission scores (len(texts), length, K) of a batch of texts padded to ``length``."""
+        return np.asarray(self.emissions.predict_on_batch(features(texts, self.vocab, length=length)))[..., : self.crf.num_tags]
 
     def cut_lines(self, lines, batch_size=256, max_chars=16384):
         """Segment many lines at once; returns a list of word lists (``[]`` for an empty line)."""
@@ -231,6 +237,43 @@ class Segmenter:
 
     def cut(self, text):
         return self.cut_lines([text])[0]
+
+
+class Ensemble(Segmenter):
+    """Several trained segmenters as one: for each text, every member's emission scores (from its
+    own vocabulary) and CRF scores are added and Viterbi runs on the sums, so the path chosen is
+    the one with the highest total score over the members (the argmax of the product of their
+    CRFs). Members must use the same tags; they may differ in network and vocabulary (crf/train.py
+    gives each seed its own split, so its own vocabulary).
+
+        seg = Ensemble.load(["runs/crf/strong-pku-seed0", "runs/crf/strong-pku-seed1"])
+        seg.cut("我爱北京天安门")
+    """
+
+    def __init__(self, members):
+        members = list(members)
+        if not members:
+            raise ValueError("Ensemble: no members")
+        for m in members:
+            if m.crf is None:
+                raise ValueError("Ensemble: every member must decode on the host (a tagger made by crf(..., decode=True))")
+            if m.crf.num_tags != members[0].crf.num_tags:
+                raise ValueError(f"Ensemble: members have {members[0].crf.num_tags} and {m.crf.num_tags} tags")
+        self.members = members
+        self.tagger, self.vocab, self.emissions, self.crf = None, None, None, members[0].crf
+
+    @classmethod
+    def load(cls, paths, jit_compile=False):
+        return cls([Segmenter.load(path, jit_compile) for path in paths])
+
+    def save(self, path):
+        raise NotImplementedError("an Ensemble is saved as its members' folders; save each member")
+
+    def _crf_scores(self):
+        return [sum(parts) for parts in zip(*(m._crf_scores() for m in self.members))]
+
+    def _emission_scores(self, texts, length):
+        return sum(m._emission_scores(texts, length) for m in self.members)
 
 
 def _padded(length):
@@ -297,13 +340,15 @@ def main(argv=None):
     p.add_argument("--input", type=Path, help="a UTF-8 file, one text per line")
     p.add_argument("--output", type=Path, help="write here instead of stdout")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--ensemble", type=Path, nargs="+", default=[], metavar="MODEL",
+                   help="more model folders: their scores are added to MODEL's (slower, usually more accurate)")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")
     from utils.data import CorpusFormatError, read_lines
 
     try:
-        segmenter = Segmenter.load(args.model)
+        segmenter = Ensemble.load([args.model, *args.ensemble]) if args.ensemble else Segmenter.load(args.model)
         if args.text:
             lines = args.text
         else:

@@ -23,7 +23,7 @@ import keras  # noqa: E402
 from crf.layers import CRF, FORBIDDEN, ZeroMasked, allowed_transitions  # noqa: E402
 from crf.scoring import bakeoff_score, spans, word_set_score  # noqa: E402
 from crf.segment import (  # noqa: E402
-    Segmenter, apply_rules, bigrams, build_vocab, encode, features, normalize, tags_to_words, viterbi, word_tags,
+    Ensemble, Segmenter, apply_rules, bigrams, build_vocab, encode, features, normalize, tags_to_words, viterbi, word_tags,
 )
 from crf.segment import _batches as segment_batches, _padded as segment_padded  # noqa: E402
 
@@ -590,6 +590,7 @@ def test_segmenter_save_load_and_cli(tmp_path):
     assert run(str(tmp_path / "model"), "--input", str(tmp_path / "in.txt")).stdout == expected
     assert run(str(tmp_path / "model"), input="\n".join(lines)).stdout == expected
     assert run(str(tmp_path / "model"), *lines).stdout == expected
+    assert run(str(tmp_path / "model"), "--input", str(tmp_path / "in.txt"), "--ensemble", str(tmp_path / "model")).stdout == expected
     missing = run(str(tmp_path / "nowhere"), "我")
     assert missing.returncode == 2 and "tagger.keras not found" in missing.stderr
     assert run(str(tmp_path / "model"), input="").stdout == ""  # nothing in, nothing out
@@ -776,6 +777,39 @@ def test_segmenter_decodes_on_the_host_like_the_tagger():
     other = Segmenter(argmax, {"chars": seg.vocab["chars"], "bigrams": None})
     assert other.crf is None
     assert other.tag(texts[:3]) == [np_(argmax(features([t], other.vocab)))[0].tolist() for t in texts[:3]]
+
+
+@pytest.mark.layers
+def test_ensemble_decodes_the_sum_of_its_members_scores():
+    """An ensemble of two models with different vocabularies and weights tags each text as the CRF
+    layer decodes the summed emissions under the summed transition, start and end scores."""
+    from crf.train import build_model
+
+    members = []
+    for seed, text in enumerate(["我爱北京天安门" * 2, "北京天安门中国人民" * 2]):
+        vocab = build_vocab([list(text)], min_count=2)
+        _, _, tagger = build_model(vocab, "bmes")
+        for w in tagger.weights:
+            w.assign(0.3 * np.random.default_rng(seed + zlib.crc32(w.path.encode())).normal(size=w.shape).astype("float32"))
+        members.append(Segmenter(tagger, vocab))
+    ensemble = Ensemble(members)
+    texts = ["我爱北京", "中国人民爱北京天安门", "從", "天安门中国人民我爱北京天安门中国"]
+    summed = sum(np_(m.emissions(features(texts, m.vocab)))[..., :4] for m in members)
+    crf = CRF(4, **allowed_transitions("bmes", "sbme"))
+    crf.build((None, None, 4))
+    for target, parts in zip((crf.transitions, crf.start_transitions, crf.end_transitions),
+                             zip(*([m.crf.transitions, m.crf.start_transitions, m.crf.end_transitions] for m in members))):
+        target.assign(sum(np_(v) for v in parts))
+    lengths = np.array([len(t) for t in texts])
+    expected = np_(crf.decode(summed, np.arange(summed.shape[1])[None] < lengths[:, None])[0])
+    assert ensemble.tag(texts) == [expected[i, :n].tolist() for i, n in enumerate(lengths)]
+    assert Ensemble([members[0], members[0]]).tag(texts) == members[0].tag(texts)  # doubled scores, same paths
+    with pytest.raises(ValueError, match="no members"):
+        Ensemble([])
+    with pytest.raises(ValueError, match="must decode on the host"):
+        Ensemble([members[0], Segmenter(members[1].tagger, members[1].vocab, host_decode=False)])
+    with pytest.raises(NotImplementedError, match="save each member"):
+        ensemble.save("anywhere")
 
 
 def test_segmenter_batches_respect_both_limits():
