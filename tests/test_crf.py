@@ -705,6 +705,24 @@ def test_checkpoint_early_stopping_keeps_the_best_epoch_and_resumes(tmp_path):
         resumed.restore_best(fresh)
 
 
+@pytest.mark.data
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the evaluation script end to end; checked once")
+def test_evaluate_scores_a_model_and_an_ensemble(tmp_path, require_data):
+    for part in ("testing/pku_test.utf8", "gold/pku_test_gold.utf8", "gold/pku_training_words.utf8", "training/pku_training.utf8"):
+        require_data(f"icwb2/{part}")
+    from crf import evaluate
+
+    tiny_segmenter("bmes").save(tmp_path / "a")
+    tiny_segmenter("strong").save(tmp_path / "b")
+    alone = evaluate.main([str(tmp_path / "a")])
+    both = evaluate.main([str(tmp_path / "a"), str(tmp_path / "b"), "--name", "pair", "--out", str(tmp_path / "results")])
+    assert 0 <= alone["f1"] <= 1 and 0 <= both["f1"] <= 1 and alone["gold_words"] == both["gold_words"] == 104372
+    record = runs_load(tmp_path / "results" / "crf" / "pair-pku" / "seed0.json")
+    assert record["config"]["models"] == ["a", "b"] and record["metrics"]["test_f1"] == both["f1"]
+    with pytest.raises(SystemExit):
+        evaluate.main([str(tmp_path / "nowhere")])
+
+
 def runs_load(path):
     from utils import runs
 
