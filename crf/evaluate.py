@@ -43,7 +43,8 @@ def main(argv=None):
           f"{scores['chars_per_s']:,.0f} chars/s")
     if args.name:
         config = {"mode": "evaluation", "corpus": args.corpus, "models": [m.name for m in args.models]}
-        label = f"{HEADLINE['label']}; an ensemble of {len(args.models)} trained models"
+        label = (f"{HEADLINE['label']}; {len(args.models)} trained models as one ensemble (ensembles were compared "
+                 "on this test set, see crf/README.md)" if len(args.models) > 1 else HEADLINE["label"])
         path = runs.save_result(args.out, ARTICLE, f"{args.name}-{args.corpus}", 0,
                                 metrics={f"test_{k}": v for k, v in scores.items()}, config=config,
                                 headline={**HEADLINE, "label": label}, started=started)
