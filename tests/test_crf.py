@@ -730,7 +730,7 @@ def runs_load(path):
 
 
 @pytest.mark.layers
-@pytest.mark.parametrize("variant", ["article", "bmes", "strong"])
+@pytest.mark.parametrize("variant", ["article", "bmes", "strong", "strong_bd"])
 def test_every_variant_trains_on_generated_batches(variant):
     """Each model variant fits a few steps from the article-style batch generator (synthetic
     sentences) and its loss goes down."""
@@ -869,6 +869,28 @@ def test_bucketed_training_batches_cover_each_pass_and_resume():
     for expected_batch in seen[n + 2 :]:
         x, y = next(resumed)
         assert np.array_equal(x, expected_batch[0]) and np.array_equal(y, expected_batch[1])
+
+
+def test_bigram_dropout_replaces_a_share_of_bigrams_reproducibly():
+    from crf import train
+
+    rng = np.random.default_rng(1)
+    lexicon = ["中国", "人民", "的", "天安门", "我", "爱", "北京", "新", "世纪"]
+    sentences = [[lexicon[i] for i in rng.integers(0, len(lexicon), rng.integers(2, 9))] for _ in range(600)]
+    vocab = build_vocab(sentences, with_bigrams=True)
+    clean = train.batches(sentences, vocab, bucket=True, seed=3)
+    dropped = train.batches(sentences, vocab, bucket=True, seed=3, bigram_dropout=0.33)
+    shares = []
+    for _ in range(5):
+        (chars, pairs), tags = next(clean)
+        (chars_d, pairs_d), tags_d = next(dropped)
+        assert np.array_equal(chars, chars_d) and np.array_equal(tags, tags_d)  # characters and tags untouched
+        changed = pairs != pairs_d
+        assert np.all(pairs_d[changed] == 1) and np.all(pairs[pairs == 0] == pairs_d[pairs == 0])  # to "unknown"; padding kept
+        shares.append(np.mean(pairs_d[pairs > 1] == 1))
+    assert 0.28 < np.mean(shares) < 0.38
+    again = train.batches(sentences, vocab, start_step=4, bucket=True, seed=3, bigram_dropout=0.33)
+    assert np.array_equal(next(again)[0][1], pairs_d)  # the same replacements when resumed at that step
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the XLA option of the segmenter is TensorFlow's")
