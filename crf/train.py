@@ -20,6 +20,7 @@ Run:  python crf/train.py                       (article recipe, 3 seeds, ~25 mi
 """
 
 import hashlib
+import io
 import json
 import os
 import sys
@@ -262,14 +263,10 @@ class Checkpoint(keras.callbacks.Callback):
 
 
 def _save_npz(path, **arrays):
-    """Write arrays to ``path`` atomically: a temporary file, flushed to disk, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write arrays to ``path`` atomically (utils.runs.write_bytes_atomic)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    runs.write_bytes_atomic(path, buffer.getvalue())
 
 
 def _fingerprint(vocab):

@@ -89,13 +89,18 @@ def write_text_atomic(path, text):
     """Write ``text`` to ``path`` so that the file is either the old one or the new one whole: write a
     temporary file in the same folder, flush it to disk, then rename it over ``path``. A run killed
     at any moment leaves no half-written file (at most a hidden ``.<name>.*.tmp`` beside it)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path, data):
+    """``write_text_atomic`` for bytes (e.g. an ``np.savez`` archive written to a ``BytesIO``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are for everyone
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
