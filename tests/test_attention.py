@@ -7,9 +7,14 @@ import pytest
 from conftest import BACKEND, REPO, grad, run_copied_alone
 
 pytest.importorskip(BACKEND, reason=f"KERAS_BACKEND={BACKEND} but {BACKEND} is not installed")
-import keras  # noqa: E402
+import keras
 
-from attention.layers import Attention, PositionEmbedding, TrainablePositionEmbedding, sinusoidal_position_embedding  # noqa: E402
+from attention.layers import (
+    Attention,
+    PositionEmbedding,
+    TrainablePositionEmbedding,
+    sinusoidal_position_embedding,
+)
 
 np_ = keras.ops.convert_to_numpy
 B, TQ, TK, DQ, DV, HEADS, SIZE = 3, 5, 7, 12, 10, 4, 6
