@@ -1,0 +1,212 @@
+"""
+Title: Multi-head attention on IMDB (《Attention is All You Need》浅读（简介+代码）, kexue.fm/archives/4765)
+Description: the article's sentiment test of its attention layer, with and without position embedding.
+
+The article checks its Keras attention layer on IMDB: words -> Embedding(128) -> [sinusoidal position
+embedding, summed] -> self-attention with 8 heads of 16 -> average over time -> Dropout(0.5) ->
+Dense(1, sigmoid), trained with Adam, batch 32, for 5 epochs, the test set used as validation. Its log
+gives the best validation accuracy as 0.8447 with the position embedding and 0.8430 without.
+
+This script runs that recipe (the article's layer: no scaling, no output projection, no mask) with and
+without the position embedding, 3 seeds each, and prints each epoch's val_acc next to the article's.
+As a labelled extension it also runs the layer as one would write it now: scaled logits, and masks so
+that the padding is neither attended to nor averaged.
+
+Run:  python attention/train.py                 (5 variants x 3 seeds x 5 epochs, about 15 minutes on 2 CPU cores)
+      python attention/train.py --variants pe no_pe
+      python attention/train.py --quick         (a 1-minute check of the pipeline)
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # utils/ sits one folder up
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from attention.layers import Attention, PositionEmbedding  # noqa: E402
+from utils import cli, data, plots, runs  # noqa: E402
+from utils.callbacks import EpochTimer  # noqa: E402
+
+ARTICLE = "attention"
+NUM_WORDS, MAXLEN = 20000, 80
+EMBEDDING, HEADS, SIZE_PER_HEAD = 128, 8, 16
+BATCH_SIZE, EPOCHS = 32, 5
+# Batches per call into the compiled train step. The updates are the same as one batch per call;
+# only Python's per-batch overhead goes.
+STEPS_PER_EXECUTION = 32
+VARIANTS = {
+    # name: position embedding, 1/sqrt(d) scaling, masks; the first two are the article's runs.
+    "pe": {"position_embedding": True, "use_scale": False, "mask": False},
+    "no_pe": {"position_embedding": False, "use_scale": False, "mask": False},
+    "pe_scaled": {"position_embedding": True, "use_scale": True, "mask": False},
+    "pe_masked": {"position_embedding": True, "use_scale": False, "mask": True},
+    "pe_scaled_masked": {"position_embedding": True, "use_scale": True, "mask": True},
+}
+ARTICLE_RUNS = ("pe", "no_pe")
+# The article's published training log: val_acc after each of the 5 epochs.
+ARTICLE_LOG = {
+    "pe": [0.8413, 0.8447, 0.8313, 0.8243, 0.8178],
+    "no_pe": [0.8430, 0.8284, 0.8137, 0.8009, 0.7925],
+}
+SOURCE = "kexue.fm/archives/4765, the article's training log (best val_acc over 5 epochs)"
+ARTICLE_CODE_EPOCH_S = 14.9  # the article's code (Keras 2 API) on these 2 CPU cores, ../shared/ARTICLES.md
+MODES = {"full": {"train_size": None, "test_size": None}, "quick": {"train_size": 4000, "test_size": 4000}}
+
+
+def headline(variant):
+    if variant in ARTICLE_LOG:
+        return {"metric": "best_val_acc", "label": "IMDB best val_acc (5 epochs)",
+                "blog": max(ARTICLE_LOG[variant]), "blog_source": SOURCE}
+    return {"metric": "best_val_acc", "label": "IMDB best val_acc (5 epochs)", "blog": None,
+            "blog_source": "extension (scaled and/or masked attention): not in the article"}
+
+
+"""## 1. Data: Keras's IMDB, 20000 words, cut or padded to 80 at the front (Keras's defaults)"""
+
+
+def load_imdb(train_size=None, test_size=None):
+    (x_train, y_train), (x_test, y_test) = data.imdb(num_words=NUM_WORDS)
+    x_train = keras.utils.pad_sequences(x_train[:train_size], maxlen=MAXLEN)  # padding="pre", truncating="pre"
+    x_test = keras.utils.pad_sequences(x_test[:test_size], maxlen=MAXLEN)
+    return (x_train, y_train[:train_size].astype("float32")), (x_test, y_test[:test_size].astype("float32"))
+
+
+"""## 2. The model: Embedding -> [position embedding] -> Attention(8, 16) -> mean over time -> Dense"""
+
+
+def build_model(position_embedding, use_scale, mask):
+    """The article's classifier. ``mask`` makes id 0 (the padding) a Keras mask: attention skips padded
+    keys and the average runs over real words only. The article used no mask."""
+    words = keras.Input((None,), dtype="int32", name="words")
+    x = keras.layers.Embedding(NUM_WORDS, EMBEDDING, mask_zero=mask, name="embedding")(words)
+    if position_embedding:
+        x = PositionEmbedding(name="position_embedding")(x)  # summed, cos then sin, as in the article
+    x = Attention(HEADS, SIZE_PER_HEAD, use_scale=use_scale, name="attention")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    x = keras.layers.Dropout(0.5)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(words, outputs, name="imdb_attention")
+
+
+"""## 3. Training one seed"""
+
+
+class PrintEpoch(keras.callbacks.Callback):
+    """One line per epoch: our val_acc beside the article's, and the epoch's time."""
+
+    def __init__(self, reference):
+        super().__init__()
+        self.reference = reference
+
+    def on_epoch_end(self, epoch, logs=None):
+        ref = self.reference[epoch] if self.reference and epoch < len(self.reference) else None
+        ref_text = "" if ref is None else f" (article {ref:.4f})"
+        print(f"    epoch {epoch + 1}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f}  "
+              f"val_loss {logs['val_loss']:.4f} val_acc {logs['val_accuracy']:.4f}{ref_text}  "
+              f"{logs['epoch_time_s']:.1f} s", flush=True)
+
+
+def run_seed(variant, seed, args, mode):
+    """Train one variant with one seed; write and return its record (an existing one is reused)."""
+    epochs = args.epochs or (2 if mode == "quick" else EPOCHS)
+    experiment = variant + ("-quick" if mode == "quick" else "")
+    config = {
+        "mode": mode, "variant": variant, **VARIANTS[variant], "epochs": epochs, "batch_size": BATCH_SIZE,
+        "optimizer": "adam", "learning_rate": 1e-3, "num_words": NUM_WORDS, "maxlen": MAXLEN,
+        "embedding": EMBEDDING, "heads": HEADS, "size_per_head": SIZE_PER_HEAD, "dropout": 0.5,
+        **MODES[mode], "steps_per_execution": STEPS_PER_EXECUTION, "distribute": args.distribute,
+    }
+    path = runs.result_path(args.out, ARTICLE, experiment, seed)
+    done = runs.load_result(path)
+    if done is not None and not args.force:
+        if done["config"] != config or done["backend"] != keras.backend.backend():
+            changed = {k: (done["config"].get(k), v) for k, v in config.items() if done["config"].get(k) != v}
+            raise SystemExit(f"{path} was made with another setup (was, now: {changed}, backend "
+                             f"{done['backend']} vs {keras.backend.backend()}); pass --force or --out")
+        print(f"  {experiment} seed {seed}: done already ({path})")
+        return done
+
+    print(f"  {experiment} seed {seed}:", flush=True)
+    started = time.time()
+    runs.set_seed(seed)
+    train, test = load_imdb(**MODES[mode])
+    with cli.distribution(args):
+        model = build_model(**VARIANTS[variant])
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"],
+                      steps_per_execution=STEPS_PER_EXECUTION)
+    history = model.fit(
+        *train, batch_size=BATCH_SIZE, epochs=epochs, validation_data=test, verbose=0,
+        callbacks=[EpochTimer(), PrintEpoch(ARTICLE_LOG.get(variant)), keras.callbacks.TerminateOnNaN()],
+    ).history
+    val_acc = history["val_accuracy"]
+    metrics = {
+        "best_val_acc": max(val_acc), "best_epoch": int(np.argmax(val_acc)) + 1, "final_val_acc": val_acc[-1],
+        "epoch_time_s": float(np.median(history["epoch_time_s"])), "params": model.count_params(),
+    }
+    runs.save_result(args.out, ARTICLE, experiment, seed, metrics=metrics, config=config, history=history,
+                     headline=headline(variant), started=started)
+    print(f"    best val_acc {metrics['best_val_acc']:.4f} at epoch {metrics['best_epoch']}, "
+          f"median {metrics['epoch_time_s']:.1f} s per epoch, {metrics['params']:,} parameters")
+    return runs.load_result(path)
+
+
+"""## 4. Table and figure"""
+
+
+def report(records, out, mode):
+    by_variant = {}
+    for r in records:
+        by_variant.setdefault(r["config"]["variant"], []).append(r)
+    print("\n| variant | best val_acc (article) | best val_acc (ours) | final val_acc (article / ours) | best epoch | s/epoch | seeds |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, rs in by_variant.items():
+        col = lambda key, d=4, rs=rs: runs.format_mean_std([r["metrics"][key] for r in rs], d)
+        ref = ARTICLE_LOG.get(variant)
+        print(f"| {variant} | {max(ref) if ref else '-'} | {col('best_val_acc')} | "
+              f"{ref[-1] if ref else '-'} / {col('final_val_acc')} | {col('best_epoch', 1)} | "
+              f"{col('epoch_time_s', 1)} | {len(rs)} |")
+    print("\nper-epoch val_acc, mean over seeds (article's log in brackets):")
+    for variant, rs in by_variant.items():
+        curves = np.array([r["history"]["val_accuracy"] for r in rs])
+        ref = ARTICLE_LOG.get(variant, [])
+        cells = [f"{m:.4f}" + (f" [{ref[i]:.4f}]" if i < len(ref) else "") for i, m in enumerate(curves.mean(0))]
+        print(f"  {variant:17s} " + "  ".join(cells))
+    times = [r["metrics"]["epoch_time_s"] for v in ARTICLE_RUNS for r in by_variant.get(v, [])]
+    if times and mode == "full":
+        print(f"\ntime per epoch, article recipe: {np.median(times):.1f} s (the article's code here: "
+              f"{ARTICLE_CODE_EPOCH_S} s; goal at most {ARTICLE_CODE_EPOCH_S * 2 / 3:.1f} s)")
+    suffix = "-quick" if mode == "quick" else ""
+    curves = {v: [r["history"]["val_accuracy"] for r in rs] for v, rs in by_variant.items()}
+    figures = [plots.plot_curves(
+        {v: c for v, c in curves.items() if v in ARTICLE_RUNS}, Path(out) / ARTICLE / f"val_acc{suffix}.png",
+        ylabel="validation accuracy", title="IMDB, the article's classifier: val_acc per epoch (mean, min-max)",
+        reference={f"article's log, {v}": ARTICLE_LOG[v] for v in ARTICLE_RUNS if v in by_variant},
+    )]
+    if any(v not in ARTICLE_RUNS for v in curves):
+        figures.append(plots.plot_curves(
+            {v: c for v, c in curves.items() if v not in ARTICLE_RUNS or v == "pe"},
+            Path(out) / ARTICLE / f"val_acc_extensions{suffix}.png", ylabel="validation accuracy",
+            title="IMDB: scaled and masked attention (extension) vs the article's (pe)",
+        ))
+    print("\nfigures: " + ", ".join(str(f) for f in figures))
+
+
+def main(argv=None):
+    p = cli.parser(__doc__)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="which runs (default: all; pe and no_pe are the article's)")
+    args = cli.parse(p, argv)
+    mode = "quick" if args.quick else "full"
+    print(f"backend {keras.backend.backend()}, mode {mode}, seeds {cli.seeds(args)}, variants {args.variants}")
+    records = [run_seed(variant, seed, args, mode) for variant in args.variants for seed in cli.seeds(args)]
+    report(records, args.out, mode)
+    return records
+
+
+if __name__ == "__main__":
+    main()
