@@ -27,6 +27,11 @@ ARTICLES = {
         "url": "https://kexue.fm/archives/4647",
         "script": "activations/train.py",
     },
+    "attention": {
+        "title": "《Attention is All You Need》浅读（简介+代码） (A first reading of Attention is All You Need)",
+        "url": "https://kexue.fm/archives/4765",
+        "script": "attention/train.py",
+    },
     "crf": {
         "title": "简明条件随机场CRF介绍（附带纯Keras实现） (A concise CRF, with a pure-Keras implementation)",
         "url": "https://kexue.fm/archives/5542",

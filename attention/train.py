@@ -182,11 +182,13 @@ def report(records, out, mode):
               f"{ARTICLE_CODE_EPOCH_S} s; goal at most {ARTICLE_CODE_EPOCH_S * 2 / 3:.1f} s)")
     suffix = "-quick" if mode == "quick" else ""
     curves = {v: [r["history"]["val_accuracy"] for r in rs] for v, rs in by_variant.items()}
-    figures = [plots.plot_curves(
-        {v: c for v, c in curves.items() if v in ARTICLE_RUNS}, Path(out) / ARTICLE / f"val_acc{suffix}.png",
-        ylabel="validation accuracy", title="IMDB, the article's classifier: val_acc per epoch (mean, min-max)",
-        reference={f"article's log, {v}": ARTICLE_LOG[v] for v in ARTICLE_RUNS if v in by_variant},
-    )]
+    figures = []
+    if any(v in ARTICLE_RUNS for v in curves):
+        figures.append(plots.plot_curves(
+            {v: c for v, c in curves.items() if v in ARTICLE_RUNS}, Path(out) / ARTICLE / f"val_acc{suffix}.png",
+            ylabel="validation accuracy", title="IMDB, the article's classifier: val_acc per epoch (mean, min-max)",
+            reference={f"article's log, {v}": ARTICLE_LOG[v] for v in ARTICLE_RUNS if v in by_variant},
+        ))
     if any(v not in ARTICLE_RUNS for v in curves):
         figures.append(plots.plot_curves(
             {v: c for v, c in curves.items() if v not in ARTICLE_RUNS or v == "pe"},

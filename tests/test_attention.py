@@ -429,3 +429,45 @@ def test_layers_py_runs_copied_alone(tmp_path):
         "print(tuple(y.shape))\n"
     )
     assert run_copied_alone(REPO / "attention" / "layers.py", script, tmp_path) == "(2, 5, 8)"
+
+
+# --------------------------------------------------------------------------------------------------
+# The experiment
+
+
+@pytest.mark.data
+def test_imdb_is_cut_and_padded_at_the_front_as_keras_does(require_data):
+    require_data("imdb/imdb.npz")
+    from attention import train
+
+    (x, y), (x_test, y_test) = train.load_imdb(train_size=300, test_size=200)
+    assert x.shape == (300, 80) and x_test.shape == (200, 80) and x.max() < train.NUM_WORDS
+    from utils import data as datasets
+
+    (raw, _), _ = datasets.imdb(num_words=train.NUM_WORDS)
+    for i in range(300):
+        review = raw[i]
+        if len(review) >= 80:  # truncating="pre": the last 80 words are kept
+            assert list(x[i]) == review[-80:]
+        else:  # padding="pre": zeros first
+            assert list(x[i]) == [0] * (80 - len(review)) + review
+    assert set(np.unique(y)) <= {0.0, 1.0}
+
+
+@pytest.mark.data
+def test_train_script_quick_run_saves_resumes_and_refuses_other_settings(require_data, tmp_path, capsys):
+    require_data("imdb/imdb.npz")
+    from attention import train
+
+    args = ["--quick", "--seeds", "1", "--epochs", "1", "--variants", "pe_masked", "--out", str(tmp_path)]
+    (record,) = train.main(args)
+    assert record["config"]["mask"] and record["config"]["epochs"] == 1
+    assert 0.4 < record["metrics"]["best_val_acc"] <= 1 and len(record["history"]["val_accuracy"]) == 1
+    assert record["metrics"]["params"] == 20000 * 128 + 3 * 128 * 128 + 129
+    assert (tmp_path / "attention" / "pe_masked-quick" / "seed0.json").is_file()
+    assert (tmp_path / "attention" / "val_acc_extensions-quick.png").is_file()
+    capsys.readouterr()
+    (again,) = train.main(args)
+    assert "done already" in capsys.readouterr().out and again == record
+    with pytest.raises(SystemExit, match="another setup"):
+        train.main([*args[:4], "2", *args[5:]])
