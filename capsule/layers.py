@@ -1,0 +1,189 @@
+"""Capsules with dynamic routing, from 揭开迷雾，来一顿美味的Capsule盛宴 ("Capsules, demystified"), Su
+Jianlin, https://kexue.fm/archives/4819 (2018-01-23), and its K-means reading, 再来一顿贺岁宴：从K-Means到
+Capsule ("From K-means to capsules"), https://kexue.fm/archives/5112 (2018-02-12).
+
+A capsule layer maps n input capsules ``u_i`` (vectors) to k output capsules ``v_j``. Each input votes
+for each output through a matrix, ``û_{j|i} = W_j u_i`` (one ``W_j`` shared by every input, as in the
+article's code, so any number of inputs works; or one ``W_ji`` per input, the paper's), and routing
+decides how much each vote counts (``c_ij``, a softmax over the outputs j for each input i)::
+
+    squash(x) = ||x||² / (C + ||x||²) · x / ||x||        (C = 1 in the paper, 0.5 in the article)
+
+    paper (Sabour et al. 2017):    b = 0; repeat r times: c = softmax_j(b), v_j = squash(Σ_i c_ij û_{j|i}),
+                                   b_ij += <û_{j|i}, v_j>
+    article 4819:                  the same, but b_ij = <û_{j|i}, v_j> is REPLACED each iteration, not
+                                   accumulated (accumulating drives c to one-hot as r grows), C = 0.5
+    K-means, 5112:                 o_j = Σ_i c_ij û_{j|i}; between iterations only normalise,
+                                   b_ij = <û_{j|i}, o_j / ||o_j||>; squash once, at the end
+
+The 5112 article derives routing as K-means clustering of the votes with the softened minimum and the
+distance ``-<u, v/||v||>``: ``c`` are soft assignments, ``o_j`` the cluster centres, and squashing
+inside the loop only distorts the centres.
+
+The capsule's length is its class score; the article trains with the margin loss
+``y·relu(0.9 - p)² + 0.25·(1 - y)·relu(p - 0.1)²`` summed over classes.
+
+This file imports only keras and numpy, uses ``keras.ops``, and runs on TensorFlow (with or without
+XLA: the routing loop is unrolled in Python), JAX and PyTorch.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+__all__ = ["squash", "Capsule", "CapsuleLength", "margin_loss", "ROUTINGS"]
+
+ROUTINGS = ("paper", "article", "kmeans")
+
+
+def _positive_int(name, value, where):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@keras.saving.register_keras_serializable(package="kexue_capsule")
+def squash(x, axis=-1, constant=1.0, epsilon=1e-7):
+    """``||x||² / (constant + ||x||²) · x / ||x||`` along ``axis``: the direction of ``x`` with a length
+    in [0, 1). ``constant`` is 1 in the paper, 0.5 in the article (its lengths rise faster). Zero maps to
+    zero with a finite (zero) gradient: ``epsilon`` sits under the square root."""
+    x = ops.convert_to_tensor(x)
+    s = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x * (s / ((constant + s) * ops.sqrt(s + epsilon)))
+
+
+@keras.saving.register_keras_serializable(package="kexue_capsule")
+class Capsule(keras.layers.Layer):
+    """A capsule layer with dynamic routing.
+
+    Args:
+        num_capsule: output capsules k (e.g. 10 classes).
+        dim_capsule: length of each output capsule.
+        routings: routing iterations r (3 in the paper and the article; 1 means uniform coupling).
+        share_weights: one matrix ``W_j`` per output capsule, shared by all inputs (the article's
+            choice: the number of input capsules may change between calls, e.g. 28x28 then 56x28
+            images); False gives one ``W_ji`` per input capsule (the paper's), which fixes n.
+        routing: ``"article"`` (4819: logits replaced each iteration), ``"paper"`` (logits
+            accumulated) or ``"kmeans"`` (5112: normalise inside the loop, squash at the end).
+        squash_constant: the C of ``squash``; None means the routing's own: 1 for ``"paper"``, 0.5 for
+            ``"article"`` and ``"kmeans"`` (the article's code for both).
+        kernel_initializer, kernel_regularizer: for the vote matrices.
+
+    Call: ``u`` (batch, n, d_in) -> ``v`` (batch, num_capsule, dim_capsule). With
+    ``return_coupling=True`` also the last iteration's coupling coefficients ``c``, (batch, n,
+    num_capsule), which sum to 1 over the output capsules.
+    """
+
+    def __init__(self, num_capsule, dim_capsule, routings=3, share_weights=True, routing="article",
+                 squash_constant=None, kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_capsule = _positive_int("num_capsule", num_capsule, "Capsule")
+        self.dim_capsule = _positive_int("dim_capsule", dim_capsule, "Capsule")
+        self.routings = _positive_int("routings", routings, "Capsule")
+        if routing not in ROUTINGS:
+            raise ValueError(f"Capsule: routing must be one of {ROUTINGS}, got {routing!r}")
+        if squash_constant is not None and not float(squash_constant) > 0:
+            raise ValueError(f"Capsule: squash_constant must be > 0, got {squash_constant!r}")
+        self.share_weights = bool(share_weights)
+        self.routing = routing
+        self.squash_constant = None if squash_constant is None else float(squash_constant)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+
+    @property
+    def constant(self):
+        if self.squash_constant is not None:
+            return self.squash_constant
+        return 1.0 if self.routing == "paper" else 0.5
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(f"Capsule: input must be capsules (batch, n, dim) with a known dim, got {tuple(input_shape)}")
+        outputs = self.num_capsule * self.dim_capsule
+        if self.share_weights:
+            shape = (input_shape[-1], outputs)
+        else:
+            if input_shape[1] is None:
+                raise ValueError("Capsule: share_weights=False needs a fixed number of input capsules; "
+                                 f"got input shape {tuple(input_shape)}")
+            shape = (input_shape[1], input_shape[-1], outputs)
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer)
+
+    def votes(self, u):
+        """û_{j|i}: (batch, num_capsule, n, dim_capsule)."""
+        if self.share_weights:
+            u_hat = ops.matmul(u, self.kernel)  # the same W_j for every input i
+        else:
+            if u.shape[1] is not None and u.shape[1] != self.kernel.shape[0]:
+                raise ValueError(f"Capsule: built for {self.kernel.shape[0]} input capsules "
+                                 f"(share_weights=False), called with {u.shape[1]}")
+            u_hat = ops.einsum("bni,nio->bno", u, self.kernel)
+        batch, n = ops.shape(u)[0], ops.shape(u)[1]
+        u_hat = ops.reshape(u_hat, (batch, n, self.num_capsule, self.dim_capsule))
+        return ops.transpose(u_hat, (0, 2, 1, 3))
+
+    def call(self, u, return_coupling=False):
+        u = ops.cast(u, self.compute_dtype)
+        u_hat = self.votes(u)
+        b = ops.zeros_like(u_hat[..., 0])  # routing logits (batch, num_capsule, n)
+        for i in range(self.routings):  # unrolled: r is small, and XLA compiles it
+            # over the output capsules j, for each input i (one output capsule: c = 1)
+            c = ops.softmax(b, axis=1) if self.num_capsule > 1 else ops.ones_like(b)
+            s = ops.einsum("bjn,bjnd->bjd", c, u_hat)  # Σ_i c_ij û_{j|i}
+            last = i == self.routings - 1
+            if self.routing == "kmeans":
+                if last:
+                    v = squash(s, constant=self.constant)
+                else:
+                    centre = s / ops.sqrt(ops.sum(ops.square(s), axis=-1, keepdims=True) + 1e-12)
+                    b = ops.einsum("bjd,bjnd->bjn", centre, u_hat)
+            else:
+                v = squash(s, constant=self.constant)
+                if not last:
+                    agreement = ops.einsum("bjd,bjnd->bjn", v, u_hat)  # <û_{j|i}, v_j>
+                    b = b + agreement if self.routing == "paper" else agreement
+        if return_coupling:
+            return v, ops.transpose(c, (0, 2, 1))
+        return v
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_capsule, self.dim_capsule)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_capsule": self.num_capsule,
+            "dim_capsule": self.dim_capsule,
+            "routings": self.routings,
+            "share_weights": self.share_weights,
+            "routing": self.routing,
+            "squash_constant": self.squash_constant,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+        }
+
+
+@keras.saving.register_keras_serializable(package="kexue_capsule")
+class CapsuleLength(keras.layers.Layer):
+    """The length of each capsule, (batch, k, d) -> (batch, k): the class scores of a capsule head."""
+
+    def call(self, v):
+        return ops.sqrt(ops.sum(ops.square(v), axis=-1) + keras.backend.epsilon() ** 2)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+
+@keras.saving.register_keras_serializable(package="kexue_capsule")
+def margin_loss(y_true, y_pred, m_plus=0.9, m_minus=0.1, down_weight=0.25):
+    """``y·relu(m⁺ - p)² + λ·(1 - y)·relu(p - m⁻)²`` summed over classes, per sample: ``y_true`` one-hot
+    (or multi-hot) (batch, k), ``y_pred`` scores in [0, 1] (capsule lengths or sigmoids)."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(y_true, y_pred.dtype)
+    if y_true.shape[-1] is not None and y_pred.shape[-1] is not None and y_true.shape[-1] != y_pred.shape[-1]:
+        raise ValueError(f"margin_loss: y_true must be one-hot with {y_pred.shape[-1]} classes like y_pred, "
+                         f"got shapes {tuple(y_true.shape)} and {tuple(y_pred.shape)}")
+    present = y_true * ops.square(ops.relu(m_plus - y_pred))
+    absent = down_weight * (1 - y_true) * ops.square(ops.relu(y_pred - m_minus))
+    return ops.sum(present + absent, axis=-1)
