@@ -4,6 +4,8 @@
     KERAS_BACKEND=jax python attention/bench.py
     python attention/bench.py --jit            # TensorFlow with XLA (jit_compile=True)
 
+The table is printed and written to results/attention/bench_<backend>[_jit].md.
+
 For each shape, a model ``Input -> attention -> GlobalAveragePooling1D -> Dense(1)`` is timed on one
 batch: a training step (forward, gradient, Adam update; ``train_on_batch``) and a forward pass
 (``predict_on_batch``), median of ``--repeats`` calls after a warm-up, in milliseconds. Rows:
@@ -18,6 +20,7 @@ The first shape is the article's IMDB model (batch 32, 80 words, 128 features, 8
 """
 
 import argparse
+import datetime
 import os
 import sys
 import time
@@ -30,6 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from attention.layers import Attention  # noqa: E402
+from utils import runs  # noqa: E402
 
 SHAPES = [  # batch, length, features, heads, size per head
     (32, 80, 128, 8, 16),
@@ -82,19 +86,28 @@ def bench(make, shape, repeats, jit):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=50, help="timed calls per row (median reported)")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per row (median reported)")
     p.add_argument("--jit", action="store_true", help="jit_compile=True (XLA) on TensorFlow")
     args = p.parse_args(argv)
     backend = keras.backend.backend()
     jit = True if args.jit else ("auto" if backend != "tensorflow" else False)
-    print(f"backend {backend} {__import__(backend).__version__}, keras {keras.__version__}, jit_compile={jit}")
+    env = runs.environment()
+    lines = [f"backend {backend} {__import__(backend).__version__}, keras {keras.__version__}, jit_compile={jit}, "
+             f"median of {args.repeats} calls, {env['machine']}, {datetime.date.today().isoformat()}",
+             "command: " + " ".join(["python", "attention/bench.py", *(argv if argv is not None else sys.argv[1:])])]
+    print("\n".join(lines))
     for shape in SHAPES:
         batch, length, features, heads, size = shape
-        print(f"\nbatch {batch}, length {length}, features {features}, {heads} heads x {size}")
-        print("| layer | train step (ms) | forward (ms) |\n|---|---|---|")
+        lines += ["", f"batch {batch}, length {length}, features {features}, {heads} heads x {size}", "",
+                  "| layer | train step (ms) | forward (ms) |", "|---|---|---|"]
+        print("\n".join(lines[-5:]))
         for name, make in layers(features, heads, size).items():
             train_ms, forward_ms = bench(make, shape, args.repeats, jit)
-            print(f"| {name} | {train_ms:.2f} | {forward_ms:.2f} |", flush=True)
+            lines.append(f"| {name} | {train_ms:.2f} | {forward_ms:.2f} |")
+            print(lines[-1], flush=True)
+    path = runs.REPO / "results" / "attention" / f"bench_{backend}{'_jit' if args.jit else ''}.md"
+    runs.write_text_atomic(path, "\n".join(lines) + "\n")
+    print(f"\nwritten to {path}")
 
 
 if __name__ == "__main__":

@@ -171,8 +171,13 @@ class Attention(keras.layers.Layer):
         allowed = None
         if attention_mask is not None:
             allowed = _bool_mask(attention_mask)
-            if len(allowed.shape) != 3:
-                raise ValueError(f"Attention: attention_mask must be (batch, Tq, Tk), got shape {tuple(allowed.shape)}")
+            if len(allowed.shape) == 2:
+                allowed = ops.expand_dims(allowed, 0)
+            if len(allowed.shape) != 3 or any(
+                a is not None and b is not None and a != b for a, b in zip(allowed.shape[1:], (q.shape[1], k.shape[1]))
+            ):
+                raise ValueError(f"Attention: attention_mask must be (batch, Tq, Tk) or (Tq, Tk) = "
+                                 f"(..., {q.shape[1]}, {k.shape[1]}), got shape {tuple(attention_mask.shape)}")
         parts = []
         if q_mask is not None:
             parts.append(ops.expand_dims(q_mask, -1))
@@ -185,16 +190,39 @@ class Attention(keras.layers.Layer):
             allowed = part if allowed is None else ops.logical_and(allowed, part)
         return allowed
 
-    def call(self, inputs, mask=None, attention_mask=None, training=None, return_attention_scores=False):
-        q, k, v = (ops.cast(t, self.compute_dtype) for t in self._unpack(inputs))
+    @staticmethod
+    def _check_mask(mask, x, name):
+        """A (batch, T) mask whose T is the input's, or a clear error."""
+        if mask is None:
+            return None
+        mask = _bool_mask(mask)
+        if len(mask.shape) != 2 or (mask.shape[1] is not None and x.shape[1] is not None and mask.shape[1] != x.shape[1]):
+            raise ValueError(f"Attention: the {name} mask must be (batch, {x.shape[1]}) like the {name}s "
+                             f"{tuple(x.shape)}, got shape {tuple(mask.shape)}")
+        return mask
+
+    def _masks(self, inputs, mask):
+        """(query mask, key mask) from a Keras mask: one per input, or one for self-attention."""
+        if mask is None:
+            return None, None
+        q, k, v = self._unpack(inputs)
         if isinstance(mask, (list, tuple)):
-            q_mask, k_mask, v_mask = (_bool_mask(m) for m in self._unpack(list(mask), "mask"))
-            if k_mask is None:
-                k_mask = v_mask
-            elif v_mask is not None and v_mask is not k_mask:
-                k_mask = ops.logical_and(k_mask, v_mask)
-        else:
-            q_mask = k_mask = _bool_mask(mask)
+            q_mask, k_mask, v_mask = self._unpack(list(mask), "mask")
+            q_mask = self._check_mask(q_mask, q, "query")
+            k_mask = self._check_mask(k_mask, k, "key")
+            v_mask = self._check_mask(v_mask, v, "value")
+            if k_mask is None or v_mask is k_mask:
+                return q_mask, v_mask
+            return q_mask, k_mask if v_mask is None else ops.logical_and(k_mask, v_mask)
+        if isinstance(inputs, (list, tuple)):
+            raise ValueError("Attention: with inputs [q, v] or [q, k, v], pass one mask per input, "
+                             "mask=[q_mask, k_mask(, v_mask)] (None where there is none)")
+        mask = self._check_mask(mask, q, "query")
+        return mask, mask
+
+    def call(self, inputs, mask=None, attention_mask=None, training=None, return_attention_scores=False):
+        q_mask, k_mask = self._masks(inputs, mask)
+        q, k, v = (ops.cast(t, self.compute_dtype) for t in self._unpack(inputs))
         Q, K, V = self._project(q, "q"), self._project(k, "k"), self._project(v, "v")
         scale = 1.0 / float(np.sqrt(self.size_per_head)) if self.use_scale else 1.0
 
@@ -214,14 +242,16 @@ class Attention(keras.layers.Layer):
             weights = None
         else:
             Qh, Kh, Vh = (ops.transpose(t, (0, 2, 1, 3)) for t in (Q, K, V))  # (batch, heads, T, size)
-            logits = ops.matmul(Qh, ops.transpose(Kh, (0, 1, 3, 2))) * ops.cast(scale, Q.dtype)
-            logits = ops.cast(logits, "float32")  # softmax in float32 under mixed precision too
+            # 16-bit inputs (mixed precision): the logits and the softmax in float32
+            wide = "float32" if keras.backend.standardize_dtype(Q.dtype) in ("float16", "bfloat16") else Q.dtype
+            Qh = ops.cast(Qh, wide) * ops.cast(scale, wide)
+            logits = ops.matmul(Qh, ops.transpose(ops.cast(Kh, wide), (0, 1, 3, 2)))
             if allowed is not None:
                 logits = ops.where(safe, logits, -1e9)
             weights = ops.softmax(logits, axis=-1)
             if allowed is not None:
                 weights = weights * ops.cast(ops.expand_dims(allowed, 1), weights.dtype)
-            weights = ops.cast(weights, Q.dtype)
+            weights = ops.cast(weights, V.dtype)
             out = ops.transpose(ops.matmul(self.dropout_layer(weights, training=training), Vh), (0, 2, 1, 3))
         out = ops.reshape(out, (ops.shape(Q)[0], ops.shape(Q)[1], self.heads * self.size_per_head))
         if allowed is not None:
@@ -233,6 +263,17 @@ class Attention(keras.layers.Layer):
         if q_mask is not None:
             out = out * ops.cast(ops.expand_dims(q_mask, -1), out.dtype)
         return (out, weights) if return_attention_scores else out
+
+    def compute_output_shape(self, input_shape):
+        q_shape = input_shape[0] if input_shape and isinstance(input_shape[0], (list, tuple)) else input_shape
+        return (*q_shape[:-1], self.output_dim or self.heads * self.size_per_head)
+
+    def compute_output_spec(self, inputs, mask=None, attention_mask=None, training=None, return_attention_scores=False):
+        q, k, _ = self._unpack(inputs)
+        out = keras.KerasTensor(self.compute_output_shape(q.shape), dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return out
+        return out, keras.KerasTensor((q.shape[0], self.heads, q.shape[1], k.shape[1]), dtype=self.compute_dtype)
 
     def compute_mask(self, inputs, mask=None):
         if isinstance(mask, (list, tuple)):

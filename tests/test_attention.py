@@ -39,7 +39,7 @@ def softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
-def oracle(layer, q, k, v, q_mask=None, k_mask=None, causal=False):
+def oracle(layer, q, k, v, q_mask=None, k_mask=None, causal=False, attention_mask=None):
     """The article's formula per head in float64, from the layer's own weights: softmax(Q K^T [/ sqrt d]) V,
     masked keys excluded, heads concatenated, [W^O], output zeroed at masked queries."""
     w = {x.path.split("/")[-1]: np.asarray(np_(x), "float64") for x in layer.weights}
@@ -53,6 +53,8 @@ def oracle(layer, q, k, v, q_mask=None, k_mask=None, causal=False):
         allowed &= k_mask[:, None, :]
     if causal:
         allowed &= np.tril(np.ones((tq, tk), bool))[None]
+    if attention_mask is not None:
+        allowed &= attention_mask
     out = np.zeros((b, tq, layer.heads * layer.size_per_head))
     for h in range(layer.heads):
         cols = slice(h * layer.size_per_head, (h + 1) * layer.size_per_head)
@@ -250,6 +252,56 @@ def test_dropout_acts_in_training_only_and_weights_are_distributions():
 
 
 @pytest.mark.layers
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_mask_matches_the_oracle_and_takes_2d(fused):
+    q, v, q_mask, k_mask = data(13)
+    extra = np.random.default_rng(14).random((B, TQ, TK)) > 0.4
+    layer = Attention(HEADS, SIZE, use_scale=True, fused=fused)
+    out = np_(layer([q, v], mask=[q_mask, k_mask], attention_mask=extra))
+    np.testing.assert_allclose(out, oracle(layer, q, v, v, q_mask, k_mask, attention_mask=extra), atol=2e-5)
+    shared = np_(layer([q, v], attention_mask=extra[0]))  # (Tq, Tk): the same for every sequence
+    np.testing.assert_allclose(shared, oracle(layer, q, v, v, attention_mask=np.broadcast_to(extra[0], extra.shape)), atol=2e-5)
+
+
+@pytest.mark.layers
+def test_key_and_value_masks_combine():
+    q, v, q_mask, k_mask = data(15)
+    v_mask = np.random.default_rng(16).random((B, TK)) > 0.3
+    v_mask[:, 0] = True
+    layer = Attention(HEADS, SIZE)
+    both = np_(layer([q, v, v], mask=[q_mask, k_mask, v_mask]))
+    np.testing.assert_allclose(both, np_(layer([q, v, v], mask=[q_mask, k_mask & v_mask, None])), atol=1e-6)
+    np.testing.assert_allclose(np_(layer([q, v, v], mask=[None, None, v_mask])), oracle(layer, q, v, v, k_mask=v_mask), atol=2e-5)
+
+
+@pytest.mark.layers
+def test_masks_of_the_wrong_shape_raise_clear_errors():
+    q, v, q_mask, k_mask = data(17)
+    layer = Attention(HEADS, SIZE)
+    with pytest.raises(ValueError, match="pass one mask per input"):
+        layer([q, v], mask=q_mask)
+    with pytest.raises(ValueError, match=r"the key mask must be \(batch, 7\)"):
+        layer([q, v], mask=[q_mask, q_mask])
+    with pytest.raises(ValueError, match=r"the query mask must be \(batch, 5\)"):
+        layer(q, mask=q_mask[:, :3])
+    with pytest.raises(ValueError, match="attention_mask must be"):
+        layer([q, v], attention_mask=np.ones((TQ, TQ), bool))
+
+
+@pytest.mark.layers
+def test_symbolic_shapes_with_and_without_weights():
+    q_in, v_in = keras.Input((None, DQ)), keras.Input((9, DV))
+    layer = Attention(HEADS, SIZE, output_dim=11)
+    out, weights = layer([q_in, v_in], return_attention_scores=True)
+    assert tuple(out.shape) == (None, None, 11) and tuple(weights.shape) == (None, HEADS, None, 9)
+    assert layer.compute_output_shape([(None, 5, DQ), (None, 9, DV)]) == (None, 5, 11)
+    model = keras.Model([q_in, v_in], [out, weights])
+    q, v, _, _ = data(18, tk=9)
+    got_out, got_w = model([q, v])
+    assert tuple(got_out.shape) == (B, TQ, 11) and tuple(got_w.shape) == (B, HEADS, TQ, 9)
+
+
+@pytest.mark.layers
 def test_attention_mask_argument_combines_with_keras_masks():
     q, v, q_mask, k_mask = data(10)
     rng = np.random.default_rng(11)
@@ -259,14 +311,29 @@ def test_attention_mask_argument_combines_with_keras_masks():
     allowed = extra & k_mask[:, None, :] & q_mask[:, :, None]
     assert np.all(np_(weights).transpose(0, 2, 1, 3)[~np.broadcast_to(allowed[:, :, None], (B, TQ, HEADS, TK))] == 0)
     with pytest.raises(ValueError, match="attention_mask must be"):
-        layer([q, v], attention_mask=extra[0])
+        layer([q, v], attention_mask=extra[0, 0])
 
 
 @pytest.mark.layers
-def test_float16_and_mixed_precision_stay_finite():
+@pytest.mark.parametrize("fused", [True, False])
+def test_mixed_precision_matches_float32(fused):
     q, v, q_mask, k_mask = data(12)
-    layer = Attention(HEADS, SIZE, dtype="mixed_float16", fused=False)
-    out = np_(layer([q * 30, v], mask=[q_mask, k_mask]))
+    layer = Attention(HEADS, SIZE, use_scale=True, dtype="mixed_float16", fused=fused)
+    full = Attention(HEADS, SIZE, use_scale=True)
+    layer([q, v])
+    full([q, v])
+    full.set_weights(layer.get_weights())
+    out = np_(layer([q, v], mask=[q_mask, k_mask]))
+    assert out.dtype == np.float16 and np.all(np.isfinite(out))
+    np.testing.assert_allclose(out.astype("float32"), np_(full([q, v], mask=[q_mask, k_mask])), atol=2e-2)
+
+
+@pytest.mark.layers
+def test_mixed_precision_logits_do_not_overflow_on_the_matmul_path():
+    """Logits beyond float16's 65504 (here about 1.2e5) are computed and softmaxed in float32."""
+    q, v, q_mask, k_mask = data(12)
+    layer = Attention(HEADS, SIZE, dtype="mixed_float16", fused=False, kernel_initializer="ones")
+    out = np_(layer([q * 0 + 10, v * 0 + 10], mask=[q_mask, k_mask]))
     assert out.dtype == np.float16 and np.all(np.isfinite(out))
 
 
