@@ -29,8 +29,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from attention.layers import Attention, PositionEmbedding  # noqa: E402
-from utils import cli, data, plots, runs  # noqa: E402
-from utils.callbacks import EpochTimer  # noqa: E402
+from utils import cli, data, feed, plots, runs  # noqa: E402
+from utils.callbacks import EpochTimer, PrintEpoch  # noqa: E402
 
 ARTICLE = "attention"
 NUM_WORDS, MAXLEN = 20000, 80
@@ -96,21 +96,6 @@ def build_model(position_embedding, use_scale, mask):
 """## 3. Training one seed"""
 
 
-class PrintEpoch(keras.callbacks.Callback):
-    """One line per epoch: our val_acc beside the article's, and the epoch's time."""
-
-    def __init__(self, reference):
-        super().__init__()
-        self.reference = reference
-
-    def on_epoch_end(self, epoch, logs=None):
-        ref = self.reference[epoch] if self.reference and epoch < len(self.reference) else None
-        ref_text = "" if ref is None else f" (article {ref:.4f})"
-        print(f"    epoch {epoch + 1}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f}  "
-              f"val_loss {logs['val_loss']:.4f} val_acc {logs['val_accuracy']:.4f}{ref_text}  "
-              f"{logs['epoch_time_s']:.1f} s", flush=True)
-
-
 def run_seed(variant, seed, args, mode):
     """Train one variant with one seed; write and return its record (an existing one is reused)."""
     epochs = args.epochs or (2 if mode == "quick" else EPOCHS)
@@ -140,7 +125,8 @@ def run_seed(variant, seed, args, mode):
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"],
                       steps_per_execution=STEPS_PER_EXECUTION)
     history = model.fit(
-        *train, batch_size=BATCH_SIZE, epochs=epochs, validation_data=test, verbose=0,
+        **feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=seed), epochs=epochs,
+        validation_data=feed.validation(*test, batch_size=BATCH_SIZE), verbose=0,
         callbacks=[EpochTimer(), PrintEpoch(ARTICLE_LOG.get(variant)), keras.callbacks.TerminateOnNaN()],
     ).history
     val_acc = history["val_accuracy"]

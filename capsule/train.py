@@ -33,8 +33,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from capsule.layers import Capsule, CapsuleLength, margin_loss  # noqa: E402
-from utils import cli, data, runs  # noqa: E402
-from utils.callbacks import EpochTimer  # noqa: E402
+from utils import cli, data, feed, runs  # noqa: E402
+from utils.callbacks import EpochTimer, PrintEpoch  # noqa: E402
 
 ARTICLE = "capsule"
 BATCH_SIZE = 128
@@ -145,6 +145,7 @@ def run_seed(name, seed, args, mode, pairs):
         print(f"  {experiment} seed {seed}: done already ({path})")
         return done
 
+    print(f"  {experiment} seed {seed}:", flush=True)
     started = time.time()
     runs.set_seed(seed)
     train, test, _ = load_mnist(MODES[mode]["train_size"])
@@ -152,8 +153,9 @@ def run_seed(name, seed, args, mode, pairs):
         model = build_model(spec["head"], spec["routing"], args.precision)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=margin_loss, metrics=["accuracy"],
                       steps_per_execution=10)
-    history = model.fit(*train, batch_size=BATCH_SIZE, epochs=epochs, validation_data=test, verbose=0,
-                        callbacks=[EpochTimer(), keras.callbacks.TerminateOnNaN()]).history
+    history = model.fit(**feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=seed), epochs=epochs,
+                        validation_data=feed.validation(*test, batch_size=BATCH_SIZE), verbose=0,
+                        callbacks=[EpochTimer(), PrintEpoch(), keras.callbacks.TerminateOnNaN()]).history
     scores = model.predict(pairs[0], batch_size=500, verbose=0)
     acc1, acc2 = pair_scores(scores, pairs[1])
     metrics = {
@@ -167,7 +169,7 @@ def run_seed(name, seed, args, mode, pairs):
                      headline={"metric": "pair_acc", "label": "two-digit top-2 accuracy (acc1)",
                                "blog": BLOG[name]["pair_acc"], "blog_source": SOURCES[name]},
                      started=started)
-    print(f"  {experiment} seed {seed}: MNIST test {metrics['test_acc']:.4f}, two digits {acc1:.4f} / {acc2:.4f}, "
+    print(f"    MNIST test {metrics['test_acc']:.4f}, two digits {acc1:.4f} / {acc2:.4f}, "
           f"{metrics['epoch_time_s']:.1f} s per epoch, {metrics['params']:,} parameters", flush=True)
     return runs.load_result(path)
 

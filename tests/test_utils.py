@@ -339,3 +339,41 @@ def test_results_md_is_a_table_over_the_result_files(tmp_path):
     assert "| mlp-relu-quick | MNIST test accuracy | none | 0.9000 | 1 (0) |" in quick
     assert "Blog column: src." in full
     assert "2 cores X; CPU; tensorflow 2.21.0" in full and text in done.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# feed: arrays to fit without tf.data's background threads
+
+
+def test_feed_arrays_gives_every_sample_once_per_epoch_reshuffled_and_trains():
+    pytest.importorskip(BACKEND)
+    import keras
+
+    from utils import feed
+
+    x = np.arange(50, dtype="float32")[:, None]
+    y = (np.arange(50) % 2).astype("float32")
+    kwargs = feed.arrays(x, y, batch_size=8, shuffle=True, seed=3)
+    if keras.backend.backend() != "tensorflow":
+        assert kwargs == {"x": x, "y": y, "batch_size": 8, "shuffle": True}
+        return
+    assert kwargs["shuffle"] is False and set(kwargs) == {"x", "shuffle"}  # the pipeline shuffles itself
+    dataset = kwargs["x"]
+    assert dataset.options().autotune.enabled is False
+    epochs = []
+    for _ in range(2):
+        batches = [(bx.numpy()[:, 0], by.numpy()) for bx, by in dataset]
+        assert [len(b[0]) for b in batches] == [8] * 6 + [2]
+        order = np.concatenate([b[0] for b in batches])
+        assert sorted(order) == list(range(50))  # every sample once
+        np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), order % 2)  # pairs kept
+        epochs.append(order)
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled each epoch
+    again = [bx.numpy()[:, 0] for bx, _ in feed.arrays(x, y, batch_size=8, shuffle=True, seed=3)["x"]]
+    np.testing.assert_array_equal(np.concatenate(again), epochs[0])  # the seed fixes the order
+    in_order = np.concatenate([bx.numpy()[:, 0] for bx, _ in feed.validation(x, y, batch_size=8)])
+    np.testing.assert_array_equal(in_order, np.arange(50))
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    history = model.fit(**kwargs, epochs=2, validation_data=feed.validation(x, y, batch_size=8), verbose=0)
+    assert len(history.history["val_loss"]) == 2
