@@ -32,6 +32,11 @@ ARTICLES = {
         "url": "https://kexue.fm/archives/4765",
         "script": "attention/train.py",
     },
+    "capsule": {
+        "title": "揭开迷雾，来一顿美味的Capsule盛宴 / 再来一顿贺岁宴：从K-Means到Capsule (Capsules, and their K-means reading)",
+        "url": "https://kexue.fm/archives/4819",
+        "script": "capsule/train.py",
+    },
     "crf": {
         "title": "简明条件随机场CRF介绍（附带纯Keras实现） (A concise CRF, with a pure-Keras implementation)",
         "url": "https://kexue.fm/archives/5542",

@@ -20,8 +20,10 @@ The 5112 article derives routing as K-means clustering of the votes with the sof
 distance ``-<u, v/||v||>``: ``c`` are soft assignments, ``o_j`` the cluster centres, and squashing
 inside the loop only distorts the centres.
 
-The capsule's length is its class score; the article trains with the margin loss
-``y·relu(0.9 - p)² + 0.25·(1 - y)·relu(p - 0.1)²`` summed over classes.
+The capsule's length is its class score, trained with the margin loss
+``y·relu(0.9 - p)² + 0.25·(1 - y)·relu(p - 0.1)²`` per class (summed over classes here, as in the
+paper; the article's code let Keras average it over the classes: the same gradient directions, a tenth
+of the size).
 
 This file imports only keras and numpy, uses ``keras.ops``, and runs on TensorFlow (with or without
 XLA: the routing loop is unrolled in Python), JAX and PyTorch.
@@ -126,6 +128,10 @@ class Capsule(keras.layers.Layer):
     def call(self, u, return_coupling=False):
         u = ops.cast(u, self.compute_dtype)
         u_hat = self.votes(u)
+        # 16-bit policies: route in float32 (the tiny constants under the square roots underflow in float16)
+        wide = keras.backend.standardize_dtype(u_hat.dtype) in ("float16", "bfloat16")
+        if wide:
+            u_hat = ops.cast(u_hat, "float32")
         b = ops.zeros_like(u_hat[..., 0])  # routing logits (batch, num_capsule, n)
         for i in range(self.routings):  # unrolled: r is small, and XLA compiles it
             # over the output capsules j, for each input i (one output capsule: c = 1)
@@ -143,12 +149,20 @@ class Capsule(keras.layers.Layer):
                 if not last:
                     agreement = ops.einsum("bjd,bjnd->bjn", v, u_hat)  # <û_{j|i}, v_j>
                     b = b + agreement if self.routing == "paper" else agreement
+        if wide:
+            v, c = ops.cast(v, self.compute_dtype), ops.cast(c, self.compute_dtype)
         if return_coupling:
             return v, ops.transpose(c, (0, 2, 1))
         return v
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_capsule, self.dim_capsule)
+
+    def compute_output_spec(self, u, return_coupling=False):
+        v = keras.KerasTensor(self.compute_output_shape(u.shape), dtype=self.compute_dtype)
+        if not return_coupling:
+            return v
+        return v, keras.KerasTensor((u.shape[0], u.shape[1], self.num_capsule), dtype=self.compute_dtype)
 
     def get_config(self):
         return {
@@ -169,7 +183,9 @@ class CapsuleLength(keras.layers.Layer):
     """The length of each capsule, (batch, k, d) -> (batch, k): the class scores of a capsule head."""
 
     def call(self, v):
-        return ops.sqrt(ops.sum(ops.square(v), axis=-1) + keras.backend.epsilon() ** 2)
+        v = ops.cast(v, "float32") if keras.backend.standardize_dtype(v.dtype) in ("float16", "bfloat16") else v
+        length = ops.sqrt(ops.sum(ops.square(v), axis=-1) + keras.backend.epsilon() ** 2)
+        return ops.cast(length, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1])

@@ -14,7 +14,9 @@ import keras
 
 
 def arrays(x, y, *, batch_size, shuffle=False, seed=None):
-    """Keyword arguments for ``fit``: ``model.fit(**arrays(x, y, batch_size=32, shuffle=True), epochs=...)``."""
+    """Keyword arguments for ``fit``: ``model.fit(**arrays(x, y, batch_size=32, shuffle=True), epochs=...)``.
+    ``seed`` fixes the shuffling on TensorFlow; other backends shuffle with Keras's own generator
+    (seeded by ``keras.utils.set_random_seed``)."""
     if keras.backend.backend() != "tensorflow":
         return {"x": x, "y": y, "batch_size": batch_size, "shuffle": shuffle}
     import tensorflow as tf
