@@ -244,7 +244,7 @@ class Attention(keras.layers.Layer):
             Qh, Kh, Vh = (ops.transpose(t, (0, 2, 1, 3)) for t in (Q, K, V))  # (batch, heads, T, size)
             # 16-bit inputs (mixed precision): the logits and the softmax in float32
             wide = "float32" if keras.backend.standardize_dtype(Q.dtype) in ("float16", "bfloat16") else Q.dtype
-            Qh = ops.cast(Qh, wide) * ops.cast(scale, wide)
+            Qh = ops.cast(Qh, wide) if scale == 1.0 else ops.cast(Qh, wide) * ops.cast(scale, wide)
             logits = ops.matmul(Qh, ops.transpose(ops.cast(Kh, wide), (0, 1, 3, 2)))
             if allowed is not None:
                 logits = ops.where(safe, logits, -1e9)
