@@ -17,9 +17,9 @@ the 128-channel feature vectors as capsules -> Capsule(10, 16, 3 routings, share
 10 epochs; Adam, batch 128, margin loss; the test set as validation. Runs: the CNN and the capsule head
 with each routing (article 4819, K-means 5112, the paper's), 3 seeds each.
 
-Run:  python capsule/train.py                     (4 models x 3 seeds, about 70 minutes on 2 CPU cores)
+Run:  python capsule/train.py                     (4 models x 3 seeds, about 66 minutes on 2 CPU cores)
       python capsule/train.py --models cnn article --seeds 1
-      python capsule/train.py --quick             (a 3-minute check of the pipeline)
+      python capsule/train.py --quick             (about a minute: a check of the pipeline)
 """
 
 import os
@@ -215,8 +215,8 @@ def draw_examples(by_model, pairs, path):
             top = np.argsort(-s)[:2]
             lines.append(f"{name}: {top[0]} ({s[top[0]]:.2f}) {top[1]} ({s[top[1]]:.2f})")
         ax.set_title("\n".join(lines), fontsize=7)
-    fig.suptitle("Trained on single digits, tested on two: each model's top-2 classes (score)")
-    fig.tight_layout()
+    fig.suptitle("Trained on single digits, tested on two: each model's top-2 classes (score), first seed")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
