@@ -153,14 +153,8 @@ def run_seed(model_name, activation, seed, args, mode):
         "mlp_depth": MLP_DEPTH, "mlp_width": MLP_WIDTH, "distribute": args.distribute,
     }
     path = runs.result_path(args.out, ARTICLE, experiment, seed)
-    done = runs.load_result(path)
-    if done is not None and not args.force:
-        if done["config"] != config or done["backend"] != keras.backend.backend():
-            changed = {k: (done["config"].get(k), v) for k, v in config.items() if done["config"].get(k) != v}
-            if done["backend"] != keras.backend.backend():
-                changed["backend"] = (done["backend"], keras.backend.backend())
-            raise SystemExit(f"{path} was made with another setup (was, now: {changed}); "
-                             "pass --force to replace it, or --out to write elsewhere")
+    done = runs.reusable(path, config, args.force)
+    if done is not None:
         print(f"  {experiment} seed {seed}: done already ({path})")
         return done
 

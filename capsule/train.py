@@ -139,12 +139,8 @@ def run_seed(name, seed, args, mode, pairs):
         "precision": args.precision, "distribute": args.distribute,
     }
     path = runs.result_path(args.out, ARTICLE, experiment, seed)
-    done = runs.load_result(path)
-    if done is not None and not args.force:
-        if done["config"] != config or done["backend"] != keras.backend.backend():
-            changed = {k: (done["config"].get(k), v) for k, v in config.items() if done["config"].get(k) != v}
-            raise SystemExit(f"{path} was made with another setup (was, now: {changed}, backend "
-                             f"{done['backend']} vs {keras.backend.backend()}); pass --force or --out")
+    done = runs.reusable(path, config, args.force)
+    if done is not None:
         print(f"  {experiment} seed {seed}: done already ({path})")
         return done
 

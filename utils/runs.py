@@ -139,6 +139,25 @@ def load_result(path):
         return json.load(f)
 
 
+def reusable(path, config, force=False):
+    """The record at ``path`` if a run may reuse it (it exists, ``force`` is off, and it was made with
+    ``config`` on the current backend), None if the seed must (re)run. A record made with another
+    setup stops the run with a message naming what differs: resuming must not mix setups."""
+    import keras
+
+    done = load_result(path)
+    if done is None or force:
+        return None
+    backend = keras.backend.backend()
+    if done["config"] != config or done["backend"] != backend:
+        changed = {k: (done["config"].get(k), v) for k, v in config.items() if done["config"].get(k) != v}
+        if done["backend"] != backend:
+            changed["backend"] = (done["backend"], backend)
+        raise SystemExit(f"{path} was made with another setup (was, now: {changed}); "
+                         "pass --force to replace it, or --out to write elsewhere")
+    return done
+
+
 def save_result(out, article, experiment, seed, *, metrics, config, history=None, headline=None, started=None):
     """Write one seed's record atomically and return its path.
 
