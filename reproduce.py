@@ -1,23 +1,32 @@
-"""Run every article's experiments, then write RESULTS.md: blog vs ours, per article.
+"""Reproduce every article on this machine, and say how close each came.
 
-    python reproduce.py                  quick mode: minutes per article on 2 CPU cores
-    python reproduce.py --full           the blog's settings (hours on a CPU; each seed is saved as it
-                                         finishes, so rerunning resumes)
-    python reproduce.py --table-only     only rebuild RESULTS.md from the result files in results/
-    python reproduce.py --only activations
+    python reproduce.py                  quick mode: every article's claim in about 15 minutes on 2 CPU
+                                         cores (one seed, shorter training), into runs/results/
+    python reproduce.py --full           every experiment behind every README number (hours on a CPU;
+                                         each seed is saved as it finishes, so rerunning resumes)
+    python reproduce.py --only capsule crf
+    python reproduce.py --smoke          seconds per article: checks that every script runs here (verdicts
+                                         mean nothing)
+    python reproduce.py --table-only     only rebuild RESULTS.md from the reference (results/)
+    python reproduce.py --reference      write into results/ (refresh the reference) and rebuild RESULTS.md
 
 Each article's train.py runs in its own process (a clean Keras state) with the same backend
-(``KERAS_BACKEND``) and data folder (``KEXUE_DATA``). RESULTS.md is a table over
-results/<article>/<experiment>/seed<k>.json, so it always matches the committed runs.
+(``KERAS_BACKEND``) and data folder (``KEXUE_DATA``). Records go to runs/results/ (not committed);
+the committed results/ are the reference and are only written with --reference. Afterwards the job
+prints, per article, its claim and criterion, the blog's numbers, the reference, this run's numbers
+and a verdict (does this run reproduce the claim?), and writes the same as runs/report.md.
+Anything else on the command line goes to every train.py (e.g. --seeds 2, --force).
 """
 
 import argparse
 import datetime
+import importlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from utils import runs
+from utils import report, runs
 
 REPO = Path(__file__).resolve().parent
 
@@ -25,78 +34,113 @@ ARTICLES = {
     "activations": {
         "title": "浅谈神经网络中激活函数的设计 (On designing activation functions)",
         "url": "https://kexue.fm/archives/4647",
-        "script": "activations/train.py",
+        "full": [],
+        "quick_s": 150,  # measured with `python reproduce.py` here (README), for the time estimate
     },
     "attention": {
         "title": "《Attention is All You Need》浅读（简介+代码） (A first reading of Attention is All You Need)",
         "url": "https://kexue.fm/archives/4765",
-        "script": "attention/train.py",
+        "full": [],
+        "quick_s": 150,
     },
     "capsule": {
         "title": "揭开迷雾，来一顿美味的Capsule盛宴 / 再来一顿贺岁宴：从K-Means到Capsule (Capsules, and their K-means reading)",
         "url": "https://kexue.fm/archives/4819",
-        "script": "capsule/train.py",
+        "full": [],
+        "quick_s": 300,
     },
     "crf": {
         "title": "简明条件随机场CRF介绍（附带纯Keras实现） (A concise CRF, with a pure-Keras implementation)",
         "url": "https://kexue.fm/archives/5542",
-        "script": "crf/train.py",
+        # every variant and ensemble in crf/README.md
+        "full": ["--variant", "article", "bmes", "strong", "strong_bd", "--ensembles", "strong", "all"],
+        "quick_s": 150,
     },
 }
 
 
-def run_article(name, full, extra):
-    # A relative script path and cwd=REPO: the command recorded in each result file is portable.
-    command = [sys.executable, ARTICLES[name]["script"], *([] if full else ["--quick"]), *extra]
-    print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
-    return subprocess.run(command, cwd=REPO).returncode
+def claim(name):
+    """The article's ``CLAIM`` (its train.py states it; importing it loads Keras once, trains nothing)."""
+    return importlib.import_module(f"{name}.train").CLAIM
 
 
-def table(records):
-    """Markdown rows, one per experiment: the headline metric, the blog's number, ours."""
-    rows = ["| experiment | metric | blog | ours (mean ± std) | seeds | command | date | machine |",
-            "|---|---|---|---|---|---|---|---|"]
-    experiments = {}
-    for r in records:
-        experiments.setdefault(r["experiment"], []).append(r)
-    for experiment, rs in experiments.items():
-        head = rs[0]["headline"] or {}
-        metric = head.get("metric")
-        values = [r["metrics"].get(metric) for r in rs]
-        blog = head.get("blog")
-        blog_text = "none" if blog is None else f"{blog}"
-        dates = sorted({r["date"] for r in rs})
-        date = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
-        machine = f"{rs[0]['machine']}; {rs[0]['device']}; {rs[0]['backend']} {rs[0]['versions'].get(rs[0]['backend'], '')}"
-        seeds = ",".join(str(r["seed"]) for r in rs)
-        rows.append(f"| {experiment} | {head.get('label', metric)} | {blog_text} | "
-                    f"{runs.format_mean_std(values)} | {len(rs)} ({seeds}) | `{rs[0]['command']}` | {date} | {machine} |")
-    sources = sorted({(r["headline"] or {}).get("blog_source") for r in records} - {None})
-    return rows + [""] + [f"Blog column: {source}." for source in sources]
+def expected_seconds(name, mode):
+    """What an article's run took on our machines: the quick mode's measured time, or the sum of the
+    reference records' wall times for the full protocol (None for smoke runs)."""
+    if mode == "quick":
+        return ARTICLES[name]["quick_s"]
+    if mode == "full":
+        return sum(r.get("wall_time_s") or 0 for r in runs.load_results(runs.REFERENCE, name)) or None
+    return None
 
 
-def write_results(out, path):
+def run_article(name, mode, extra, position, names, started, spent):
+    """Run one article's train.py; print where the job is and an estimate of what remains (the
+    expected times of the articles left, scaled by how this machine did on those done)."""
+    script = f"{name}/train.py"
+    command = [sys.executable, script, *(ARTICLES[name]["full"] if mode == "full" else [f"--{mode}"]), *extra]
+    elapsed = time.time() - started
+    expected = [expected_seconds(n, mode) for n in names]
+    estimate = ""
+    if None not in expected:
+        done = sum(expected[:position])
+        scale = sum(spent.values()) / done if done and spent else 1.0
+        estimate = f", about {runs._duration(sum(expected[position:]) * scale)} left"
+    print(f"\n=== [{position + 1}/{len(names)}] {name}: {' '.join(command[1:])} "
+          f"({runs._duration(elapsed)} so far{estimate})", flush=True)
+    begin = time.time()
+    code = subprocess.run(command, cwd=REPO).returncode
+    spent[name] = time.time() - begin
+    return code
+
+
+def write_report(names, out, reference_dir, mode, path, spent, failed):
+    """The report: per article, the claim, its numbers (blog, reference, this run) and the verdict."""
+    env = {}
+    lines = [
+        f"# Reproduction report ({mode} mode)",
+        "",
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, code {runs.describe_version(runs.code_version())}, "
+        f"{runs.machine()}. Records: `{out}`. Reference: `results/` (the full protocol, committed).",
+    ]
+    verdicts = {}
+    for name in names:
+        records = runs.load_results(out, name)
+        if records:
+            env = {k: records[-1].get(k) for k in ("backend", "device")}
+        reference = runs.load_results(reference_dir, name)
+        verdict, table = claim(name).judge(records, reference, mode)
+        if name in failed:
+            verdict = f"{verdict} (train.py failed: see its output)"
+        verdicts[name] = verdict
+        took = f", {runs._duration(spent[name])}" if name in spent else ""
+        lines += ["", f"## {name}: {ARTICLES[name]['title']}", "", f"{ARTICLES[name]['url']}{took}", "", *table]
+    if env:
+        lines[2] += f" Backend {env['backend']}, device {env['device']}."
+    if spent:
+        lines[2] += f" Training took {runs._duration(sum(spent.values()))} in all."
+    lines += ["", "## Verdicts", "", *[f"- {n}: {v}" for n, v in verdicts.items()]]
+    text = "\n".join(lines) + "\n"
+    runs.write_text_atomic(path, text)
+    return text, verdicts
+
+
+def write_results_md(path, reference_dir=runs.REFERENCE):
+    """RESULTS.md: a table over the reference records (results/), per article."""
     lines = [
         "# Results",
         "",
-        f"Generated by `python reproduce.py` from the result files in `{Path(out).name}/` "
+        f"Generated by `python reproduce.py --table-only` from the reference records in `results/` "
         f"({datetime.date.today().isoformat()}). Each row is one experiment: its headline metric as the "
-        "mean ± sample std over seeds, the article's own number where it published one, and where ours "
-        "was measured. Per-seed details (full config, history, versions, wall time) are in "
-        "`results/<article>/<experiment>/seed<k>.json`.",
+        "mean ± sample std over seeds, the article's own number where it published one, what ran, every "
+        "command behind the row, and where and with which code it was measured. Per-seed details (full "
+        "config, history, versions, wall time) are in `results/<article>/<experiment>/seed<k>.json`. "
+        "`python reproduce.py` compares your own run with these (runs/report.md).",
     ]
     for name, info in ARTICLES.items():
-        records = runs.load_results(out, name)
-        lines += ["", f"## {name}: {info['title']}", "", f"Article: {info['url']}. Details: `{name}/README.md`."]
-        full = [r for r in records if r["config"].get("mode") != "quick"]
-        quick = [r for r in records if r["config"].get("mode") == "quick"]
-        if not records:
-            lines += ["", "No results yet: run `python reproduce.py`."]
-        if full:
-            lines += ["", "### Full protocol", "", *table(full)]
-        if quick:
-            lines += ["", "### Quick mode (a pipeline check on a small subset; not comparable with the blog)",
-                      "", *table(quick)]
+        records = runs.load_results(reference_dir, name)
+        lines += ["", f"## {name}: {info['title']}", "", f"Article: {info['url']}. Details: `{name}/README.md`.", ""]
+        lines += report.experiment_table(records) if records else ["No reference records yet."]
     text = "\n".join(lines) + "\n"
     runs.write_text_atomic(path, text)
     return text
@@ -104,23 +148,42 @@ def write_results(out, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help="the blog's settings instead of quick mode")
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument("--full", action="store_true", help="every experiment behind the READMEs, instead of quick mode")
+    modes.add_argument("--smoke", action="store_true", help="seconds per article: checks that every script runs")
     p.add_argument("--only", nargs="+", choices=sorted(ARTICLES), help="run only these articles")
-    p.add_argument("--table-only", action="store_true", help="do not train; rebuild RESULTS.md only")
-    p.add_argument("--out", type=Path, default=REPO / "results", help="results folder (default: results/)")
-    p.add_argument("--results-md", type=Path, default=REPO / "RESULTS.md", help="where to write the table")
-    args, extra = p.parse_known_args(argv)  # anything else goes to every train.py (e.g. --seeds 1)
-    args.out = args.out.resolve()
-    if args.out != REPO / "results":
-        extra += ["--out", str(args.out)]
+    p.add_argument("--table-only", action="store_true", help="do not train; rebuild RESULTS.md from results/")
+    p.add_argument("--reference", action="store_true", help="write into results/ (the reference), then rebuild RESULTS.md")
+    p.add_argument("--out", type=Path, default=None, help="records folder (default: runs/results/)")
+    p.add_argument("--reference-dir", type=Path, default=runs.REFERENCE, help="the reference records (default: results/)")
+    p.add_argument("--report", type=Path, default=REPO / "runs" / "report.md", help="where the report goes")
+    p.add_argument("--results-md", type=Path, default=REPO / "RESULTS.md", help="where --table-only writes the table")
+    args, extra = p.parse_known_args(argv)  # anything else goes to every train.py (e.g. --seeds 2)
+    if args.reference and args.out is not None:
+        p.error("--reference writes to results/; drop --out")
+    names = args.only or list(ARTICLES)
+    mode = "full" if args.full else "smoke" if args.smoke else "quick"
+    if args.reference and mode == "smoke":
+        p.error("--smoke records mean nothing; they cannot be the reference")
 
-    failed = []
-    if not args.table_only:
-        for name in args.only or ARTICLES:
-            if run_article(name, args.full, extra) != 0:
+    try:
+        if args.table_only:
+            print(write_results_md(args.results_md, args.reference_dir))
+            print(f"wrote {args.results_md}")
+            return
+        out = runs.REFERENCE if args.reference else (args.out or runs.USER_RUNS).resolve()
+        extra += ["--reference"] if args.reference else (["--out", str(out)] if args.out else [])
+        failed, spent, started = [], {}, time.time()
+        for position, name in enumerate(names):
+            if run_article(name, mode, extra, position, names, started, spent) != 0:
                 failed.append(name)
-    print("\n" + write_results(args.out, args.results_md))
-    print(f"wrote {args.results_md}")
+        text, verdicts = write_report(names, out, args.reference_dir, mode, args.report, spent, failed)
+        print("\n" + text + f"\nreport written to {args.report} ({runs._duration(time.time() - started)} in all)")
+        if args.reference:
+            write_results_md(args.results_md, args.reference_dir)
+            print(f"rebuilt {args.results_md} from the reference")
+    except runs.RecordError as err:
+        sys.exit(f"reproduce.py: {err}")
     if failed:
         sys.exit(f"these articles failed: {', '.join(failed)} (see their output above)")
 

@@ -19,7 +19,6 @@ Run:  python attention/train.py                 (5 variants x 3 seeds x 5 epochs
 
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # utils/ sits one folder up
@@ -29,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from attention.layers import Attention, PositionEmbedding  # noqa: E402
-from utils import cli, data, feed, plots, runs  # noqa: E402
+from utils import cli, data, feed, plots, progress, report, runs  # noqa: E402
 from utils.callbacks import EpochTimer, PrintEpoch  # noqa: E402
 
 ARTICLE = "attention"
@@ -54,15 +53,36 @@ ARTICLE_LOG = {
     "no_pe": [0.8430, 0.8284, 0.8137, 0.8009, 0.7925],
 }
 SOURCE = "kexue.fm/archives/4765, the article's training log (best val_acc over 5 epochs)"
-ARTICLE_CODE_EPOCH_S = 14.9  # the article's code (Keras 2 API) on these 2 CPU cores, ../shared/ARTICLES.md
-MODES = {"full": {"train_size": None, "test_size": None}, "quick": {"train_size": 4000, "test_size": 4000}}
+ARTICLE_CODE_EPOCH_S = 14.9  # the article's code (Keras 2 API) on the same 2 CPU cores: ANCHORS.md
+MODES = {
+    "full": {"train_size": None, "test_size": None, "epochs": EPOCHS, "seeds": 3, "variants": list(VARIANTS)},
+    # The article's recipe as it is (all data, 5 epochs), one seed of its two runs.
+    "quick": {"train_size": None, "test_size": None, "epochs": EPOCHS, "seeds": 1, "variants": list(ARTICLE_RUNS)},
+    # Seconds: the pipeline end to end.
+    "smoke": {"train_size": 512, "test_size": 512, "epochs": 1, "seeds": 1, "variants": list(ARTICLE_RUNS)},
+}
+CLAIM = report.Claim(
+    statement="the attention classifier reaches about 0.84 on IMDB, and the position embedding raises the "
+              "accuracy and reduces overfitting",
+    criterion="with the position embedding the best val_acc is at least 0.83, and both the best and the last "
+              "epoch's val_acc are higher than without it",
+    rows=[
+        report.Row("pe", "pe", "best_val_acc", "with position embedding: best val_acc", max(ARTICLE_LOG["pe"])),
+        report.Row("no_pe", "no_pe", "best_val_acc", "without: best val_acc", max(ARTICLE_LOG["no_pe"])),
+        report.Row("pe_last", "pe", "final_val_acc", "with position embedding: val_acc after epoch 5",
+                   ARTICLE_LOG["pe"][-1]),
+        report.Row("no_pe_last", "no_pe", "final_val_acc", "without: val_acc after epoch 5", ARTICLE_LOG["no_pe"][-1]),
+    ],
+    holds=lambda v: v["pe"] >= 0.83 and v["pe"] > v["no_pe"] and v["pe_last"] > v["no_pe_last"],
+    blog_source=SOURCE,
+)
 
 
 def headline(variant):
     if variant in ARTICLE_LOG:
-        return {"metric": "best_val_acc", "label": "IMDB best val_acc (5 epochs)",
-                "blog": max(ARTICLE_LOG[variant]), "blog_source": SOURCE}
-    return {"metric": "best_val_acc", "label": "IMDB best val_acc (5 epochs)", "blog": None,
+        return {"metric": "best_val_acc", "label": "IMDB best val_acc", "blog": max(ARTICLE_LOG[variant]),
+                "blog_source": SOURCE}
+    return {"metric": "best_val_acc", "label": "IMDB best val_acc", "blog": None,
             "blog_source": "extension (scaled and/or masked attention): not in the article"}
 
 
@@ -96,51 +116,55 @@ def build_model(position_embedding, use_scale, mask):
 """## 3. Training one seed"""
 
 
-def run_seed(variant, seed, args, mode):
-    """Train one variant with one seed; write and return its record (an existing one is reused)."""
-    epochs = args.epochs or (2 if mode == "quick" else EPOCHS)
-    experiment = variant + ("-quick" if mode == "quick" else "")
-    config = {
-        "mode": mode, "variant": variant, **VARIANTS[variant], "epochs": epochs, "batch_size": BATCH_SIZE,
-        "optimizer": "adam", "learning_rate": 1e-3, "num_words": NUM_WORDS, "maxlen": MAXLEN,
-        "embedding": EMBEDDING, "heads": HEADS, "size_per_head": SIZE_PER_HEAD, "dropout": 0.5,
-        **MODES[mode], "steps_per_execution": STEPS_PER_EXECUTION, "distribute": args.distribute,
-    }
-    path = runs.result_path(args.out, ARTICLE, experiment, seed)
-    done = runs.reusable(path, config, args.force)
-    if done is not None:
-        print(f"  {experiment} seed {seed}: done already ({path})")
-        return done
-
-    print(f"  {experiment} seed {seed}:", flush=True)
-    started = time.time()
-    runs.set_seed(seed)
-    train, test = load_imdb(**MODES[mode])
-    with cli.distribution(args):
-        model = build_model(**VARIANTS[variant])
+def train_seed(job, checkpoint):
+    """Train one variant with one seed (``utils.runs.run_jobs`` seeds, resumes and records it)."""
+    cfg, seed = job.config, job.seed
+    train, test = load_imdb(cfg["train_size"], cfg["test_size"])
+    with cli.distribution(job.spec["args"]):
+        model = build_model(**VARIANTS[cfg["variant"]])
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"],
-                      steps_per_execution=STEPS_PER_EXECUTION)
-    history = model.fit(
-        **feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=seed), epochs=epochs,
-        validation_data=feed.validation(*test, batch_size=BATCH_SIZE), verbose=0,
-        callbacks=[EpochTimer(), PrintEpoch(ARTICLE_LOG.get(variant)), keras.callbacks.TerminateOnNaN()],
-    ).history
+                      steps_per_execution=cfg["steps_per_execution"])
+    model.fit(
+        **feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=seed), epochs=cfg["epochs"],
+        validation_data=feed.validation(*test, batch_size=BATCH_SIZE), verbose=progress.fit_verbose(),
+        initial_epoch=checkpoint.restore(model),
+        callbacks=[EpochTimer(), PrintEpoch(ARTICLE_LOG.get(cfg["variant"])), keras.callbacks.TerminateOnNaN(),
+                   checkpoint],
+    )
+    history = checkpoint.history
     val_acc = history["val_accuracy"]
     metrics = {
         "best_val_acc": max(val_acc), "best_epoch": int(np.argmax(val_acc)) + 1, "final_val_acc": val_acc[-1],
         "epoch_time_s": float(np.median(history["epoch_time_s"])), "params": model.count_params(),
     }
-    runs.save_result(args.out, ARTICLE, experiment, seed, metrics=metrics, config=config, history=history,
-                     headline=headline(variant), started=started)
     print(f"    best val_acc {metrics['best_val_acc']:.4f} at epoch {metrics['best_epoch']}, "
-          f"median {metrics['epoch_time_s']:.1f} s per epoch, {metrics['params']:,} parameters")
-    return runs.load_result(path)
+          f"median {metrics['epoch_time_s']:.1f} s per epoch, {metrics['params']:,} parameters", flush=True)
+    return metrics, history
+
+
+def jobs(args, variants):
+    mode = MODES[args.mode]
+    epochs = args.epochs or mode["epochs"]
+    out = []
+    for variant in variants:
+        config = {
+            "mode": args.mode, "variant": variant, **VARIANTS[variant], "epochs": epochs, "batch_size": BATCH_SIZE,
+            "optimizer": "adam", "learning_rate": 1e-3, "num_words": NUM_WORDS, "maxlen": MAXLEN,
+            "embedding": EMBEDDING, "heads": HEADS, "size_per_head": SIZE_PER_HEAD, "dropout": 0.5,
+            "train_size": mode["train_size"], "test_size": mode["test_size"],
+            "steps_per_execution": cli.steps_per_execution(STEPS_PER_EXECUTION), "distribute": args.distribute,
+        }
+        size = "all 25,000 reviews" if mode["train_size"] is None else f"{mode['train_size']:,} reviews"
+        protocol = f"{args.mode}: {epochs} epochs on {size}"
+        out += [runs.Job(runs.experiment_name(variant, args.mode), seed, config, headline(variant), protocol,
+                         {"args": args}) for seed in cli.seeds(args, mode["seeds"])]
+    return out
 
 
 """## 4. Table and figure"""
 
 
-def report(records, out, mode):
+def summary(records, out, mode):
     by_variant = {}
     for r in records:
         by_variant.setdefault(r["config"]["variant"], []).append(r)
@@ -163,7 +187,7 @@ def report(records, out, mode):
         print(f"\ntime per epoch, article recipe: median {np.median(times):.1f} s over {len(times)} epochs, "
               f"quartiles {np.percentile(times, 25):.1f} and {np.percentile(times, 75):.1f} s (the article's code here: "
               f"{ARTICLE_CODE_EPOCH_S} s; goal at most {ARTICLE_CODE_EPOCH_S * 2 / 3:.1f} s)")
-    suffix = "-quick" if mode == "quick" else ""
+    suffix = "" if mode == "full" else f"-{mode}"
     curves = {v: [r["history"]["val_accuracy"] for r in rs] for v, rs in by_variant.items()}
     figures = []
     if any(v in ARTICLE_RUNS for v in curves):
@@ -183,13 +207,14 @@ def report(records, out, mode):
 
 def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                   help="which runs (default: all; pe and no_pe are the article's)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
+                   help="which runs (default: all in full mode, pe and no_pe, the article's, in quick mode)")
     args = cli.parse(p, argv)
-    mode = "quick" if args.quick else "full"
-    print(f"backend {keras.backend.backend()}, mode {mode}, seeds {cli.seeds(args)}, variants {args.variants}")
-    records = [run_seed(variant, seed, args, mode) for variant in args.variants for seed in cli.seeds(args)]
-    report(records, args.out, mode)
+    variants = args.variants or MODES[args.mode]["variants"]
+    print(f"backend {keras.backend.backend()}, mode {args.mode}, variants {variants}, records in {args.out}")
+    records = runs.run_jobs(ARTICLE, jobs(args, variants), args, train_seed)
+    summary(records, args.out, args.mode)
+    print("\n" + "\n".join(CLAIM.judge(records, runs.load_results(runs.REFERENCE, ARTICLE), args.mode)[1]))
     return records
 
 

@@ -24,7 +24,6 @@ Run:  python capsule/train.py                     (4 models x 3 seeds, about 66 
 
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # utils/ sits one folder up
@@ -34,7 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from capsule.layers import Capsule, CapsuleLength, margin_loss  # noqa: E402
-from utils import cli, data, feed, runs  # noqa: E402
+from utils import cli, data, feed, progress, report, runs  # noqa: E402
 from utils.callbacks import EpochTimer, PrintEpoch  # noqa: E402
 
 ARTICLE = "capsule"
@@ -47,7 +46,17 @@ MODELS = {
     "kmeans": {"head": "capsule", "routing": "kmeans", "epochs": 10},
     "paper": {"head": "capsule", "routing": "paper", "epochs": 10},
 }
-MODES = {"full": {"train_size": None}, "quick": {"train_size": 6000, "epochs": 2}}
+MODES = {
+    "full": {"train_size": None, "epochs": None, "seeds": 3, "models": list(MODELS), "pairs": None, "width": 64,
+             "val_size": None},
+    # The CNN against the article's capsules, one seed, trained briefly on all of MNIST: long enough
+    # for both to read single digits (about 98%) and for the gap on two digits to show.
+    "quick": {"train_size": None, "epochs": 2, "seeds": 1, "models": ["cnn", "article"], "pairs": 2000, "width": 32,
+              "val_size": None},
+    # Seconds: the pipeline end to end.
+    "smoke": {"train_size": 512, "epochs": 1, "seeds": 1, "models": ["cnn", "article"], "pairs": 200, "width": 16,
+              "val_size": 500},
+}
 # The article's numbers (text of 4819 and 5112; approximate, one run, no seed).
 BLOG = {
     "cnn": {"pair_acc": 0.40, "pair_acc_confident": 0.10, "test_acc": 0.993},
@@ -55,7 +64,7 @@ BLOG = {
     "kmeans": {"pair_acc": 0.95, "pair_acc_confident": None, "test_acc": None},
     "paper": {"pair_acc": None, "pair_acc_confident": None, "test_acc": None},
 }
-# The article's code (Keras 2 API) on these machines, one seed (issue 5, from ../shared/ARTICLES.md):
+# The article's code (Keras 2 API) on these machines, one seed (ANCHORS.md):
 # two-digit acc1, acc2, MNIST test accuracy, seconds per epoch.
 ARTICLE_CODE = {
     "cnn": (0.418, 0.084, 0.9937, "50"), "article": (0.902, 0.902, 0.9946, "52-56"),
@@ -67,17 +76,46 @@ SOURCES = {
     "kmeans": "kexue.fm/archives/5112: K-means routing above 95% on the two-digit test",
     "paper": "the paper's routing: not run in the articles",
 }
+CLAIM = report.Claim(
+    statement="trained on single digits, capsules name both digits of a two-digit image far more often than "
+              "a CNN with the same trunk (article: above 90% against about 40%)",
+    criterion="the capsules' two-digit top-2 accuracy (acc1, article routing) is at least 0.25 above the CNN's",
+    rows=[
+        report.Row("capsule", "article", "pair_acc", "capsules (article routing): two-digit acc1", BLOG["article"]["pair_acc"]),
+        report.Row("cnn", "cnn", "pair_acc", "CNN: two-digit acc1", BLOG["cnn"]["pair_acc"]),
+        report.Row("capsule_mnist", "article", "test_acc", "capsules: MNIST test accuracy", BLOG["article"]["test_acc"]),
+        report.Row("cnn_mnist", "cnn", "test_acc", "CNN: MNIST test accuracy", BLOG["cnn"]["test_acc"]),
+    ],
+    holds=lambda v: v["capsule"] >= v["cnn"] + 0.25,
+    blog_source="kexue.fm/archives/4819 (approximate, one run)",
+)
 # Mixed precision: the convolutions in bfloat16, the heads (routing, scores, loss) in float32. On a
-# CPU with AVX512-BF16 (these machines) this trains 1.6x faster than float32; --precision float32
-# restores the article's arithmetic.
-PRECISIONS = ("mixed_bfloat16", "float32")
+# CPU with AVX512-BF16 this trains 1.6x faster than float32; on one without (AVX2 only) bfloat16 is
+# emulated and several times slower. "auto" takes bfloat16 on a GPU or a CPU with AVX512-BF16 or
+# AMX, float32 elsewhere; --precision float32 is the article's arithmetic.
+PRECISIONS = ("auto", "mixed_bfloat16", "float32")
+
+
+def auto_precision():
+    """mixed_bfloat16 where the hardware computes in bfloat16 (any GPU; a CPU with AVX512-BF16 or AMX), else float32."""
+    if runs.devices():
+        return "mixed_bfloat16"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
 """## 1. Data: MNIST, and the two-digit test set"""
 
 
-def load_mnist(train_size=None):
+def load_mnist(train_size=None, val_size=None):
+    """MNIST / 255 with one-hot labels: ``train_size`` training images (default all), the test set
+    (cut to ``val_size``) as validation, as in the article, and the test labels."""
     (x, y), (x_test, y_test) = data.mnist()
+    x_test, y_test = x_test[:val_size], y_test[:val_size]
     prep = lambda images: (images.astype("float32") / 255.0)[..., None]
     one_hot = lambda labels: keras.utils.to_categorical(labels, 10).astype("float32")
     return (prep(x[:train_size]), one_hot(y[:train_size])), (prep(x_test), one_hot(y_test)), y_test
@@ -105,11 +143,12 @@ def pair_scores(scores, labels):
 """## 2. The models: a shared trunk, a CNN head or a capsule head"""
 
 
-def build_model(head, routing=None, precision="mixed_bfloat16"):
-    """Any image size in (the article's ``Input((None, None, 1))``), 10 scores in [0, 1] out."""
+def build_model(head, routing=None, precision="float32", width=64):
+    """Any image size in (the article's ``Input((None, None, 1))``), 10 scores in [0, 1] out. ``width``:
+    the first convolutions' filters (the article's 64; the last two have twice as many)."""
     images = keras.Input((None, None, 1), name="images")
     x = images
-    for i, filters in enumerate([64, 64, None, 128, 128]):
+    for i, filters in enumerate([width, width, None, 2 * width, 2 * width]):
         if filters is None:
             x = keras.layers.AveragePooling2D(2, dtype=precision)(x)
         else:
@@ -119,7 +158,7 @@ def build_model(head, routing=None, precision="mixed_bfloat16"):
         x = keras.layers.Dense(128, activation="relu", dtype="float32")(x)
         scores = keras.layers.Dense(10, activation="sigmoid", dtype="float32", name="scores")(x)
     else:
-        x = keras.layers.Reshape((-1, 128), dtype="float32")(x)  # every position's 128 channels: a capsule
+        x = keras.layers.Reshape((-1, 2 * width), dtype="float32")(x)  # every position's channels: a capsule
         x = Capsule(10, 16, routings=3, share_weights=True, routing=routing, dtype="float32", name="capsule")(x)
         scores = CapsuleLength(dtype="float32", name="scores")(x)
     return keras.Model(images, scores, name=f"{head}_{routing}" if routing else head)
@@ -128,33 +167,20 @@ def build_model(head, routing=None, precision="mixed_bfloat16"):
 """## 3. Training one model with one seed"""
 
 
-def run_seed(name, seed, args, mode, pairs):
-    spec = MODELS[name]
-    epochs = args.epochs or MODES[mode].get("epochs") or spec["epochs"]
-    experiment = name + ("-quick" if mode == "quick" else "")
-    config = {
-        "mode": mode, "model": name, "head": spec["head"], "routing": spec["routing"], "epochs": epochs,
-        "batch_size": BATCH_SIZE, "optimizer": "adam", "learning_rate": 1e-3, "loss": "margin_loss",
-        "train_size": MODES[mode]["train_size"], "pair_seed": PAIR_SEED, "pairs": int(len(pairs[1])),
-        "precision": args.precision, "distribute": args.distribute,
-    }
-    path = runs.result_path(args.out, ARTICLE, experiment, seed)
-    done = runs.reusable(path, config, args.force)
-    if done is not None:
-        print(f"  {experiment} seed {seed}: done already ({path})")
-        return done
-
-    print(f"  {experiment} seed {seed}:", flush=True)
-    started = time.time()
-    runs.set_seed(seed)
-    train, test, _ = load_mnist(MODES[mode]["train_size"])
-    with cli.distribution(args):
-        model = build_model(spec["head"], spec["routing"], args.precision)
+def train_seed(job, checkpoint):
+    """Train one model with one seed and score it on the two-digit images (``utils.runs.run_jobs``
+    seeds, resumes and records it)."""
+    cfg, pairs = job.config, job.spec["pairs"]
+    train, test, _ = load_mnist(cfg["train_size"], job.spec["val_size"])
+    with cli.distribution(job.spec["args"]):
+        model = build_model(cfg["head"], cfg["routing"], cfg["precision"], cfg.get("width", 64))
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=margin_loss, metrics=["accuracy"],
-                      steps_per_execution=10)
-    history = model.fit(**feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=seed), epochs=epochs,
-                        validation_data=feed.validation(*test, batch_size=BATCH_SIZE), verbose=0,
-                        callbacks=[EpochTimer(), PrintEpoch(), keras.callbacks.TerminateOnNaN()]).history
+                      steps_per_execution=cli.steps_per_execution(10))
+    model.fit(**feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=job.seed), epochs=cfg["epochs"],
+              validation_data=feed.validation(*test, batch_size=BATCH_SIZE), verbose=progress.fit_verbose(),
+              initial_epoch=checkpoint.restore(model),
+              callbacks=[EpochTimer(), PrintEpoch(), keras.callbacks.TerminateOnNaN(), checkpoint])
+    history = checkpoint.history
     scores = model.predict(pairs[0], batch_size=500, verbose=0)
     acc1, acc2 = pair_scores(scores, pairs[1])
     metrics = {
@@ -164,19 +190,42 @@ def run_seed(name, seed, args, mode, pairs):
         # for the figure: the first 8 two-digit images' scores
         "examples": np.round(scores[:8].astype("float64"), 4).tolist(),
     }
-    runs.save_result(args.out, ARTICLE, experiment, seed, metrics=metrics, config=config, history=history,
-                     headline={"metric": "pair_acc", "label": "two-digit top-2 accuracy (acc1)",
-                               "blog": BLOG[name]["pair_acc"], "blog_source": SOURCES[name]},
-                     started=started)
     print(f"    MNIST test {metrics['test_acc']:.4f}, two digits {acc1:.4f} / {acc2:.4f}, "
           f"{metrics['epoch_time_s']:.1f} s per epoch, {metrics['params']:,} parameters", flush=True)
-    return runs.load_result(path)
+    return metrics, history
+
+
+def jobs(args, models, pairs):
+    mode = MODES[args.mode]
+    out = []
+    for seed in cli.seeds(args, mode["seeds"]):
+        for name in models:
+            spec = MODELS[name]
+            epochs = args.epochs or mode["epochs"] or spec["epochs"]
+            config = {
+                "mode": args.mode, "model": name, "head": spec["head"], "routing": spec["routing"], "epochs": epochs,
+                "batch_size": BATCH_SIZE, "optimizer": "adam", "learning_rate": 1e-3, "loss": "margin_loss",
+                "train_size": mode["train_size"], "pair_seed": PAIR_SEED, "pairs": int(len(pairs[1])),
+                "precision": args.precision, "distribute": args.distribute,
+            }
+            if mode["width"] != 64:  # the article's trunk is not named (the reference records predate the option)
+                config["width"] = mode["width"]
+            if mode["val_size"] is not None:
+                config["val_size"] = mode["val_size"]
+            size = "all 60,000" if mode["train_size"] is None else f"{mode['train_size']:,}"
+            protocol = (f"{args.mode}: {epochs} epochs on {size} MNIST digits, {len(pairs[1]):,} two-digit images"
+                        + ("" if mode["width"] == 64 else f", trunk {mode['width']}-{2 * mode['width']} filters"))
+            headline = {"metric": "pair_acc", "label": "two-digit top-2 accuracy (acc1)",
+                        "blog": BLOG[name]["pair_acc"], "blog_source": SOURCES[name]}
+            out.append(runs.Job(runs.experiment_name(name, args.mode), seed, config, headline, protocol,
+                                {"args": args, "pairs": pairs, "val_size": mode["val_size"]}))
+    return out
 
 
 """## 4. Table and figure"""
 
 
-def report(records, out, mode, pairs):
+def summary(records, out, mode, pairs):
     print("\n| model | MNIST test acc | two-digit acc1 | two-digit acc2 (2nd > 0.5) | s/epoch | params | seeds |")
     print("|---|---|---|---|---|---|---|")
     by_model = {}
@@ -188,7 +237,7 @@ def report(records, out, mode, pairs):
               f"{col('epoch_time_s', 1)} | {rs[0]['metrics']['params']:,} | {len(rs)} |")
     print("\nthe article's code on these machines (one seed): " + "; ".join(
         f"{m} {a:.3f} / {b:.3f}, MNIST {t:.4f}, {s} s per epoch" for m, (a, b, t, s) in ARTICLE_CODE.items()))
-    figure = draw_examples(by_model, pairs, Path(out) / ARTICLE / f"two_digits{'-quick' if mode == 'quick' else ''}.png")
+    figure = draw_examples(by_model, pairs, Path(out) / ARTICLE / f"two_digits{'' if mode == 'full' else '-' + mode}.png")
     print(f"\nfigure: {figure}")
 
 
@@ -221,21 +270,24 @@ def draw_examples(by_model, pairs, path):
 
 def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
-                   help="which models (default: all four)")
-    p.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
-                   help="mixed_bfloat16 (default: bfloat16 convolutions, float32 heads) or float32")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=None,
+                   help="which models (default: all four; quick mode: cnn and article)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (default: mixed_bfloat16 where the hardware has bfloat16, else float32), "
+                        "mixed_bfloat16 (bfloat16 convolutions, float32 heads) or float32")
     args = cli.parse(p, argv)
-    mode = "quick" if args.quick else "full"
-    print(f"backend {keras.backend.backend()}, mode {mode}, seeds {cli.seeds(args)}, models {args.models}, "
-          f"precision {args.precision}")
+    if args.precision == "auto":
+        args.precision = auto_precision()
+    models = args.models or MODES[args.mode]["models"]
+    print(f"backend {keras.backend.backend()}, mode {args.mode}, models {models}, precision {args.precision}, "
+          f"records in {args.out}")
     _, (x_test, _), y_test = load_mnist(train_size=0)
-    pairs = two_digit_images(x_test, y_test)
-    if mode == "quick":
-        pairs = (pairs[0][:1000], pairs[1][:1000])
+    images, labels = two_digit_images(x_test, y_test)
+    pairs = (images[: MODES[args.mode]["pairs"]], labels[: MODES[args.mode]["pairs"]])
     print(f"two-digit test set: {len(pairs[1])} images of 56x28 (pairs with equal digits dropped)")
-    records = [run_seed(name, seed, args, mode, pairs) for seed in cli.seeds(args) for name in args.models]
-    report(records, args.out, mode, pairs)
+    records = runs.run_jobs(ARTICLE, jobs(args, models, pairs), args, train_seed)
+    summary(records, args.out, args.mode, pairs)
+    print("\n" + "\n".join(CLAIM.judge(records, runs.load_results(runs.REFERENCE, ARTICLE), args.mode)[1]))
     return records
 
 

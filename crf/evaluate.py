@@ -6,8 +6,9 @@ OOV/IV recall, crf/scoring.py), and record the result.
     python crf/evaluate.py runs/crf/strong-pku-seed{0,1,2} runs/crf/article-pku-seed{0,1,2} --name ensemble-all
 
 Several folders make an ``Ensemble`` (crf/segment.py): the members' scores are added and decoded
-once. With ``--name`` the scores go to ``results/crf/<name>-<corpus>/seed0.json`` (RESULTS.md shows
-them); the models' folders are listed in the record.
+once. With ``--name`` the scores go to ``runs/results/crf/<name>-<corpus>/seed0.json`` (with
+``--out results``, to the reference that RESULTS.md shows); the models' folders are listed in the
+record. ``crf/train.py --ensembles strong all`` scores the ensembles behind crf/README.md this way.
 """
 
 import argparse
@@ -28,8 +29,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", type=Path, nargs="+", help="model folders written by crf/train.py")
     p.add_argument("--corpus", choices=["pku", "msr"], default="pku")
-    p.add_argument("--name", help="record the scores as results/crf/<name>-<corpus>/seed0.json")
-    p.add_argument("--out", type=Path, default=runs.REPO / "results", help="results folder (default results/)")
+    p.add_argument("--name", help="record the scores as <out>/crf/<name>-<corpus>/seed0.json")
+    p.add_argument("--out", type=Path, default=runs.USER_RUNS, help="records folder (default runs/results/; results/ is the reference)")
     args = p.parse_args(argv)
     try:
         segmenter = Ensemble.load(args.models) if len(args.models) > 1 else Segmenter.load(args.models[0])

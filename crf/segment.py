@@ -199,10 +199,15 @@ class Segmenter:
         os.replace(tmp, path / "tagger.keras")
         write_text_atomic(path / "vocab.json", json.dumps(self.vocab, ensure_ascii=False))
 
-    def tag(self, texts, batch_size=256, max_chars=16384):
+    def tag(self, texts, batch_size=256, max_chars=16384, progress=None):
         """sbme tag ids for each text (no spaces expected). Texts are sorted by length and batched:
         at most ``batch_size`` texts and ``max_chars`` padded positions per batch (long texts go in
-        smaller batches), each padded a little (``_padded``: few shapes, few retraces)."""
+        smaller batches), each padded a little (``_padded``: few shapes, few retraces). ``progress``:
+        a label; a progress bar then counts the texts on standard error (in a terminal, for 2000
+        texts or more)."""
+        from utils.progress import Bar
+
+        bar = Bar(len(texts), progress, minimum=2000) if progress else None
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = [None] * len(texts)
         crf_scores = self._crf_scores() if self.crf is not None else None
@@ -216,6 +221,10 @@ class Segmenter:
                 paths = viterbi(self._emission_scores(batch, _padded(longest))[:, :longest], lengths, *crf_scores)
             for i, path in zip(chunk, paths):
                 out[i] = path
+            if bar is not None:
+                bar.add(len(chunk))
+        if bar is not None:
+            bar.close()
         return out
 
     def _crf_scores(self):
@@ -228,11 +237,12 @@ class Segmenter:
         """Emission scores (len(texts), length, K) of a batch of texts padded to ``length``."""
         return np.asarray(self.emissions.predict_on_batch(features(texts, self.vocab, length=length)))[..., : self.crf.num_tags]
 
-    def cut_lines(self, lines, batch_size=256, max_chars=16384):
-        """Segment many lines at once; returns a list of word lists (``[]`` for an empty line)."""
+    def cut_lines(self, lines, batch_size=256, max_chars=16384, progress=None):
+        """Segment many lines at once; returns a list of word lists (``[]`` for an empty line).
+        ``progress``: a label for a progress bar on standard error (see ``tag``)."""
         texts = ["".join(line.split()) for line in lines]
         todo = [i for i, t in enumerate(texts) if t]
-        tagged = dict(zip(todo, self.tag([texts[i] for i in todo], batch_size, max_chars)))
+        tagged = dict(zip(todo, self.tag([texts[i] for i in todo], batch_size, max_chars, progress)))
         return [apply_rules(line, tagged.get(i, [])) for i, line in enumerate(lines)]
 
     def cut(self, text):
@@ -356,7 +366,8 @@ def main(argv=None):
             lines = [line for _, line in read_lines(source)]
     except (FileNotFoundError, CorpusFormatError) as err:
         p.error(str(err))
-    out = "".join(" ".join(words) + "\n" for words in segmenter.cut_lines(lines, args.batch_size))
+    words = segmenter.cut_lines(lines, args.batch_size, progress=f"segmenting {len(lines):,} lines")
+    out = "".join(" ".join(line) + "\n" for line in words)
     if args.output:
         from utils.runs import write_text_atomic
 

@@ -19,9 +19,7 @@ Run:  python crf/train.py                       (article recipe, 3 seeds, ~25 mi
       python crf/train.py --quick               (a few minutes: 2 x 50 steps, 1 seed)
 """
 
-import hashlib
-import io
-import json
+import functools
 import os
 import sys
 import time
@@ -35,9 +33,9 @@ import numpy as np  # noqa: E402
 
 from crf.layers import CRF, ZeroMasked, allowed_transitions  # noqa: E402
 from crf.scoring import bakeoff_score, word_set_score  # noqa: E402
-from crf.segment import UNKNOWN, Segmenter, build_vocab, features, pad, word_tags  # noqa: E402
-from utils import cli, data, runs  # noqa: E402
-from utils.callbacks import EpochTimer  # noqa: E402
+from crf.segment import UNKNOWN, Ensemble, Segmenter, build_vocab, features, pad, word_tags  # noqa: E402
+from utils import cli, data, progress, report, runs  # noqa: E402
+from utils.callbacks import EpochTimer, PrintEpoch  # noqa: E402
 
 ARTICLE = "crf"
 BMES = allowed_transitions("bmes", "sbme")
@@ -69,9 +67,15 @@ VARIANTS = {
                   "early_stopping": {"monitor": "heldout_f1", "patience": 2}, "bigram_dropout": 0.33},
 }
 MODES = {
-    "full": {"epochs": 10, "steps_per_epoch": 500},
-    "quick": {"epochs": 2, "steps_per_epoch": 50},
+    "full": {"epochs": 10, "steps_per_epoch": 500, "seeds": 3},
+    # The article's network on fewer, length-bucketed batches (about 5x less padding than corpus
+    # order): enough to pass jieba on the test set, in about two minutes here.
+    "quick": {"epochs": 2, "steps_per_epoch": 150, "seeds": 1, "bucket": True, "heldout": 1000},
+    # Seconds of training: the pipeline end to end (the test set is still segmented and scored whole).
+    "smoke": {"epochs": 1, "steps_per_epoch": 5, "seeds": 1, "bucket": True, "heldout": 100},
 }
+# Ensembles of trained seeds (crf/segment.py: Ensemble), scored on the test set after the variants.
+ENSEMBLES = {"strong": ["strong"], "all": ["strong", "article"]}
 BATCH_SIZE = 128
 HELDOUT = 5000  # the article keeps the last 5000 shuffled training sentences for its metric
 HEADLINE = {
@@ -79,8 +83,20 @@ HEADLINE = {
     "label": "PKU test F1 (bakeoff scoring; training set reconstructed from People's Daily 1998-01)",
     "blog": None,
     "blog_source": "kexue.fm/archives/5542 published no score; the article's own code run on these "
-                   "machines (Keras 2, 10 x 500 steps, same data) reached F1 0.903, OOV recall 0.50",
+                   "machines (Keras 2, 10 x 500 steps, same data) reached F1 0.903, OOV recall 0.50 (ANCHORS.md)",
 }
+CLAIM = report.Claim(
+    statement="a CNN with a CRF on top, trained on the bakeoff's segmented text, segments Chinese; the article "
+              "published no score, so the bar is jieba's dictionary-based segmenter on the same test text",
+    criterion="the article's recipe beats jieba's F1 on the PKU test set (bakeoff scoring)",
+    rows=[
+        report.Row("crf", "article-pku", "test_f1", "CNN-CRF, article recipe: PKU test F1"),
+        report.Row("jieba", "jieba-pku", "f1", "jieba 0.42.1, default mode: PKU test F1"),
+        report.Row("crf_oov", "article-pku", "test_oov_recall", "CNN-CRF, article recipe: OOV recall"),
+    ],
+    holds=lambda v: v["crf"] > v["jieba"],
+    blog_source="no score in kexue.fm/archives/5542",
+)
 
 
 """## 1. Data: sentences, tags, vocabulary"""
@@ -177,100 +193,7 @@ def build_model(vocab, variant):
     return model, crf, tagger
 
 
-"""## 3. Training, resumable epoch by epoch"""
-
-
-class Checkpoint(keras.callbacks.Callback):
-    """After each epoch, one file holds everything needed to go on: the model's variables (dropout's
-    random state included), the optimizer's, the logs so far, the config and a fingerprint of the
-    vocabulary. It is written to a temporary file and renamed, so a killed run restarts at the next
-    epoch, with the same batches, from a consistent state.
-
-    With ``monitor`` (a log key, higher is better), the model's variables at the best epoch so far
-    are kept in ``best.npz`` beside it, and training stops once ``patience`` epochs have passed
-    without a new best (early stopping; ``restore_best`` loads those variables for scoring)."""
-
-    def __init__(self, path, config, vocab, monitor=None, patience=None):
-        super().__init__()
-        self.path = Path(path)
-        self.best_path = self.path.with_name("best.npz")
-        self.identity = json.dumps({"config": config, "vocab": _fingerprint(vocab)}, sort_keys=True)
-        self.monitor, self.patience = monitor, patience
-        self.history, self.stopped = {}, False
-
-    def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        variables = {f"model_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.model.variables)}
-        best = self._best_epoch()
-        if best is not None and self.patience is not None and epoch + 1 - best >= self.patience:
-            self.stopped = self.model.stop_training = True
-            print(f"    stopping: no better {self.monitor} for {self.patience} epochs; the best was epoch {best}", flush=True)
-        state = json.dumps({"epochs_done": epoch + 1, "history": self.history, "stopped": self.stopped})
-        optimizer = {f"optimizer_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.model.optimizer.variables)}
-        _save_npz(self.path, identity=np.array(self.identity), state=np.array(state), **variables, **optimizer)
-        # Written after the checkpoint: if a kill falls in between, restore_best finds the best
-        # epoch's weights in the checkpoint itself (the best is then its last epoch).
-        if best == epoch + 1:
-            _save_npz(self.best_path, identity=np.array(self.identity), epoch=np.array(best), **variables)
-
-    def _best_epoch(self):
-        """The epoch (1-based) with the highest ``monitor`` so far, or None without one."""
-        values = self.history.get(self.monitor) if self.monitor else None
-        return int(np.argmax(values)) + 1 if values else None
-
-    def restore(self, model):
-        """Epochs already done (0 if no checkpoint); loads the model's and optimizer's variables."""
-        if not self.path.is_file():
-            return 0
-        with np.load(self.path) as saved:
-            if str(saved["identity"]) != self.identity:
-                raise SystemExit(f"{self.path} is from another config or vocabulary; pass --force to start over")
-            state = json.loads(str(saved["state"]))
-            model.optimizer.build(model.trainable_variables)
-            for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
-                for i, variable in enumerate(variables):
-                    variable.assign(saved[f"{prefix}_{i}"])
-        self.history, self.stopped = state["history"], state.get("stopped", False)
-        best = self._best_epoch()
-        if best == state["epochs_done"] and self._saved_best() != best:  # killed before best.npz was written
-            variables = {f"model_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.variables)}
-            _save_npz(self.best_path, identity=np.array(self.identity), epoch=np.array(best), **variables)
-        return state["epochs_done"]
-
-    def _saved_best(self):
-        if not self.best_path.is_file():
-            return None
-        with np.load(self.best_path) as saved:
-            return int(saved["epoch"]) if str(saved["identity"]) == self.identity else None
-
-    def restore_best(self, model):
-        """Load the best epoch's variables (with ``monitor``); returns that epoch (1-based)."""
-        best = self._best_epoch()
-        for path in (self.best_path, self.path):
-            if not path.is_file():
-                continue
-            with np.load(path) as saved:
-                if str(saved["identity"]) != self.identity:
-                    raise SystemExit(f"{path} is from another config or vocabulary; pass --force to start over")
-                epoch = int(saved["epoch"]) if "epoch" in saved else json.loads(str(saved["state"]))["epochs_done"]
-                if epoch == best:
-                    for i, variable in enumerate(model.variables):
-                        variable.assign(saved[f"model_{i}"])
-                    return best
-        raise SystemExit(f"the weights of the best epoch ({best}) are in neither {self.best_path} nor {self.path}; "
-                         "pass --force to train again")
-
-
-def _save_npz(path, **arrays):
-    """Write arrays to ``path`` atomically (utils.runs.write_bytes_atomic)."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    runs.write_bytes_atomic(path, buffer.getvalue())
-
-
-def _fingerprint(vocab):
-    return hashlib.sha256(json.dumps(vocab, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+"""## 3. Training: the held-out metric after each epoch"""
 
 
 class HeldOutMetric(keras.callbacks.Callback):
@@ -287,8 +210,6 @@ class HeldOutMetric(keras.callbacks.Callback):
         predicted = self.segmenter.cut_lines(["".join(words) for words in self.heldout])
         logs["heldout_word_set"] = word_set_score(self.heldout, predicted)
         logs["heldout_f1"] = bakeoff_score(self.heldout, predicted, set())["f1"]
-        print(f"    epoch {epoch + 1}: loss {logs['loss']:.3f}, held-out word-set score {logs['heldout_word_set']:.4f}, "
-              f"held-out F1 {logs['heldout_f1']:.4f}", flush=True)
 
 
 """## 4. Evaluation: bakeoff scores on the official test set, and speed"""
@@ -312,78 +233,56 @@ def jieba_cut_lines(lines):
     return [[w for w in jieba.lcut(line) if w.strip()] for line in lines]
 
 
-def jieba_scores(args, corpus, test, gold, training_words):
-    """jieba (default mode) on the same test text, scored the same way; recorded once per corpus."""
+def run_jieba(job, checkpoint):
+    """jieba (default mode) on the same test text, scored the same way: the bar the claim uses."""
     import jieba
 
-    experiment = f"jieba-{corpus}"
-    path = runs.result_path(args.out, ARTICLE, experiment, 0)
-    if runs.load_result(path) and not args.force:
-        return runs.load_result(path)["metrics"]
     jieba.setLogLevel(60)
     jieba.initialize()  # loads its dictionary: not counted in the speed
-    started = time.time()
+    _, test, gold, training_words = job.spec["corpus_data"]
     scores = evaluate(jieba_cut_lines, test, gold, training_words)
-    runs.save_result(args.out, ARTICLE, experiment, 0, metrics=scores,
-                     config={"mode": "reference", "tool": f"jieba {jieba.__version__} lcut (default mode)", "corpus": corpus},
-                     headline={**HEADLINE, "metric": "f1", "label": f"jieba default mode (a reference, not ours): {corpus.upper()} test F1"},
-                     started=started)
-    return scores
+    print(f"    jieba: test F1 {scores['f1']:.4f}, OOV recall {scores['oov_recall']:.4f}", flush=True)
+    return scores, {}
 
 
-"""## 5. One seed of one variant"""
+"""## 5. One seed of one variant, and ensembles of seeds"""
 
 
-def run_seed(variant, seed, args, mode, corpus_data):
-    train_all, test, gold, training_words = corpus_data
-    cfg = MODES[mode]
-    epochs = args.epochs or cfg["epochs"]
-    heldout_size = args.heldout if args.heldout is not None else VARIANTS[variant].get("heldout", HELDOUT)
-    stopping = VARIANTS[variant].get("early_stopping") or {}
-    experiment = f"{variant}-{args.corpus}" + ("-quick" if mode == "quick" else "")
-    config = {"mode": mode, "variant": variant, **VARIANTS[variant], "corpus": args.corpus, "epochs": epochs,
-              "steps_per_epoch": cfg["steps_per_epoch"], "batch_size": BATCH_SIZE, "optimizer": "adam",
-              "heldout": heldout_size, "min_count": 2}
-    path = runs.result_path(args.out, ARTICLE, experiment, seed)
-    done = runs.load_result(path)
-    if done is not None and not args.force:
-        if done["config"] != config or done["backend"] != keras.backend.backend():
-            raise SystemExit(f"{path} was made with another setup; pass --force to replace it, or --out elsewhere")
-        print(f"  {experiment} seed {seed}: done already ({path})")
-        return done
-
-    started = time.time()
-    runs.set_seed(seed)
-    train, heldout = split(train_all, seed, heldout_size)
-    vocab = build_vocab(train, min_count=2, with_bigrams=VARIANTS[variant]["bigrams"])
-    model, crf, tagger = build_model(vocab, variant)
-    model.compile(optimizer="adam", loss=crf.loss, metrics=[crf.accuracy])
+def train_seed(job, checkpoint):
+    """Train one variant with one seed, keep the best (or last) epoch's weights, save the segmenter in
+    ``--save`` and score it on the test set. ``utils.runs.run_jobs`` seeds, resumes and records it."""
+    cfg, seed, args = job.config, job.seed, job.spec["args"]
+    train_all, test, gold, training_words = job.spec["corpus_data"]
+    variant = VARIANTS[cfg["variant"]]
+    train, heldout = split(train_all, seed, cfg["heldout"])
+    vocab = build_vocab(train, min_count=cfg["min_count"], with_bigrams=variant["bigrams"])
+    with cli.distribution(args):
+        model, crf, tagger = build_model(vocab, cfg["variant"])
+        model.compile(optimizer="adam", loss=crf.loss, metrics=[crf.accuracy])
     segmenter = Segmenter(tagger, vocab)
-    run_dir = args.save / f"{experiment}-seed{seed}"
-    checkpoint = Checkpoint(run_dir / "checkpoint.npz", config, vocab, stopping.get("monitor") if heldout else None,
-                            stopping.get("patience"))
-    if args.force:
-        checkpoint.path.unlink(missing_ok=True)
-        checkpoint.best_path.unlink(missing_ok=True)
+    stopping = variant.get("early_stopping") or {}
+    if heldout:  # early stopping watches the held-out F1
+        checkpoint.monitor, checkpoint.patience = stopping.get("monitor"), stopping.get("patience")
     initial_epoch = checkpoint.restore(model)
-    if initial_epoch:
-        print(f"  resuming {experiment} seed {seed} after epoch {initial_epoch}")
-    print(f"  {experiment} seed {seed}: {len(train)} training sentences, {len(heldout)} held out, "
-          f"{len(vocab['chars'])} characters, {model.count_params()} parameters", flush=True)
-    if initial_epoch < epochs and not checkpoint.stopped:
+    print(f"    {len(train)} training sentences, {len(heldout)} held out, {len(vocab['chars'])} characters, "
+          f"{model.count_params():,} parameters", flush=True)
+    if initial_epoch < cfg["epochs"] and not checkpoint.stopped:
         model.fit(
-            batches(train, vocab, start_step=initial_epoch * cfg["steps_per_epoch"],
-                    bucket=VARIANTS[variant].get("bucket", False), seed=seed,
-                    bigram_dropout=VARIANTS[variant].get("bigram_dropout", 0.0)),
-            steps_per_epoch=cfg["steps_per_epoch"], epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0,
-            callbacks=[EpochTimer(), HeldOutMetric(segmenter, heldout), checkpoint],
+            batches(train, vocab, start_step=initial_epoch * cfg["steps_per_epoch"], bucket=cfg.get("bucket", False), seed=seed,
+                    bigram_dropout=variant.get("bigram_dropout", 0.0)),
+            steps_per_epoch=cfg["steps_per_epoch"], epochs=cfg["epochs"], initial_epoch=initial_epoch, shuffle=False,
+            verbose=progress.fit_verbose(),
+            callbacks=[EpochTimer(), HeldOutMetric(segmenter, heldout),
+                       PrintEpoch(keys=("loss", "accuracy", "heldout_word_set", "heldout_f1")), checkpoint],
         )
     history = checkpoint.history
     best_epoch = checkpoint.restore_best(model) if checkpoint.monitor else len(history.get("loss", [])) or None
     if checkpoint.monitor:
-        print(f"  {experiment} seed {seed}: scoring the weights of epoch {best_epoch} (best held-out F1)")
+        print(f"    scoring the weights of epoch {best_epoch} (best held-out F1)")
+    run_dir = args.save / f"{job.experiment}-seed{seed}"
     segmenter.save(run_dir)
-    scores = evaluate(segmenter.cut_lines, test, gold, training_words)
+    scores = evaluate(functools.partial(segmenter.cut_lines, progress="segmenting the test set"), test, gold,
+                      training_words)
     metrics = {f"test_{k}": v for k, v in scores.items()}
     at = (best_epoch or 0) - 1  # the epoch whose weights are scored: the last, or the best with early stopping
     metrics["heldout_word_set"] = history["heldout_word_set"][at] if history.get("heldout_word_set") else None
@@ -391,46 +290,95 @@ def run_seed(variant, seed, args, mode, corpus_data):
     metrics["epochs_trained"], metrics["scored_epoch"] = len(history.get("loss", [])), best_epoch
     metrics["epoch_time_s"] = float(np.median(history["epoch_time_s"])) if history.get("epoch_time_s") else None
     metrics["params"] = model.count_params()
-    runs.save_result(args.out, ARTICLE, experiment, seed, metrics=metrics, config=config, history=history,
-                     headline=HEADLINE, started=started)
-    print(f"  {experiment} seed {seed}: test F1 {scores['f1']:.4f} (P {scores['precision']:.4f}, R {scores['recall']:.4f}, "
+    print(f"    test F1 {scores['f1']:.4f} (P {scores['precision']:.4f}, R {scores['recall']:.4f}, "
           f"OOV recall {scores['oov_recall']:.4f}), {scores['chars_per_s']:.0f} chars/s; model in {run_dir}", flush=True)
-    return runs.load_result(path)
+    return metrics, history
+
+
+def score_ensemble(job, checkpoint):
+    """The trained seeds named in the config as one ``Ensemble``, scored on the test set."""
+    folders = [job.spec["args"].save / name for name in job.config["models"]]
+    missing = [str(f) for f in folders if not (f / "tagger.keras").is_file()]
+    if missing:
+        raise SystemExit(f"{job.experiment}: no trained model in {', '.join(missing)}; train those variants and "
+                         "seeds first (crf/train.py --variant ...) with the same --save")
+    _, test, gold, training_words = job.spec["corpus_data"]
+    scores = evaluate(Ensemble.load(folders).cut_lines, test, gold, training_words)
+    print(f"    {len(folders)} models as one: test F1 {scores['f1']:.4f}, OOV recall {scores['oov_recall']:.4f}", flush=True)
+    return {f"test_{k}": v for k, v in scores.items()}, {}
+
+
+def jobs(args, corpus_data):
+    """jieba first, then every variant and seed, then the ensembles asked for."""
+    mode, corpus = MODES[args.mode], args.corpus
+    seeds = cli.seeds(args, mode["seeds"])
+    spec = {"args": args, "corpus_data": corpus_data}
+    out = [runs.Job(runs.experiment_name(f"jieba-{corpus}", args.mode), 0,
+                    {"mode": "reference", "tool": "jieba 0.42.1 lcut (default mode)", "corpus": corpus},
+                    {**HEADLINE, "metric": "f1", "label": f"jieba default mode (a reference, not ours): {corpus.upper()} test F1"},
+                    "jieba's dictionary on the test text", {**spec, "run": run_jieba})]
+    epochs = args.epochs or mode["epochs"]
+    for variant in args.variant:
+        heldout = args.heldout if args.heldout is not None else mode.get("heldout", VARIANTS[variant].get("heldout", HELDOUT))
+        config = {"mode": args.mode, "variant": variant, **VARIANTS[variant], "corpus": corpus, "epochs": epochs,
+                  "steps_per_epoch": mode["steps_per_epoch"], "batch_size": BATCH_SIZE, "optimizer": "adam",
+                  "heldout": heldout, "min_count": 2}
+        if mode.get("bucket"):
+            config["bucket"] = True
+        if args.distribute:  # named only when on (the reference records predate the option)
+            config["distribute"] = True
+        protocol = (f"{args.mode}: {epochs} x {mode['steps_per_epoch']} steps of {BATCH_SIZE} sentences"
+                    + (", length-bucketed" if config.get("bucket") else "") + f", {heldout} held out")
+        out += [runs.Job(runs.experiment_name(f"{variant}-{corpus}", args.mode), seed, config, HEADLINE, protocol,
+                         {**spec, "run": train_seed}) for seed in seeds]
+    for name in args.ensembles:
+        models = [f"{runs.experiment_name(f'{v}-{corpus}', args.mode)}-seed{s}" for v in ENSEMBLES[name] for s in seeds]
+        label = (f"{HEADLINE['label']}; {len(models)} trained models as one ensemble (ensembles were compared "
+                 "on this test set, see crf/README.md)")
+        out.append(runs.Job(runs.experiment_name(f"ensemble-{name}-{corpus}", args.mode), 0,
+                            {"mode": "evaluation", "corpus": corpus, "models": models}, {**HEADLINE, "label": label},
+                            f"ensemble of {len(models)} trained seeds", {**spec, "run": score_ensemble}))
+    return out
 
 
 """## 6. Table"""
 
 
-def report(records, jieba):
+def summary(records):
     print("\n| model | seeds | test F1 | precision | recall | OOV recall | IV recall | held-out word-set | s/epoch | chars/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for experiment in sorted({r["experiment"] for r in records}):
         rs = [r for r in records if r["experiment"] == experiment]
-        col = lambda key, d=4, rs=rs: runs.format_mean_std([r["metrics"][key] for r in rs], d)
-        print(f"| {experiment} | {len(rs)} | {col('test_f1')} | {col('test_precision')} | {col('test_recall')} "
-              f"| {col('test_oov_recall')} | {col('test_iv_recall')} | {col('heldout_word_set')} | {col('epoch_time_s', 0)} "
-              f"| {col('test_chars_per_s', 0)} |")
-    print(f"| jieba (default mode) | - | {jieba['f1']:.4f} | {jieba['precision']:.4f} | {jieba['recall']:.4f} | "
-          f"{jieba['oov_recall']:.4f} | {jieba['iv_recall']:.4f} | - | - | {jieba['chars_per_s']:.0f} |")
+        key = "f1" if experiment.startswith("jieba") else "test_f1"
+        prefix = "" if experiment.startswith("jieba") else "test_"
+        col = lambda name, d=4, rs=rs: runs.format_mean_std([r["metrics"].get(name) for r in rs], d)
+        print(f"| {experiment} | {len(rs)} | {col(key)} | {col(prefix + 'precision')} | {col(prefix + 'recall')} "
+              f"| {col(prefix + 'oov_recall')} | {col(prefix + 'iv_recall')} | {col('heldout_word_set')} "
+              f"| {col('epoch_time_s', 0)} | {col(prefix + 'chars_per_s', 0)} |")
 
 
 def main(argv=None):
     p = cli.parser(__doc__)
     p.add_argument("--variant", choices=sorted(VARIANTS), nargs="+", default=["article"], help="model variants to train")
+    p.add_argument("--ensembles", choices=sorted(ENSEMBLES), nargs="+", default=[],
+                   help="after training, score these ensembles of the trained seeds: strong (the strong seeds), "
+                        "all (strong and article seeds)")
     p.add_argument("--corpus", choices=["pku", "msr"], default="pku", help="bakeoff corpus (default pku)")
     p.add_argument("--heldout", type=int, default=None,
-                   help=f"training sentences held out (default {HELDOUT}; the strong variant's own default 1000)")
+                   help=f"training sentences held out (default {HELDOUT}; the strong variants' 1000; quick mode 1000)")
     p.add_argument("--save", type=Path, default=runs.REPO / "runs" / "crf", help="where trained models go (default runs/crf/)")
     args = cli.parse(p, argv)
     if args.heldout is not None and args.heldout < 0:
         p.error(f"--heldout must be 0 or more, got {args.heldout}")
-    mode = "quick" if args.quick else "full"
-    seeds = cli.seeds(args)[:1] if args.quick and args.seeds == 3 else cli.seeds(args)
-    print(f"backend {keras.backend.backend()}, mode {mode}, corpus {args.corpus}, variants {args.variant}, seeds {seeds}")
     corpus_data = load_corpus(args.corpus)
-    jieba = jieba_scores(args, args.corpus, *corpus_data[1:])
-    records = [run_seed(v, s, args, mode, corpus_data) for v in args.variant for s in seeds]
-    report(records, jieba)
+    if args.heldout is not None and args.heldout >= len(corpus_data[0]):
+        p.error(f"--heldout {args.heldout} leaves nothing to train on: the {args.corpus} training set has "
+                f"{len(corpus_data[0])} sentences")
+    print(f"backend {keras.backend.backend()}, mode {args.mode}, corpus {args.corpus}, variants {args.variant}, "
+          f"records in {args.out}")
+    records = runs.run_jobs(ARTICLE, jobs(args, corpus_data), args, lambda job, ckpt: job.spec["run"](job, ckpt))
+    summary(records)
+    print("\n" + "\n".join(CLAIM.judge(records, runs.load_results(runs.REFERENCE, ARTICLE), args.mode)[1]))
     return records
 
 

@@ -111,3 +111,50 @@ def run_copied_alone(source, script, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1]
+
+
+class Killed(BaseException):
+    """Stands in for a SIGKILL in the middle of training (a BaseException, so nothing catches it)."""
+
+
+@pytest.fixture
+def kill_after_epoch(monkeypatch):
+    """``kill_after_epoch(k)``: the next training run dies right after its checkpoint of epoch ``k``
+    (1-based) is written, as a run killed then would; call with None to stop killing."""
+    from utils.callbacks import Checkpoint
+
+    original = Checkpoint.on_epoch_end
+    state = {"epoch": None}
+
+    def on_epoch_end(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if state["epoch"] is not None and epoch + 1 == state["epoch"]:
+            state["epoch"] = None
+            raise Killed(f"killed after epoch {epoch + 1}")
+
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", on_epoch_end)
+    return lambda epoch: state.update(epoch=epoch)
+
+
+def check_smoke_run(train, argv, tmp_path, capsys, experiments):
+    """A ``--smoke`` run of a train.py on the current backend: it ends, writes one record per
+    experiment named, each carrying the backend, the protocol and the code version, prints the
+    claim's verdict; a rerun reuses every record, and other settings are refused."""
+    import keras
+
+    from utils import runs
+
+    out = tmp_path / "records"
+    records = train.main(["--smoke", "--out", str(out), *argv])
+    assert sorted({r["experiment"] for r in records}) == sorted(experiments)
+    version = runs.code_version()
+    for record in records:
+        assert record["backend"] == keras.backend.backend() and record["protocol"].startswith(("smoke", "jieba"))
+        assert record["code_version"] == version and (version["commit"] is None or len(version["commit"]) == 40)
+    printed = capsys.readouterr().out
+    assert "Claim: " in printed and "**Verdict: " in printed
+    assert runs.load_results(out) == sorted(records, key=lambda r: (r["article"], r["experiment"], r["seed"]))
+    assert train.main(["--smoke", "--out", str(out), *argv]) == records
+    assert printed.count("done already") == 0 and capsys.readouterr().out.count("done already") == len(records)
+    assert not list(out.glob(".checkpoints/*/*/*.npz"))  # removed once the records were written
+    return records

@@ -4,7 +4,7 @@ saving, XLA, and the experiment's pieces."""
 
 import numpy as np
 import pytest
-from conftest import BACKEND, REPO, grad, run_copied_alone
+from conftest import BACKEND, REPO, Killed, check_smoke_run, grad, run_copied_alone
 
 pytest.importorskip(BACKEND, reason=f"KERAS_BACKEND={BACKEND} but {BACKEND} is not installed")
 import keras
@@ -522,19 +522,38 @@ def test_imdb_is_cut_and_padded_at_the_front_as_keras_does(require_data):
 
 
 @pytest.mark.data
-def test_train_script_quick_run_saves_resumes_and_refuses_other_settings(require_data, tmp_path, capsys):
+@pytest.mark.backends
+def test_smoke_run_records_resumes_mid_seed_and_refuses_other_settings(require_data, tmp_path, capsys,
+                                                                       kill_after_epoch):
+    """The script end to end on the current backend (512 reviews), then a seed killed after its first
+    of two epochs that resumes at the second and records both epochs' history."""
     require_data("imdb/imdb.npz")
     from attention import train
 
-    args = ["--quick", "--seeds", "1", "--epochs", "1", "--variants", "pe_masked", "--out", str(tmp_path)]
-    (record,) = train.main(args)
-    assert record["config"]["mask"] and record["config"]["epochs"] == 1
-    assert 0.4 < record["metrics"]["best_val_acc"] <= 1 and len(record["history"]["val_accuracy"]) == 1
-    assert record["metrics"]["params"] == 20000 * 128 + 3 * 128 * 128 + 129
-    assert (tmp_path / "attention" / "pe_masked-quick" / "seed0.json").is_file()
-    assert (tmp_path / "attention" / "val_acc_extensions-quick.png").is_file()
-    capsys.readouterr()
-    (again,) = train.main(args)
-    assert "done already" in capsys.readouterr().out and again == record
+    records = check_smoke_run(train, [], tmp_path, capsys, ["pe-smoke", "no_pe-smoke"])
+    assert records[0]["metrics"]["params"] == 20000 * 128 + 3 * 128 * 128 + 129
+    assert (tmp_path / "records" / "attention" / "val_acc-smoke.png").is_file()
     with pytest.raises(SystemExit, match="another setup"):
-        train.main([*args[:4], "2", *args[5:]])
+        train.main(["--smoke", "--epochs", "2", "--out", str(tmp_path / "records")])
+
+    argv = ["--smoke", "--epochs", "2", "--variants", "pe_masked", "--out", str(tmp_path / "killed")]
+    kill_after_epoch(1)
+    with pytest.raises(Killed):
+        train.main(argv)
+    assert list((tmp_path / "killed" / ".checkpoints").rglob("seed0.npz"))
+    capsys.readouterr()
+    (record,) = train.main(argv)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert len(record["history"]["val_accuracy"]) == 2 and len(record["history"]["epoch_time_s"]) == 2
+    assert record["config"]["mask"] and not list((tmp_path / "killed" / ".checkpoints").rglob("*.npz"))
+
+
+def test_claim_holds_on_the_reference_and_fails_when_reversed():
+    from attention import train
+    from utils import report, runs
+
+    reference = runs.load_results(runs.REFERENCE, "attention")
+    assert train.CLAIM.verdict(reference, "full") == report.REPRODUCED
+    swap = {"pe": "no_pe", "no_pe": "pe"}
+    swapped = [{**r, "experiment": swap.get(r["experiment"], r["experiment"])} for r in reference]
+    assert train.CLAIM.verdict(swapped, "full") == report.NOT_REPRODUCED

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import BACKEND, REPO, grad, run_copied_alone
+from conftest import BACKEND, REPO, check_smoke_run, grad, run_copied_alone
 
 pytest.importorskip(BACKEND, reason=f"KERAS_BACKEND={BACKEND} but {BACKEND} is not installed")
 import keras  # noqa: E402
@@ -390,18 +390,43 @@ def test_models_have_the_articles_size_and_take_two_digit_images():
 
 
 @pytest.mark.data
-def test_train_script_quick_run_saves_and_resumes(require_data, tmp_path, capsys):
+@pytest.mark.backends
+def test_smoke_run_records_resumes_and_refuses_other_settings(require_data, tmp_path, capsys):
     require_data("mnist/mnist.npz")
     from capsule import train
 
-    args = ["--quick", "--seeds", "1", "--epochs", "1", "--models", "kmeans", "--out", str(tmp_path)]
-    (record,) = train.main(args)
-    metrics = record["metrics"]
-    assert 0.2 < metrics["test_acc"] <= 1 and 0 <= metrics["pair_acc_confident"] <= metrics["pair_acc"] <= 1
-    assert record["config"]["pairs"] == 1000 and len(metrics["examples"]) == 8
-    assert (tmp_path / "capsule" / "two_digits-quick.png").is_file()
-    capsys.readouterr()
-    (again,) = train.main(args)
-    assert "done already" in capsys.readouterr().out and again == record
+    records = check_smoke_run(train, [], tmp_path, capsys, ["cnn-smoke", "article-smoke"])
+    for record in records:
+        metrics = record["metrics"]
+        assert 0 <= metrics["test_acc"] <= 1 and 0 <= metrics["pair_acc_confident"] <= metrics["pair_acc"] <= 1
+        assert record["config"]["pairs"] == 200 and record["config"]["width"] == 16 and len(metrics["examples"]) == 8
+    assert (tmp_path / "records" / "capsule" / "two_digits-smoke.png").is_file()
     with pytest.raises(SystemExit, match="another setup"):
-        train.main([*args, "--precision", "float32"])
+        train.main(["--smoke", "--out", str(tmp_path / "records"), "--precision",
+                    "mixed_bfloat16" if records[0]["config"]["precision"] == "float32" else "float32"])
+
+
+def test_claim_holds_on_the_reference_and_fails_when_reversed():
+    from capsule import train
+    from utils import report, runs
+
+    reference = runs.load_results(runs.REFERENCE, "capsule")
+    assert train.CLAIM.verdict(reference, "full") == report.REPRODUCED
+    swap = {"cnn": "article", "article": "cnn"}
+    swapped = [{**r, "experiment": swap.get(r["experiment"], r["experiment"])} for r in reference]
+    assert train.CLAIM.verdict(swapped, "full") == report.NOT_REPRODUCED
+
+
+def test_precision_auto_takes_bfloat16_only_where_the_hardware_has_it(monkeypatch, tmp_path):
+    from capsule import train
+
+    monkeypatch.setattr(train.runs, "devices", lambda: [])
+    real_open = open
+    for flags, expected in (("fpu avx2 fma", "float32"), ("avx2 avx512f avx512_bf16", "mixed_bfloat16"),
+                            ("avx2 amx_bf16 amx_tile", "mixed_bfloat16")):
+        (tmp_path / "cpuinfo").write_text(f"flags\t\t: {flags}\n")
+        monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(tmp_path / "cpuinfo", *a, **k)
+                            if path == "/proc/cpuinfo" else real_open(path, *a, **k))
+        assert train.auto_precision() == expected, flags
+    monkeypatch.setattr(train.runs, "devices", lambda: ["GPU:0"])
+    assert train.auto_precision() == "mixed_bfloat16"

@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import BACKEND, REPO, grad, run_copied_alone
+from conftest import BACKEND, REPO, Killed, check_smoke_run, grad, run_copied_alone
 
 pytest.importorskip(BACKEND, reason=f"KERAS_BACKEND={BACKEND} but {BACKEND} is not installed")
 import keras  # noqa: E402
@@ -23,9 +23,20 @@ import keras  # noqa: E402
 from crf.layers import CRF, FORBIDDEN, ZeroMasked, allowed_transitions  # noqa: E402
 from crf.scoring import bakeoff_score, spans, word_set_score  # noqa: E402
 from crf.segment import (  # noqa: E402
-    Ensemble, Segmenter, apply_rules, bigrams, build_vocab, encode, features, normalize, tags_to_words, viterbi, word_tags,
+    Ensemble,
+    Segmenter,
+    apply_rules,
+    bigrams,
+    build_vocab,
+    encode,
+    features,
+    normalize,
+    tags_to_words,
+    viterbi,
+    word_tags,
 )
-from crf.segment import _batches as segment_batches, _padded as segment_padded  # noqa: E402
+from crf.segment import _batches as segment_batches  # noqa: E402
+from crf.segment import _padded as segment_padded
 
 np_ = keras.ops.convert_to_numpy
 TOL = 1e-4
@@ -602,32 +613,68 @@ def test_segmenter_save_load_and_cli(tmp_path):
     assert odd.stdout.count("\n") == 2
 
 
+PKU_PARTS = ("training/pku_training.utf8", "testing/pku_test.utf8", "gold/pku_test_gold.utf8",
+             "gold/pku_training_words.utf8")
+
+
 @pytest.mark.data
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="the training script end to end; checked once")
-def test_train_quick_run_scores_and_resumes(tmp_path, require_data, capsys):
-    """A short run of the article's recipe: it learns (F1 far above a 'every character a word'
-    baseline), writes its records, saves a loadable segmenter, and a rerun resumes instead of training."""
-    for part in ("training/pku_training.utf8", "testing/pku_test.utf8", "gold/pku_test_gold.utf8", "gold/pku_training_words.utf8"):
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the training script's learning; checked once")
+def test_train_quick_epoch_learns_and_saves_a_segmenter(tmp_path, require_data):
+    """One quick-mode epoch of the article's recipe learns (F1 far above an 'every character a word'
+    baseline), records jieba on the same text, and saves a segmenter that loads."""
+    for part in PKU_PARTS:
         require_data(f"icwb2/{part}")
     from crf import train
 
-    argv = ["--quick", "--epochs", "1", "--heldout", "300", "--out", str(tmp_path / "results"), "--save", str(tmp_path / "runs")]
-    records = train.main(argv)
-    metrics = records[0]["metrics"]
-    assert metrics["test_f1"] > 0.7 and 0 < metrics["test_oov_recall"] <= 1 and metrics["heldout_word_set"] > 0.7
-    jieba = runs_load(tmp_path / "results" / "crf" / "jieba-pku" / "seed0.json")
-    assert 0.80 < jieba["metrics"]["f1"] < 0.84  # jieba's default mode on the PKU test set (0.818 measured here)
+    records = train.main(["--quick", "--epochs", "1", "--heldout", "300", "--out", str(tmp_path / "results"),
+                          "--save", str(tmp_path / "runs")])
+    jieba, crf = records
+    assert crf["experiment"] == "article-pku-quick" and crf["metrics"]["test_f1"] > 0.7
+    assert 0 < crf["metrics"]["test_oov_recall"] <= 1 and crf["metrics"]["heldout_word_set"] > 0.7
+    assert jieba["experiment"] == "jieba-pku-quick" and 0.80 < jieba["metrics"]["f1"] < 0.84  # 0.818 measured here
     seg = Segmenter.load(tmp_path / "runs" / "article-pku-quick-seed0")
     assert "".join(seg.cut("迈向充满希望的新世纪")) == "迈向充满希望的新世纪"
-    again = train.main(argv)
-    assert again[0] == records[0]
-    # A run killed after its last checkpoint but before its result file: the rerun restores the
-    # weights and optimizer instead of training, and scores the same.
-    (tmp_path / "results" / "crf" / "article-pku-quick" / "seed0.json").unlink()
-    restored = train.main(argv)
-    assert "resuming article-pku-quick seed 0 after epoch 1" in capsys.readouterr().out
-    assert restored[0]["metrics"]["test_f1"] == metrics["test_f1"]
-    assert restored[0]["history"]["loss"] == records[0]["history"]["loss"]
+
+
+@pytest.mark.data
+@pytest.mark.backends
+def test_smoke_run_resumes_a_killed_seed_exactly(tmp_path, require_data, capsys, kill_after_epoch):
+    """The script end to end on the current backend (smoke: 5 steps an epoch). A seed killed after
+    its first epoch resumes at the second with the same batches, weights and optimizer state: its
+    history and test scores equal those of a run that was never killed."""
+    for part in PKU_PARTS:
+        require_data(f"icwb2/{part}")
+    from crf import train
+
+    save = ["--save", str(tmp_path / "models")]
+    check_smoke_run(train, save, tmp_path, capsys, ["jieba-pku-smoke", "article-pku-smoke"])
+    argv = ["--smoke", "--epochs", "2", "--variant", "bmes", *save]
+    _, whole = train.main([*argv, "--out", str(tmp_path / "whole")])
+    kill_after_epoch(1)
+    with pytest.raises(Killed):
+        train.main([*argv, "--out", str(tmp_path / "killed")])
+    capsys.readouterr()
+    _, resumed = train.main([*argv, "--out", str(tmp_path / "killed")])
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert resumed["history"]["loss"] == whole["history"]["loss"] and len(whole["history"]["loss"]) == 2
+    for key in ("test_f1", "test_oov_recall", "heldout_f1"):
+        assert resumed["metrics"][key] == whole["metrics"][key], key
+
+
+@pytest.mark.data
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="MirroredStrategy; checked once")
+def test_distribute_trains_the_crf_under_the_strategy(tmp_path, require_data):
+    """--distribute builds and trains the CRF model under tf.distribute.MirroredStrategy (two logical
+    CPUs here), in its own process: splitting the CPU must precede TensorFlow's start."""
+    for part in PKU_PARTS:
+        require_data(f"icwb2/{part}")
+    done = subprocess.run([sys.executable, "crf/train.py", "--smoke", "--distribute", "--cpu-devices", "2",
+                           "--out", str(tmp_path / "r"), "--save", str(tmp_path / "m")],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MirroredStrategy over 2 devices" in done.stdout
+    record = runs_load(tmp_path / "r" / "crf" / "article-pku-smoke" / "seed0.json")
+    assert record["config"]["distribute"] is True and record["metrics"]["test_f1"] > 0
 
 
 @pytest.mark.data
@@ -651,59 +698,11 @@ def test_train_runs_on_msr(tmp_path, require_data, monkeypatch):
 
     records = train.main(["--corpus", "msr", "--quick", "--epochs", "1", "--heldout", "50",
                           "--out", str(tmp_path / "results"), "--save", str(tmp_path / "runs")])
-    metrics = records[0]["metrics"]
-    assert records[0]["experiment"] == "article-msr-quick" and records[0]["config"]["corpus"] == "msr"
+    metrics = records[1]["metrics"]
+    assert records[1]["experiment"] == "article-msr-quick" and records[1]["config"]["corpus"] == "msr"
     assert 0.3 < metrics["test_f1"] <= 1 and 0 <= metrics["test_oov_recall"] <= 1
-    jieba = runs_load(tmp_path / "results" / "crf" / "jieba-msr" / "seed0.json")
+    jieba = runs_load(tmp_path / "results" / "crf" / "jieba-msr-quick" / "seed0.json")
     assert 0.7 < jieba["metrics"]["f1"] < 0.9  # jieba on the MSR test set, same scorer
-
-
-@pytest.mark.layers
-def test_checkpoint_early_stopping_keeps_the_best_epoch_and_resumes(tmp_path):
-    """Held-out F1 per epoch 0.90, 0.95, 0.94, 0.93 with patience 2: training stops after epoch 4,
-    best.npz holds epoch 2's weights, and a restarted run knows it has stopped."""
-    from crf import train
-
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    model.compile(optimizer="adam", loss="mse")
-    model.optimizer.build(model.trainable_variables)
-    checkpoint = train.Checkpoint(tmp_path / "checkpoint.npz", {"a": 1}, {"chars": {}}, monitor="heldout_f1", patience=2)
-    checkpoint.set_model(model)
-    kernels = []
-    for epoch, f1 in enumerate([0.90, 0.95, 0.94, 0.93]):
-        model.layers[0].kernel.assign(np.full((3, 2), float(epoch), "float32"))
-        kernels.append(np_(model.layers[0].kernel))
-        model.stop_training = False
-        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "heldout_f1": f1})
-        assert model.stop_training == (epoch == 3)
-    fresh = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    fresh.compile(optimizer="adam", loss="mse")
-    again = train.Checkpoint(tmp_path / "checkpoint.npz", {"a": 1}, {"chars": {}}, monitor="heldout_f1", patience=2)
-    assert again.restore(fresh) == 4 and again.stopped and again.history["heldout_f1"] == [0.90, 0.95, 0.94, 0.93]
-    np.testing.assert_array_equal(np_(fresh.layers[0].kernel), kernels[3])  # the last epoch, to go on from
-    assert again.restore_best(fresh) == 2
-    np.testing.assert_array_equal(np_(fresh.layers[0].kernel), kernels[1])  # the best epoch, to score
-    other = train.Checkpoint(tmp_path / "checkpoint.npz", {"a": 2}, {"chars": {}}, monitor="heldout_f1", patience=2)
-    with pytest.raises(SystemExit, match="another config"):
-        other.restore_best(fresh)
-    # Killed between writing a new best epoch's checkpoint and best.npz: resuming recovers it.
-    (tmp_path / "b").mkdir()
-    killed = train.Checkpoint(tmp_path / "b" / "checkpoint.npz", {"a": 1}, {"chars": {}}, monitor="heldout_f1", patience=2)
-    killed.set_model(model)
-    for epoch, f1 in enumerate([0.90, 0.95]):
-        model.layers[0].kernel.assign(np.full((3, 2), 10.0 + epoch, "float32"))
-        killed.on_epoch_end(epoch, {"loss": 1.0, "heldout_f1": f1})
-        if epoch == 0:
-            saved_first = (tmp_path / "b" / "best.npz").read_bytes()
-    (tmp_path / "b" / "best.npz").write_bytes(saved_first)  # as if the second write never happened
-    resumed = train.Checkpoint(tmp_path / "b" / "checkpoint.npz", {"a": 1}, {"chars": {}}, monitor="heldout_f1", patience=2)
-    assert resumed.restore(fresh) == 2
-    fresh.layers[0].kernel.assign(np.zeros((3, 2), "float32"))
-    assert resumed.restore_best(fresh) == 2 and np.all(np_(fresh.layers[0].kernel) == 11.0)
-    (tmp_path / "b" / "best.npz").unlink()
-    (tmp_path / "b" / "checkpoint.npz").unlink()
-    with pytest.raises(SystemExit, match="weights of the best epoch"):
-        resumed.restore_best(fresh)
 
 
 @pytest.mark.data
@@ -902,3 +901,14 @@ def test_segmenter_with_xla_cuts_the_same():
     plain = Segmenter(tiny_segmenter("article").tagger, seg.vocab)
     plain.tagger.set_weights(seg.tagger.get_weights())
     assert xla.cut_lines(lines) == plain.cut_lines(lines)
+
+
+def test_claim_holds_on_the_reference_and_fails_when_reversed():
+    from crf import train
+    from utils import report, runs
+
+    reference = runs.load_results(runs.REFERENCE, "crf")
+    assert train.CLAIM.verdict(reference, "full") == report.REPRODUCED
+    worse = [{**r, "metrics": {**r["metrics"], "test_f1": 0.8}} if r["experiment"] == "article-pku" else r
+             for r in reference]
+    assert train.CLAIM.verdict(worse, "full") == report.NOT_REPRODUCED

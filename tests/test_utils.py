@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import BACKEND, REPO
+from conftest import BACKEND, REPO, Killed
 
 from utils import data, runs
 
@@ -219,13 +219,77 @@ def test_write_json_atomic_failure_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # the temporary file was removed
 
 
-def test_load_results_skips_files_that_are_not_records(tmp_path):
-    runs.write_json_atomic(tmp_path / "a" / "e" / "seed0.json", {"article": "a", "experiment": "e", "seed": 0, "metrics": {}})
-    (tmp_path / "a" / "e" / "seed1.json").write_text("{not json")
-    (tmp_path / "a" / "e" / "seed2.json").write_text('{"something": "else"}')
-    with pytest.warns(UserWarning, match="not a result record"):
-        records = runs.load_results(tmp_path, "a")
-    assert [r["seed"] for r in records] == [0]
+def _record(article="a", experiment="e", seed=0, **extra):
+    return {"article": article, "experiment": experiment, "seed": seed, "metrics": {}, "config": {}, **extra}
+
+
+def test_load_results_counts_only_seed_files_and_stops_at_bad_or_doubled_records(tmp_path):
+    """Only <article>/<experiment>/seed<k>.json counts; an unreadable record, a record outside its
+    folder (a backup copy of an experiment folder) or two records of one seed stop the table with an
+    error naming every file concerned."""
+    runs.write_json_atomic(tmp_path / "a" / "e" / "seed0.json", _record())
+    runs.write_json_atomic(tmp_path / "a" / "e" / "seed1.json", _record(seed=1))
+    runs.write_json_atomic(tmp_path / "a" / "e" / "seed0 (copy).json", _record())  # not a seed file: ignored
+    runs.write_json_atomic(tmp_path / "a" / "e" / "seed2.json.bak", _record(seed=2))
+    (tmp_path / "a" / "e" / ".seed3.json.x.tmp").write_text("{half")
+    assert [r["seed"] for r in runs.load_results(tmp_path, "a")] == [0, 1]
+
+    copy = tmp_path / "a" / "e (copy)"
+    copy.mkdir()
+    (copy / "seed1.json").write_bytes((tmp_path / "a" / "e" / "seed1.json").read_bytes())
+    with pytest.raises(runs.RecordError) as err:
+        runs.load_results(tmp_path)
+    assert f"{tmp_path / 'a' / 'e' / 'seed1.json'} and {copy / 'seed1.json'} are both records of a/e seed 1" in str(err.value)
+
+    (copy / "seed1.json").unlink()
+    runs.write_json_atomic(copy / "seed5.json", _record(seed=5))
+    with pytest.raises(runs.RecordError, match=r"holds the record of a/e seed 5, which belongs in .*a/e/seed5.json"):
+        runs.load_results(tmp_path)
+
+    (copy / "seed5.json").unlink()
+    (tmp_path / "a" / "e" / "seed1.json").write_text('{"metrics": {"acc": 0.9')  # truncated
+    (tmp_path / "a" / "e" / "seed4.json").write_text('{"something": "else"}')
+    with pytest.raises(runs.RecordError) as err:
+        runs.load_results(tmp_path, "a")
+    assert "seed1.json: not a readable result record (JSONDecodeError" in str(err.value)
+    assert "seed4.json: not a result record (no article, config, experiment, metrics, seed)" in str(err.value)
+
+
+def test_a_corrupt_record_stops_a_run_with_its_name(tmp_path):
+    path = tmp_path / "a" / "e" / "seed0.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{")
+    with pytest.raises(SystemExit, match=r"seed0.json: not a readable result record .*\(or pass --force to replace it\)"):
+        runs.reusable(path, {})
+    assert runs.reusable(path, {}, force=True) is None
+
+
+def test_code_version_names_the_commit_and_ignores_records(tmp_path):
+    """The commit and whether the code differs from it; records and RESULTS.md are not code changes."""
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "code")
+    sha = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    runs.code_version.cache_clear()
+    (tmp_path / "results" / "a").mkdir(parents=True)
+    (tmp_path / "results" / "a" / "seed0.json").write_text("{}")
+    (tmp_path / "RESULTS.md").write_text("table")
+    assert runs.code_version(tmp_path) == {"commit": sha, "dirty": False}
+    runs.code_version.cache_clear()
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert runs.code_version(tmp_path) == {"commit": sha, "dirty": True}
+    assert runs.describe_version(runs.code_version(tmp_path)) == sha[:7] + "+changes"
+    runs.code_version.cache_clear()
+    assert runs.code_version(tmp_path / "results") == {"commit": sha, "dirty": True}  # inside the checkout
+    runs.code_version.cache_clear()
+    outside = tmp_path.parent / (tmp_path.name + "-not-git")
+    outside.mkdir()
+    assert runs.code_version(outside) == {"commit": None, "dirty": None}
+    assert runs.describe_version(runs.code_version(outside)) == "unknown"
+    runs.code_version.cache_clear()
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="backend-independent; checked once")
@@ -241,6 +305,8 @@ def test_save_result_records_everything_a_reader_needs(tmp_path):
     assert {"python", "keras", "numpy", BACKEND} <= set(record["versions"])
     assert record["device"] and "cores" in record["machine"] and record["wall_time_s"] >= 2
     assert len(record["date"]) == 10 and record["command"]
+    assert record["code_version"] == runs.code_version() and record["code_version"]["commit"]
+    assert record["protocol"] == "full mode"
     assert runs.load_results(tmp_path) == [record]
 
 
@@ -258,9 +324,18 @@ def test_cli_defaults_and_errors(tmp_path, capsys):
     from utils import cli
 
     args = cli.parse(cli.parser("x"), ["--seed", "4", "--seeds", "2", "--out", str(tmp_path)])
-    assert cli.seeds(args) == [4, 5] and not args.quick and args.epochs is None and args.out == tmp_path
+    assert cli.seeds(args, 3) == [4, 5] and args.mode == "full" and args.epochs is None and args.out == tmp_path
+    assert cli.seeds(cli.parse(cli.parser("x"), ["--quick"]), 1) == [0]
+    assert cli.parse(cli.parser("x"), []).out == runs.USER_RUNS  # a user's runs never land in the reference
+    assert cli.parse(cli.parser("x"), ["--reference"]).out == runs.REFERENCE
+    assert cli.parse(cli.parser("x"), ["--smoke"]).mode == "smoke"
+    (tmp_path / "file").write_text("")
     for bad, message in ((["--seeds", "0"], "--seeds must be at least 1"),
+                         (["--seed", "-5"], "--seed must be 0 or more, got -5"),
                          (["--epochs", "0"], "--epochs must be at least 1"),
+                         (["--quick", "--smoke"], "not allowed with argument"),
+                         (["--reference", "--out", str(tmp_path)], "--reference writes to"),
+                         (["--out", str(tmp_path / "file")], "is a file, not a folder"),
                          (["--data-dir", str(tmp_path / "nope")], "is not a folder")):
         with pytest.raises(SystemExit):
             cli.parse(cli.parser("x"), bad)
@@ -315,30 +390,35 @@ def test_plot_curves_writes_a_png_with_ragged_and_missing_values(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
-def _fake_record(tmp_path, experiment, seed, value, mode="full", blog=None):
+def _fake_record(root, experiment, seed, value, mode="full", command="python activations/train.py"):
     record = {"article": "activations", "experiment": experiment, "seed": seed, "metrics": {"test_acc": value},
-              "history": {}, "config": {"mode": mode},
-              "headline": {"metric": "test_acc", "label": "MNIST test accuracy", "blog": blog, "blog_source": "src"},
+              "history": {}, "config": {"mode": mode}, "protocol": f"{mode}: 20 epochs",
+              "headline": {"metric": "test_acc", "label": "MNIST test accuracy", "blog": None, "blog_source": "src"},
               "backend": "tensorflow", "versions": {"tensorflow": "2.21.0"}, "device": "CPU",
-              "machine": "2 cores X", "wall_time_s": 1.0, "date": "2026-11-23",
-              "command": "python activations/train.py"}
-    runs.write_json_atomic(runs.result_path(tmp_path, "activations", experiment, seed), record)
+              "machine": "2 cores X", "wall_time_s": 1.0, "date": "2026-11-23", "command": command,
+              "code_version": {"commit": "abcdef0123456789", "dirty": seed == 1}}
+    runs.write_json_atomic(runs.result_path(root, "activations", experiment, seed), record)
 
 
-def test_results_md_is_a_table_over_the_result_files(tmp_path):
-    _fake_record(tmp_path, "mlp-relu", 0, 0.97)
-    _fake_record(tmp_path, "mlp-relu", 1, 0.99)
-    _fake_record(tmp_path, "mlp-relu-quick", 0, 0.90, mode="quick")
+def test_results_md_is_a_table_over_the_reference_with_every_command(tmp_path):
+    reference = tmp_path / "reference"
+    _fake_record(reference, "mlp-relu", 0, 0.97)
+    _fake_record(reference, "mlp-relu", 1, 0.99, command="python activations/train.py --seed 1 --seeds 1")
     out = tmp_path / "RESULTS.md"
-    done = subprocess.run([sys.executable, str(REPO / "reproduce.py"), "--table-only", "--out", str(tmp_path),
-                           "--results-md", str(out)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(REPO / "reproduce.py"), "--table-only", "--reference-dir",
+                           str(reference), "--results-md", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     text = out.read_text(encoding="utf-8")
-    full, quick = text.split("### Quick mode")
-    assert "| mlp-relu | MNIST test accuracy | none | 0.9800 ± 0.0141 | 2 (0,1) |" in full
-    assert "| mlp-relu-quick | MNIST test accuracy | none | 0.9000 | 1 (0) |" in quick
-    assert "Blog column: src." in full
-    assert "2 cores X; CPU; tensorflow 2.21.0" in full and text in done.stdout
+    assert ("| mlp-relu | MNIST test accuracy | none | 0.9800 ± 0.0141 | 2 (0,1) | full: 20 epochs | "
+            "`python activations/train.py`<br>`python activations/train.py --seed 1 --seeds 1` | 2026-11-23 | "
+            "2 cores X; CPU; tensorflow 2.21.0 | abcdef0, abcdef0+changes |") in text
+    assert "Blog column: src." in text and "No reference records yet." in text  # the other articles
+
+    (reference / "activations" / "mlp-relu" / "seed1.json").write_text('{"article": ')
+    done = subprocess.run([sys.executable, str(REPO / "reproduce.py"), "--table-only", "--reference-dir",
+                           str(reference), "--results-md", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "mlp-relu/seed1.json: not a readable result record" in done.stderr
+    assert "0.9800 ± 0.0141" in out.read_text(encoding="utf-8")  # the table was not rewritten
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,3 +457,131 @@ def test_feed_arrays_gives_every_sample_once_per_epoch_reshuffled_and_trains():
     model.compile("sgd", "mse")
     history = model.fit(**kwargs, epochs=2, validation_data=feed.validation(x, y, batch_size=8), verbose=0)
     assert len(history.history["val_loss"]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# run_jobs and Checkpoint: one way to resume
+
+
+def _tiny_train(ran):
+    """A train function for run_jobs: a small regression fitted for the job's epochs with the
+    checkpoint; returns the final kernel as a metric, and appends to ``ran`` how many epochs this
+    process trained."""
+
+    def train(job, checkpoint):
+        import keras
+
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(64, 3)).astype("float32")
+        y = x @ np.array([1.0, -2.0, 0.5], "float32")
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dropout(0.3),
+                                  keras.layers.Dense(1)])
+        model.compile(optimizer="adam", loss="mse")
+        fitted = model.fit(x, y, batch_size=16, epochs=job.config["epochs"], shuffle=False, verbose=0,
+                           initial_epoch=checkpoint.restore(model), callbacks=[checkpoint])
+        ran.append(len(fitted.history["loss"]))
+        return {"kernel": keras.ops.convert_to_numpy(model.layers[-1].kernel).ravel().tolist()}, checkpoint.history
+
+    return train
+
+
+def test_run_jobs_resumes_a_killed_seed_where_it_stopped(tmp_path, capsys, kill_after_epoch):
+    """A seed killed after epoch 2 of 4 trains only epochs 3 and 4 when rerun, from the checkpoint
+    (weights, optimizer and dropout's random state), and ends exactly where an uninterrupted run ends
+    (which it could not with any of those lost); finished seeds are reused."""
+    pytest.importorskip(BACKEND)
+    from types import SimpleNamespace
+
+    jobs = [runs.Job("e", seed, {"epochs": 4}, {"metric": "kernel"}, "test: 4 epochs") for seed in (0, 1)]
+    whole = runs.run_jobs("a", jobs, SimpleNamespace(out=tmp_path / "whole", force=False), _tiny_train([]))
+    args = SimpleNamespace(out=tmp_path / "killed", force=False)
+    kill_after_epoch(2)
+    with pytest.raises(Killed):
+        runs.run_jobs("a", jobs, args, _tiny_train([]))
+    assert (tmp_path / "killed" / ".checkpoints" / "a" / "e" / "seed0.npz").is_file()
+    capsys.readouterr()
+    ran = []
+    resumed = runs.run_jobs("a", jobs, args, _tiny_train(ran))
+    printed = capsys.readouterr().out
+    assert "[a 1/2] e seed 0 (test: 4 epochs)" in printed and "resuming after epoch 2" in printed
+    assert "about 0:" in printed  # an estimate of what is left, after the first job
+    assert ran == [2, 4]  # seed 0 resumed at epoch 3; seed 1 trained whole
+    for a, b in zip(whole, resumed):
+        assert a["history"]["loss"] == b["history"]["loss"] and len(a["history"]["loss"]) == 4
+        np.testing.assert_allclose(a["metrics"]["kernel"], b["metrics"]["kernel"], rtol=1e-6)
+    assert not list((tmp_path / "killed" / ".checkpoints").rglob("*.npz"))
+    assert runs.run_jobs("a", jobs, args, _tiny_train([])) == resumed
+    assert capsys.readouterr().out.count("done already") == 2
+
+
+def test_checkpoint_early_stopping_keeps_the_best_epoch_and_resumes(tmp_path):
+    """Held-out F1 per epoch 0.90, 0.95, 0.94, 0.93 with patience 2: training stops after epoch 4,
+    the best file holds epoch 2's weights, and a restarted run knows it has stopped."""
+    pytest.importorskip(BACKEND)
+    import keras
+
+    from utils.callbacks import Checkpoint
+
+    def np_(v):
+        return keras.ops.convert_to_numpy(v)
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    make = lambda folder, identity=1: Checkpoint(tmp_path / folder / "seed0.npz", {"a": identity}, "heldout_f1", 2)
+    checkpoint = make("a")
+    checkpoint.set_model(model)
+    kernels = []
+    for epoch, f1 in enumerate([0.90, 0.95, 0.94, 0.93]):
+        model.layers[0].kernel.assign(np.full((3, 2), float(epoch), "float32"))
+        kernels.append(np_(model.layers[0].kernel))
+        model.stop_training = False
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "heldout_f1": f1})
+        assert model.stop_training == (epoch == 3)
+    fresh = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    fresh.compile(optimizer="adam", loss="mse")
+    again = make("a")
+    assert again.restore(fresh) == 4 and again.stopped and again.history["heldout_f1"] == [0.90, 0.95, 0.94, 0.93]
+    np.testing.assert_array_equal(np_(fresh.layers[0].kernel), kernels[3])  # the last epoch, to go on from
+    assert again.restore_best(fresh) == 2
+    np.testing.assert_array_equal(np_(fresh.layers[0].kernel), kernels[1])  # the best epoch, to score
+    with pytest.raises(SystemExit, match="another setup"):
+        make("a", identity=2).restore_best(fresh)
+    # Killed between writing a new best epoch's checkpoint and the best file: resuming recovers it.
+    killed = make("b")
+    killed.set_model(model)
+    for epoch, f1 in enumerate([0.90, 0.95]):
+        model.layers[0].kernel.assign(np.full((3, 2), 10.0 + epoch, "float32"))
+        killed.on_epoch_end(epoch, {"loss": 1.0, "heldout_f1": f1})
+        if epoch == 0:
+            saved_first = killed.best_path.read_bytes()
+    killed.best_path.write_bytes(saved_first)  # as if the second write never happened
+    resumed = make("b")
+    assert resumed.restore(fresh) == 2
+    fresh.layers[0].kernel.assign(np.zeros((3, 2), "float32"))
+    assert resumed.restore_best(fresh) == 2 and np.all(np_(fresh.layers[0].kernel) == 11.0)
+    resumed.remove()
+    assert not resumed.path.exists() and not resumed.best_path.exists()
+    with pytest.raises(SystemExit, match="weights of the best epoch"):
+        resumed.restore_best(fresh)
+
+
+def test_a_corrupt_or_mismatched_checkpoint_is_named(tmp_path):
+    pytest.importorskip(BACKEND)
+    import keras
+
+    from utils.callbacks import Checkpoint
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    path = tmp_path / "seed0.npz"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(SystemExit, match=r"seed0.npz: not a readable checkpoint .* delete it \(or pass --force\)"):
+        Checkpoint(path, {}).restore(model)
+    saver = Checkpoint(path, {})
+    saver.set_model(model)
+    saver.on_epoch_end(0, {"loss": 1.0})
+    wider = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5)])
+    wider.compile(optimizer="adam", loss="mse")
+    with pytest.raises(SystemExit, match=r"model variable 0 .* is \(3, 5\) in this model but \(3, 2\) in the checkpoint"):
+        Checkpoint(path, {}).restore(wider)

@@ -1,13 +1,16 @@
 """The command line every ``<article>/train.py`` shares.
 
-    --quick            a minutes-long run on 2 CPU cores (small data, few epochs), to check the pipeline
+    --quick            the quick mode: minutes on 2 CPU cores, and still the direction of the article's claim
+    --smoke            seconds on a sliver of the data: checks that the script runs end to end on this
+                       machine and backend (the tests use it); its numbers mean nothing
     --epochs N         override the epochs of the chosen mode
     --seed S           first seed (default 0)
-    --seeds N          how many seeds: S, S+1, ..., S+N-1
+    --seeds N          how many seeds: S, S+1, ..., S+N-1 (default: the mode's)
     --data-dir DIR     the data folder (sets $KEXUE_DATA for this run)
-    --out DIR          where results/<article>/<experiment>/seed<k>.json go (default: results/)
-    --force            rerun seeds whose result file already exists (default: skip them, so a killed
-                       run resumes where it stopped)
+    --out DIR          where <article>/<experiment>/seed<k>.json go (default: runs/results/, not committed)
+    --reference        write to results/, the committed reference (refreshing it; same as --out results)
+    --force            rerun seeds whose record already exists (default: reuse them, so a killed run
+                       resumes where it stopped; an unfinished seed resumes at its last epoch)
     --distribute       data-parallel training on every visible device with Keras's own engines:
                        tf.distribute.MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX
     --cpu-devices N    split the CPU into N logical devices (to try --distribute on a CPU-only machine)
@@ -19,18 +22,21 @@ import os
 from pathlib import Path
 
 from utils.data import DATA_ENV
-from utils.runs import REPO
+from utils.runs import REFERENCE, USER_RUNS, code_version
 
 
-def parser(description, default_seeds=3):
+def parser(description):
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a minutes-long run on a CPU, to check the pipeline")
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument("--quick", action="store_true", help="minutes on 2 CPU cores; still shows the article's claim")
+    modes.add_argument("--smoke", action="store_true", help="seconds on a sliver of the data: checks the pipeline only")
     p.add_argument("--epochs", type=int, default=None, help="override the epochs of the chosen mode")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--seeds", type=int, default=default_seeds, help=f"number of seeds (default {default_seeds})")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the mode's)")
     p.add_argument("--data-dir", type=Path, default=None, help=f"data folder (default: ${DATA_ENV}, then download)")
-    p.add_argument("--out", type=Path, default=REPO / "results", help="results folder (default: results/)")
-    p.add_argument("--force", action="store_true", help="rerun seeds that already have a result file")
+    p.add_argument("--out", type=Path, default=None, help="records folder (default: runs/results/)")
+    p.add_argument("--reference", action="store_true", help="write to results/, the committed reference")
+    p.add_argument("--force", action="store_true", help="rerun seeds that already have a record")
     p.add_argument("--distribute", action="store_true", help="data-parallel training on all visible devices")
     p.add_argument("--cpu-devices", type=int, default=None, help="split the CPU into N logical devices")
     return p
@@ -40,12 +46,19 @@ def parse(p, argv=None):
     """Parse, check and apply the shared options (data folder, logical CPUs). Call before any model
     is built: splitting the CPU must happen before the backend's runtime starts."""
     args = p.parse_args(argv)
-    if args.seeds < 1:
+    if args.seed < 0:
+        p.error(f"--seed must be 0 or more, got {args.seed}")
+    if args.seeds is not None and args.seeds < 1:
         p.error(f"--seeds must be at least 1, got {args.seeds}")
     if args.epochs is not None and args.epochs < 1:
         p.error(f"--epochs must be at least 1, got {args.epochs}")
     if args.cpu_devices is not None and args.cpu_devices < 1:
         p.error(f"--cpu-devices must be at least 1, got {args.cpu_devices}")
+    if args.reference and args.out is not None and args.out.resolve() != REFERENCE:
+        p.error(f"--reference writes to {REFERENCE}; drop --out {args.out}, or drop --reference")
+    args.out = REFERENCE if args.reference else (args.out or USER_RUNS).resolve()
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file, not a folder")
     if args.data_dir is not None:
         if not args.data_dir.is_dir():
             p.error(f"--data-dir {args.data_dir} is not a folder")
@@ -57,11 +70,22 @@ def parse(p, argv=None):
             p.error(f"--distribute and --cpu-devices need the tensorflow or jax backend, not {keras.backend.backend()}")
     if args.cpu_devices:
         split_cpu(args.cpu_devices)
+    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    code_version()  # read now: the code that runs is the code at start
     return args
 
 
-def seeds(args):
-    return list(range(args.seed, args.seed + args.seeds))
+def seeds(args, default):
+    """The seeds to run: ``--seed`` and ``--seeds``, else ``default`` seeds from ``--seed``."""
+    return list(range(args.seed, args.seed + (args.seeds or default)))
+
+
+def steps_per_execution(n):
+    """``n`` batches per call into the compiled train step, where the backend allows it: PyTorch's
+    trainer takes only 1. The updates are the same; only Python's per-batch overhead changes."""
+    import keras
+
+    return 1 if keras.backend.backend() == "torch" else n
 
 
 def split_cpu(n):

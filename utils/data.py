@@ -3,13 +3,13 @@
 Every loader looks for its files in this order:
 
 1. the folder named by the environment variable ``KEXUE_DATA`` (layout below), so offline machines
-   can point it at a copy (here: ``../shared/data``);
+   can point it at a copy;
 2. the Keras cache (``~/.keras/datasets``, or ``$KERAS_HOME/datasets``), where step 3 leaves them;
 3. a download from the original source with ``keras.utils.get_file``.
 
 If all three fail, ``DatasetNotFoundError`` names the variable, the path it expected and the URL.
 
-Layout of ``$KEXUE_DATA`` (the same as ``../shared/data``)::
+Layout of ``$KEXUE_DATA``::
 
     mnist/mnist.npz                                   Keras's mnist.npz arrays
     imdb/imdb.npz, imdb/imdb_word_index.json          Keras's IMDB arrays and word index

@@ -1,30 +1,53 @@
-"""Seeds, the machine a run happened on, and result files that a killed run cannot leave half-written.
+"""Seeds, records, and the loop every train.py runs its seeds through.
 
-Every finished seed of every experiment is one JSON file::
+Every finished seed of every experiment is one JSON file, written atomically::
 
     <out>/<article>/<experiment>/seed<k>.json
 
-holding the metrics, the per-epoch history, the full config, the seed, the backend and library
-versions, the device, the wall time, the date and the command line. ``RESULTS.md`` and the folder
-READMEs are tables over these files, so they can be regenerated without training again.
+holding the metrics, the per-epoch history, the full config, what the run was (its protocol), the
+seed, the backend and library versions, the device, the code version (commit, and whether the tree
+had uncommitted changes), the wall time, the date and the command line.
+
+Two folders hold records:
+
+- ``results/`` (``REFERENCE``), committed: the project's reference, the full protocol behind every
+  README number and ``RESULTS.md``. Only ``--reference`` (or ``--out results``) writes there.
+- ``runs/results/`` (``USER_RUNS``), not committed: where a user's runs go by default. A killed run
+  resumes there: finished seeds are kept, and an unfinished seed restarts from its last epoch
+  (``utils.callbacks.Checkpoint``, in ``<out>/.checkpoints/``, removed once the seed's record is written).
+
+``run_jobs`` is the loop: for each (experiment, seed) it reuses a finished record made with the same
+setup, refuses one made with another, or seeds everything, trains, and writes the record; it says
+which job it is on, the time spent and an estimate of what remains.
 """
 
 import datetime
+import functools
 import json
 import math
 import os
 import platform
+import re
+import subprocess
 import sys
 import tempfile
 import time
-import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "results"
+USER_RUNS = REPO / "runs" / "results"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_SEED_FILE = re.compile(r"seed(\d+)\.json")
+
+
+class RecordError(ValueError):
+    """Result records that cannot make a table: unreadable, misplaced or duplicated. The message
+    names every file concerned."""
 
 
 def set_seed(seed):
@@ -34,6 +57,16 @@ def set_seed(seed):
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(int(seed))
+
+
+def experiment_name(base, mode):
+    """The folder of an experiment's records: ``base`` for the full protocol, ``base-quick`` for the
+    quick mode (so the two never mix, and a quick record is never taken for a full one)."""
+    return base if mode == "full" else f"{base}-{mode}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The machine and the code
 
 
 def _cpu_name():
@@ -68,6 +101,10 @@ def devices():
     return []
 
 
+def machine():
+    return f"{os.cpu_count()} cores {_cpu_name()}, {platform.system()} {platform.machine()}"
+
+
 def environment():
     """Versions, backend and machine: what a reader needs to compare a number with theirs."""
     import keras
@@ -81,8 +118,42 @@ def environment():
         "backend": backend,
         "versions": versions,
         "device": ", ".join(accelerators) if accelerators else "CPU",
-        "machine": f"{os.cpu_count()} cores {_cpu_name()}, {platform.system()} {platform.machine()}",
+        "machine": machine(),
     }
+
+
+@functools.cache
+def code_version(repo=REPO):
+    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout the code runs from. Records
+    and the reference do not count as changes (writing a seed's record must not make the next seed's
+    code look edited); anything else that git sees as changed or new does. None when the code is not
+    in a git checkout or git is missing. Read once per process: the code that runs is the code at
+    start."""
+
+    def git(*argv):
+        done = subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise OSError(done.stderr.strip())
+        return done.stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        changes = git("status", "--porcelain", "--", ".", ":(exclude)results", ":(exclude)RESULTS.md")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(changes.strip())}
+
+
+def describe_version(version):
+    """``abc1234`` or ``abc1234+changes`` (``unknown`` outside a git checkout)."""
+    version = version or {}
+    if not version.get("commit"):
+        return "unknown"
+    return version["commit"][:7] + ("+changes" if version.get("dirty") else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic files
 
 
 def write_text_atomic(path, text):
@@ -126,17 +197,34 @@ def _jsonable(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable: {value!r}")
 
 
+# --------------------------------------------------------------------------------------------------
+# Records
+
+
 def result_path(out, article, experiment, seed):
     return Path(out) / article / experiment / f"seed{seed}.json"
 
 
+_REQUIRED = {"article", "experiment", "seed", "metrics", "config"}
+
+
 def load_result(path):
-    """The record at ``path``, or None if there is none yet."""
+    """The record at ``path``, or None if there is none yet. A file that is not a record raises
+    ``RecordError`` naming it (and what to do), rather than a JSON traceback."""
     path = Path(path)
     if not path.is_file():
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (ValueError, OSError) as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RecordError(f"{path}: not a readable result record ({type(err).__name__}: {err}); "
+                          "delete it to run that seed again, or restore it from git") from None
+    missing = _REQUIRED - set(record) if isinstance(record, dict) else _REQUIRED
+    if missing:
+        raise RecordError(f"{path}: not a result record (no {', '.join(sorted(missing))}); "
+                          "delete it to run that seed again, or restore it from git")
+    return record
 
 
 def reusable(path, config, force=False):
@@ -145,20 +233,27 @@ def reusable(path, config, force=False):
     setup stops the run with a message naming what differs: resuming must not mix setups."""
     import keras
 
-    done = load_result(path)
-    if done is None or force:
+    if force:
+        return None
+    try:
+        done = load_result(path)
+    except RecordError as err:
+        raise SystemExit(f"{err} (or pass --force to replace it)") from None
+    if done is None:
         return None
     backend = keras.backend.backend()
-    if done["config"] != config or done["backend"] != backend:
-        changed = {k: (done["config"].get(k), v) for k, v in config.items() if done["config"].get(k) != v}
-        if done["backend"] != backend:
-            changed["backend"] = (done["backend"], backend)
+    if done["config"] != config or done.get("backend") != backend:
+        keys = sorted(set(config) | set(done["config"]))
+        changed = {k: (done["config"].get(k), config.get(k)) for k in keys if done["config"].get(k) != config.get(k)}
+        if done.get("backend") != backend:
+            changed["backend"] = (done.get("backend"), backend)
         raise SystemExit(f"{path} was made with another setup (was, now: {changed}); "
                          "pass --force to replace it, or --out to write elsewhere")
     return done
 
 
-def save_result(out, article, experiment, seed, *, metrics, config, history=None, headline=None, started=None):
+def save_result(out, article, experiment, seed, *, metrics, config, history=None, headline=None, started=None,
+                protocol=None):
     """Write one seed's record atomically and return its path.
 
     Args:
@@ -168,6 +263,7 @@ def save_result(out, article, experiment, seed, *, metrics, config, history=None
         headline: ``{"metric": ..., "label": ..., "blog": value or None, "blog_source": ...}``, the
             number ``RESULTS.md`` shows for this experiment and the article's own number beside it.
         started: ``time.time()`` when the run began (for the wall time).
+        protocol: what ran, in words (``"quick: 2 epochs on 6,000 images"``); tables show it.
     """
     now = time.time()
     record = {
@@ -178,9 +274,11 @@ def save_result(out, article, experiment, seed, *, metrics, config, history=None
         "history": _finite(history or {}),
         "headline": headline,
         "config": config,
+        "protocol": protocol or f"{config.get('mode', 'full')} mode",
         **environment(),
+        "code_version": code_version(),
         "wall_time_s": round(now - started, 2) if started else None,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     return write_json_atomic(result_path(out, article, experiment, seed), record)
@@ -200,20 +298,37 @@ def _finite(value):
 
 
 def load_results(root, article=None):
-    """All seed records under ``root`` (optionally one article's), sorted by article, experiment, seed."""
+    """All seed records under ``root`` (optionally one article's), sorted by article, experiment, seed.
+
+    Only ``<root>/<article>/<experiment>/seed<k>.json`` counts (a ``seed0 (copy).json`` or a
+    temporary file does not). A record that cannot be read, that sits in a folder other than the one
+    its own article, experiment and seed name (a backup copy of a folder), or two records of the same
+    experiment and seed raise ``RecordError`` naming every such file: a table must not silently drop
+    or double a seed.
+    """
     root = Path(root)
-    pattern = f"{article}/*/seed*.json" if article else "*/*/seed*.json"
-    records = []
-    for path in root.glob(pattern):
+    problems, seen = [], {}
+    for path in sorted(root.glob(f"{article or '*'}/*/seed*.json")):
+        match = _SEED_FILE.fullmatch(path.name)
+        if not match:
+            continue
         try:
             record = load_result(path)
-        except ValueError:  # not JSON (json.JSONDecodeError is a ValueError)
-            record = None
-        if not isinstance(record, dict) or not {"article", "experiment", "seed", "metrics"} <= set(record):
-            warnings.warn(f"skipping {path}: not a result record", stacklevel=2)
+        except RecordError as err:
+            problems.append(str(err))
             continue
-        records.append(record)
-    return sorted(records, key=lambda r: (r["article"], r["experiment"], r["seed"]))
+        key = (record["article"], record["experiment"], record["seed"])
+        where = (path.parent.parent.name, path.parent.name, int(match.group(1)))
+        if key in seen:
+            problems.append(f"{seen[key][0]} and {path} are both records of {key[0]}/{key[1]} seed {key[2]}; "
+                            "keep one (move the other out of the results folder)")
+        elif key != where:
+            problems.append(f"{path} holds the record of {key[0]}/{key[1]} seed {key[2]}, which belongs in "
+                            f"{result_path(root, *key)}; move it there or out of the results folder")
+        seen.setdefault(key, (path, record))
+    if problems:
+        raise RecordError("cannot use the records under " + str(root) + ":\n  " + "\n  ".join(problems))
+    return [seen[key][1] for key in sorted(seen)]
 
 
 def mean_std(values):
@@ -230,3 +345,90 @@ def format_mean_std(values, digits=4):
     if mean is None:
         return "diverged"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop over seeds
+
+
+@dataclass
+class Job:
+    """One seed of one experiment: what ``run_jobs`` trains and records.
+
+    Attributes:
+        experiment: the records' folder name (``experiment_name(base, mode)``).
+        seed: the seed.
+        config: every setting; a finished record is reused only if its config is equal.
+        headline: the metric tables show for this experiment, and the blog's number.
+        protocol: what runs, in words, for tables and reports.
+        spec: anything the train function needs that is not part of the record.
+    """
+
+    experiment: str
+    seed: int
+    config: dict
+    headline: dict
+    protocol: str
+    spec: dict = field(default_factory=dict)
+
+
+def checkpoint_path(out, article, experiment, seed):
+    """Where an unfinished seed's checkpoint lives: beside the records, in a hidden folder that no
+    table reads (and git ignores)."""
+    return Path(out) / ".checkpoints" / article / experiment / f"seed{seed}.npz"
+
+
+def run_jobs(article, jobs, args, train):
+    """Run every job not already done, in order; return every job's record.
+
+    ``train(job, checkpoint)`` trains one seed and returns ``(metrics, history)``; it passes
+    ``checkpoint`` (a ``utils.callbacks.Checkpoint``) to ``fit`` and calls ``checkpoint.restore(model)``
+    before it, so a seed killed mid-way resumes at its last finished epoch, and takes the history from
+    ``checkpoint.history`` (all epochs, across restarts). The record is written, then the checkpoint
+    removed. ``args`` is what ``utils.cli.parse`` returns (``out``, ``force``).
+    """
+    from utils.callbacks import Checkpoint
+
+    started_all, trained_s, trained, records = time.time(), 0.0, 0, []
+    for index, job in enumerate(jobs):
+        path = result_path(args.out, article, job.experiment, job.seed)
+        done = reusable(path, job.config, args.force)
+        tag = f"[{article} {index + 1}/{len(jobs)}] {job.experiment} seed {job.seed}"
+        if done is not None:
+            print(f"{tag}: done already ({_relative(path)})", flush=True)
+            records.append(done)
+            continue
+        left = len(jobs) - index
+        estimate = f", about {_duration(trained_s / trained * left)} left" if trained else ""
+        print(f"{tag} ({job.protocol}): {_duration(time.time() - started_all)} so far{estimate}", flush=True)
+        started = time.time()
+        set_seed(job.seed)
+        checkpoint = Checkpoint(checkpoint_path(args.out, article, job.experiment, job.seed),
+                                identity={"config": job.config, "seed": job.seed, "backend": _backend()})
+        if args.force:
+            checkpoint.remove()
+        metrics, history = train(job, checkpoint)
+        save_result(args.out, article, job.experiment, job.seed, metrics=metrics, config=job.config,
+                    history=history, headline=job.headline, started=started, protocol=job.protocol)
+        checkpoint.remove()
+        trained_s, trained = trained_s + time.time() - started, trained + 1
+        records.append(load_result(path))
+    return records
+
+
+def _backend():
+    import keras
+
+    return keras.backend.backend()
+
+
+def _relative(path):
+    try:
+        return Path(path).resolve().relative_to(REPO)
+    except ValueError:
+        return path
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds // 60 % 60:02d}"

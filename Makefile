@@ -1,0 +1,30 @@
+# The two commands of the Quickstart. Both use one virtual environment (.venv, made when missing):
+#   make reproduce   install what the articles need, then run every article's quick mode and report
+#   make test        install the test tools and the other Keras backends too, then lint and test
+# Options: make reproduce ARGS="--full"; make test PYTHON=python3.12; VENV=/elsewhere.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: reproduce test lint
+
+reproduce: $(VENV)/.run-installed
+	$(PY) reproduce.py $(ARGS)
+
+test: $(VENV)/.test-installed lint
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(ARGS)
+	KERAS_BACKEND=jax $(PY) -m pytest -m "layers or backends" $(ARGS)
+	KERAS_BACKEND=torch $(PY) -m pytest -m "layers or backends" $(ARGS)
+
+lint: $(VENV)/.test-installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+$(VENV)/.run-installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.run-installed requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
