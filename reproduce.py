@@ -44,7 +44,8 @@ ARTICLES = {
         "quick_s": 150,
     },
     "capsule": {
-        "title": "揭开迷雾，来一顿美味的Capsule盛宴 / 再来一顿贺岁宴：从K-Means到Capsule (Capsules, and their K-means reading)",
+        "title": "揭开迷雾，来一顿美味的Capsule盛宴 / 再来一顿贺岁宴：从K-Means到Capsule "
+        "(Capsules, and their K-means reading)",
         "url": "https://kexue.fm/archives/4819",
         "full": [],
         "quick_s": 300,
@@ -86,8 +87,11 @@ def run_article(name, mode, extra, position, names, started, spent):
         done = sum(expected[:position])
         scale = sum(spent.values()) / done if done and spent else 1.0
         estimate = f", about {runs._duration(sum(expected[position:]) * scale)} left"
-    print(f"\n=== [{position + 1}/{len(names)}] {name}: {' '.join(command[1:])} "
-          f"({runs._duration(elapsed)} so far{estimate})", flush=True)
+    print(
+        f"\n=== [{position + 1}/{len(names)}] {name}: {' '.join(command[1:])} "
+        f"({runs._duration(elapsed)} so far{estimate})",
+        flush=True,
+    )
     begin = time.time()
     code = subprocess.run(command, cwd=REPO).returncode
     spent[name] = time.time() - begin
@@ -153,9 +157,13 @@ def main(argv=None):
     modes.add_argument("--smoke", action="store_true", help="seconds per article: checks that every script runs")
     p.add_argument("--only", nargs="+", choices=sorted(ARTICLES), help="run only these articles")
     p.add_argument("--table-only", action="store_true", help="do not train; rebuild RESULTS.md from results/")
-    p.add_argument("--reference", action="store_true", help="write into results/ (the reference), then rebuild RESULTS.md")
+    p.add_argument(
+        "--reference", action="store_true", help="write into results/ (the reference), then rebuild RESULTS.md"
+    )
     p.add_argument("--out", type=Path, default=None, help="records folder (default: runs/results/)")
-    p.add_argument("--reference-dir", type=Path, default=runs.REFERENCE, help="the reference records (default: results/)")
+    p.add_argument(
+        "--reference-dir", type=Path, default=runs.REFERENCE, help="the reference records (default: results/)"
+    )
     p.add_argument("--report", type=Path, default=REPO / "runs" / "report.md", help="where the report goes")
     p.add_argument("--results-md", type=Path, default=REPO / "RESULTS.md", help="where --table-only writes the table")
     args, extra = p.parse_known_args(argv)  # anything else goes to every train.py (e.g. --seeds 2)

@@ -56,10 +56,10 @@ HEADLINE = {
 }
 CLAIM = report.Claim(
     statement="sigmoid saturates, so a deep sigmoid network barely trains where ReLU, unsaturated for x > 0, "
-              "does; at zero-mean initialisation about half of ReLU's pre-activations sit in its flat region, "
-              "while Swish and x·min(1, eˣ) have none",
+    "does; at zero-mean initialisation about half of ReLU's pre-activations sit in its flat region, "
+    "while Swish and x·min(1, eˣ) have none",
     criterion="in the 10-layer MLP, ReLU's test accuracy beats sigmoid's by at least 0.3; at initialisation "
-              "0.4-0.6 of ReLU's pre-activations are flat, under 0.01 of Swish's and of x·min(1, eˣ)'s",
+    "0.4-0.6 of ReLU's pre-activations are flat, under 0.01 of Swish's and of x·min(1, eˣ)'s",
     rows=[
         report.Row("relu", "mlp-relu", "test_acc", "10-layer MLP, relu: test accuracy"),
         report.Row("sigmoid", "mlp-sigmoid", "test_acc", "10-layer MLP, sigmoid: test accuracy"),
@@ -67,8 +67,12 @@ CLAIM = report.Claim(
         report.Row("swish_flat", "mlp-swish", "flat_fraction_init", "swish: share flat at init", digits=2),
         report.Row("xme_flat", "mlp-x_min_exp", "flat_fraction_init", "x·min(1, eˣ): share flat at init", digits=2),
     ],
-    holds=lambda v: (v["relu"] - v["sigmoid"] >= 0.3 and 0.4 <= v["relu_flat"] <= 0.6
-                     and v["swish_flat"] < 0.01 and v["xme_flat"] < 0.01),
+    holds=lambda v: (
+        v["relu"] - v["sigmoid"] >= 0.3
+        and 0.4 <= v["relu_flat"] <= 0.6
+        and v["swish_flat"] < 0.01
+        and v["xme_flat"] < 0.01
+    ),
     blog_source="kexue.fm/archives/4647 argues without numbers",
 )
 
@@ -167,23 +171,34 @@ def train_seed(job, checkpoint):
     train, val, test = load_mnist(cfg["train_size"], flat=cfg["model"] == "mlp", eval_size=job.spec["eval_size"])
     with cli.distribution(job.spec["args"]):
         model = MODELS[cfg["model"]](cfg["activation"])
-        model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
     flat_init = flat_fraction(model, train[0][:1000])
     model.fit(
-        *train, batch_size=BATCH_SIZE, epochs=cfg["epochs"], validation_data=val, verbose=progress.fit_verbose(),
+        *train,
+        batch_size=BATCH_SIZE,
+        epochs=cfg["epochs"],
+        validation_data=val,
+        verbose=progress.fit_verbose(),
         initial_epoch=checkpoint.restore(model),
         callbacks=[EpochTimer(), PrintEpoch(), keras.callbacks.TerminateOnNaN(), checkpoint],
     )
     history = checkpoint.history
     test_loss, test_acc = model.evaluate(*test, batch_size=1000, verbose=0)
     metrics = {
-        "test_acc": test_acc, "test_loss": test_loss,
-        "best_val_acc": max(history["val_accuracy"]), "final_val_acc": history["val_accuracy"][-1],
-        "flat_fraction_init": flat_init, "flat_fraction_final": flat_fraction(model, train[0][:1000]),
-        "epoch_time_s": float(np.median(history["epoch_time_s"])), "params": model.count_params(),
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "best_val_acc": max(history["val_accuracy"]),
+        "final_val_acc": history["val_accuracy"][-1],
+        "flat_fraction_init": flat_init,
+        "flat_fraction_final": flat_fraction(model, train[0][:1000]),
+        "epoch_time_s": float(np.median(history["epoch_time_s"])),
+        "params": model.count_params(),
     }
-    print(f"    test acc {test_acc:.4f}, flat at init {flat_init:.2f}, {metrics['epoch_time_s']:.1f} s/epoch", flush=True)
+    print(
+        f"    test acc {test_acc:.4f}, flat at init {flat_init:.2f}, {metrics['epoch_time_s']:.1f} s/epoch", flush=True
+    )
     return metrics, history
 
 
@@ -195,15 +210,32 @@ def jobs(args):
         epochs = args.epochs or cfg["epochs"][model_name]
         for act in ACTIVATIONS:
             config = {
-                "mode": args.mode, "model": model_name, "activation": act, "epochs": epochs,
-                "batch_size": BATCH_SIZE, "optimizer": "adam", "learning_rate": LEARNING_RATE,
-                "train_size": cfg["train_size"], "val_size": cfg["eval_size"] or 5000,
+                "mode": args.mode,
+                "model": model_name,
+                "activation": act,
+                "epochs": epochs,
+                "batch_size": BATCH_SIZE,
+                "optimizer": "adam",
+                "learning_rate": LEARNING_RATE,
+                "train_size": cfg["train_size"],
+                "val_size": cfg["eval_size"] or 5000,
                 "test_size": cfg["eval_size"] or 10000,
-                "mlp_depth": MLP_DEPTH, "mlp_width": MLP_WIDTH, "distribute": args.distribute,
+                "mlp_depth": MLP_DEPTH,
+                "mlp_width": MLP_WIDTH,
+                "distribute": args.distribute,
             }
             protocol = f"{args.mode}: {epochs} epochs on {cfg['train_size']:,} training images"
-            out += [runs.Job(runs.experiment_name(f"{model_name}-{act}", args.mode), seed, config, HEADLINE, protocol,
-                             {"args": args, "eval_size": cfg["eval_size"]}) for seed in cli.seeds(args, cfg["seeds"])]
+            out += [
+                runs.Job(
+                    runs.experiment_name(f"{model_name}-{act}", args.mode),
+                    seed,
+                    config,
+                    HEADLINE,
+                    protocol,
+                    {"args": args, "eval_size": cfg["eval_size"]},
+                )
+                for seed in cli.seeds(args, cfg["seeds"])
+            ]
     return out
 
 
@@ -222,18 +254,27 @@ def summary(records, out, mode):
             if not rs:
                 continue
             col = lambda key, d=4, rs=rs: runs.format_mean_std([r["metrics"][key] for r in rs], d)
-            print(f"| {model_name} | {act} | {col('test_acc')} | {col('best_val_acc')} | {col('flat_fraction_init', 2)} "
-                  f"| {col('flat_fraction_final', 2)} | {col('epoch_time_s', 1)} | {len(rs)} |")
+            print(
+                f"| {model_name} | {act} | {col('test_acc')} | {col('best_val_acc')} | {col('flat_fraction_init', 2)} "
+                f"| {col('flat_fraction_final', 2)} | {col('epoch_time_s', 1)} | {len(rs)} |"
+            )
             val_acc[act] = [r["history"]["val_accuracy"] for r in rs]
             train_loss[act] = [r["history"]["loss"] for r in rs]
         name = "10-layer MLP" if model_name == "mlp" else "small CNN"
         suffix = "" if mode == "full" else f"-{mode}"
-        for curves, label, file in ((val_acc, "validation accuracy", "val_acc"), (train_loss, "training loss", "train_loss")):
+        for curves, label, file in (
+            (val_acc, "validation accuracy", "val_acc"),
+            (train_loss, "training loss", "train_loss"),
+        ):
             if curves:
-                figures.append(plots.plot_curves(
-                    curves, Path(out) / ARTICLE / f"{model_name}_{file}{suffix}.png", ylabel=label,
-                    title=f"MNIST, {name}: {label} (mean, min-max over seeds)",
-                ))
+                figures.append(
+                    plots.plot_curves(
+                        curves,
+                        Path(out) / ARTICLE / f"{model_name}_{file}{suffix}.png",
+                        ylabel=label,
+                        title=f"MNIST, {name}: {label} (mean, min-max over seeds)",
+                    )
+                )
     print("\nfigures: " + ", ".join(str(f) for f in figures))
 
 
@@ -242,10 +283,14 @@ def main(argv=None):
     print(f"backend {keras.backend.backend()}, mode {args.mode}, records in {args.out}")
 
     errors = rounding_demo()
-    runs.write_json_atomic(Path(args.out) / ARTICLE / "rounding_demo.json", {
-        "max_additivity_error": errors, "pairs": 10000, "range": [-1, 1], "function": "rounding_nonlinearity"})
-    print(f"\n1. Rounding as a nonlinearity: max |f(a+b) - f(a) - f(b)| over 10k pairs in [-1, 1]: "
-          f"float64 {errors['float64']:.1e}, float32 {errors['float32']:.1e}")
+    runs.write_json_atomic(
+        Path(args.out) / ARTICLE / "rounding_demo.json",
+        {"max_additivity_error": errors, "pairs": 10000, "range": [-1, 1], "function": "rounding_nonlinearity"},
+    )
+    print(
+        f"\n1. Rounding as a nonlinearity: max |f(a+b) - f(a) - f(b)| over 10k pairs in [-1, 1]: "
+        f"float64 {errors['float64']:.1e}, float32 {errors['float32']:.1e}"
+    )
 
     print("\n2-3. Training (each seed writes its record as it finishes):")
     records = runs.run_jobs(ARTICLE, jobs(args), args, train_seed)

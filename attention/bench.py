@@ -44,8 +44,12 @@ SHAPES = [  # batch, length, features, heads, size per head
 def layers(features, heads, size):
     return {
         "Attention (article)": lambda: Attention(heads, size),
-        "Attention (= MHA), fused": lambda: Attention(heads, size, use_scale=True, use_bias=True, output_dim=features, fused=True),
-        "Attention (= MHA), matmul": lambda: Attention(heads, size, use_scale=True, use_bias=True, output_dim=features, fused=False),
+        "Attention (= MHA), fused": lambda: Attention(
+            heads, size, use_scale=True, use_bias=True, output_dim=features, fused=True
+        ),
+        "Attention (= MHA), matmul": lambda: Attention(
+            heads, size, use_scale=True, use_bias=True, output_dim=features, fused=False
+        ),
         "MultiHeadAttention": lambda: _MHA(heads, size),
     }
 
@@ -92,14 +96,21 @@ def main(argv=None):
     backend = keras.backend.backend()
     jit = True if args.jit else ("auto" if backend != "tensorflow" else False)
     env = runs.environment()
-    lines = [f"backend {backend} {__import__(backend).__version__}, keras {keras.__version__}, jit_compile={jit}, "
-             f"median of {args.repeats} calls, {env['machine']}, {datetime.date.today().isoformat()}",
-             "command: " + " ".join(["python", "attention/bench.py", *(argv if argv is not None else sys.argv[1:])])]
+    lines = [
+        f"backend {backend} {__import__(backend).__version__}, keras {keras.__version__}, jit_compile={jit}, "
+        f"median of {args.repeats} calls, {env['machine']}, {datetime.date.today().isoformat()}",
+        "command: " + " ".join(["python", "attention/bench.py", *(argv if argv is not None else sys.argv[1:])]),
+    ]
     print("\n".join(lines))
     for shape in SHAPES:
         batch, length, features, heads, size = shape
-        lines += ["", f"batch {batch}, length {length}, features {features}, {heads} heads x {size}", "",
-                  "| layer | train step (ms) | forward (ms) |", "|---|---|---|"]
+        lines += [
+            "",
+            f"batch {batch}, length {length}, features {features}, {heads} heads x {size}",
+            "",
+            "| layer | train step (ms) | forward (ms) |",
+            "|---|---|---|",
+        ]
         print("\n".join(lines[-5:]))
         for name, make in layers(features, heads, size).items():
             train_ms, forward_ms = bench(make, shape, args.repeats, jit)

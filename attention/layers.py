@@ -140,24 +140,48 @@ class Attention(keras.layers.Layer):
             shapes = (input_shape,) * 3
         for name, shape in zip("qkv", shapes):
             if len(shape) != 3 or shape[-1] is None:
-                raise ValueError(f"Attention: {name} must be (batch, time, features) with known features, got {tuple(shape)}")
+                raise ValueError(
+                    f"Attention: {name} must be (batch, time, features) with known features, got {tuple(shape)}"
+                )
         if shapes[1][1] is not None and shapes[2][1] is not None and shapes[1][1] != shapes[2][1]:
             raise ValueError(f"Attention: keys and values must have the same length, got {shapes[1]} and {shapes[2]}")
         units = self.heads * self.size_per_head
         for name, shape in zip("qkv", shapes):
-            setattr(self, f"w{name}", self.add_weight(
-                name=f"{name}_kernel", shape=(shape[-1], units),
-                initializer=self.kernel_initializer, regularizer=self.kernel_regularizer))
+            setattr(
+                self,
+                f"w{name}",
+                self.add_weight(
+                    name=f"{name}_kernel",
+                    shape=(shape[-1], units),
+                    initializer=self.kernel_initializer,
+                    regularizer=self.kernel_regularizer,
+                ),
+            )
             if self.use_bias:
-                setattr(self, f"b{name}", self.add_weight(
-                    name=f"{name}_bias", shape=(units,),
-                    initializer=self.bias_initializer, regularizer=self.bias_regularizer))
+                setattr(
+                    self,
+                    f"b{name}",
+                    self.add_weight(
+                        name=f"{name}_bias",
+                        shape=(units,),
+                        initializer=self.bias_initializer,
+                        regularizer=self.bias_regularizer,
+                    ),
+                )
         if self.output_dim is not None:
-            self.wo = self.add_weight(name="output_kernel", shape=(units, self.output_dim),
-                                      initializer=self.kernel_initializer, regularizer=self.kernel_regularizer)
+            self.wo = self.add_weight(
+                name="output_kernel",
+                shape=(units, self.output_dim),
+                initializer=self.kernel_initializer,
+                regularizer=self.kernel_regularizer,
+            )
             if self.use_bias:
-                self.bo = self.add_weight(name="output_bias", shape=(self.output_dim,),
-                                          initializer=self.bias_initializer, regularizer=self.bias_regularizer)
+                self.bo = self.add_weight(
+                    name="output_bias",
+                    shape=(self.output_dim,),
+                    initializer=self.bias_initializer,
+                    regularizer=self.bias_regularizer,
+                )
 
     def _project(self, x, name):
         """x W (+ b), split into heads: (batch, T, heads, size_per_head)."""
@@ -176,8 +200,10 @@ class Attention(keras.layers.Layer):
             if len(allowed.shape) != 3 or any(
                 a is not None and b is not None and a != b for a, b in zip(allowed.shape[1:], (q.shape[1], k.shape[1]))
             ):
-                raise ValueError(f"Attention: attention_mask must be (batch, Tq, Tk) or (Tq, Tk) = "
-                                 f"(..., {q.shape[1]}, {k.shape[1]}), got shape {tuple(attention_mask.shape)}")
+                raise ValueError(
+                    f"Attention: attention_mask must be (batch, Tq, Tk) or (Tq, Tk) = "
+                    f"(..., {q.shape[1]}, {k.shape[1]}), got shape {tuple(attention_mask.shape)}"
+                )
         parts = []
         if q_mask is not None:
             parts.append(ops.expand_dims(q_mask, -1))
@@ -196,9 +222,13 @@ class Attention(keras.layers.Layer):
         if mask is None:
             return None
         mask = _bool_mask(mask)
-        if len(mask.shape) != 2 or (mask.shape[1] is not None and x.shape[1] is not None and mask.shape[1] != x.shape[1]):
-            raise ValueError(f"Attention: the {name} mask must be (batch, {x.shape[1]}) like the {name}s "
-                             f"{tuple(x.shape)}, got shape {tuple(mask.shape)}")
+        if len(mask.shape) != 2 or (
+            mask.shape[1] is not None and x.shape[1] is not None and mask.shape[1] != x.shape[1]
+        ):
+            raise ValueError(
+                f"Attention: the {name} mask must be (batch, {x.shape[1]}) like the {name}s "
+                f"{tuple(x.shape)}, got shape {tuple(mask.shape)}"
+            )
         return mask
 
     def _masks(self, inputs, mask):
@@ -215,8 +245,10 @@ class Attention(keras.layers.Layer):
                 return q_mask, v_mask
             return q_mask, k_mask if v_mask is None else ops.logical_and(k_mask, v_mask)
         if isinstance(inputs, (list, tuple)):
-            raise ValueError("Attention: with inputs [q, v] or [q, k, v], pass one mask per input, "
-                             "mask=[q_mask, k_mask(, v_mask)] (None where there is none)")
+            raise ValueError(
+                "Attention: with inputs [q, v] or [q, k, v], pass one mask per input, "
+                "mask=[q_mask, k_mask(, v_mask)] (None where there is none)"
+            )
         mask = self._check_mask(mask, q, "query")
         return mask, mask
 
@@ -335,9 +367,13 @@ class _PositionBase(keras.layers.Layer):
     def _check_input(self, input_shape):
         name = type(self).__name__
         if len(input_shape) != 3 or input_shape[-1] is None:
-            raise ValueError(f"{name}: input must be (batch, time, features) with known features, got {tuple(input_shape)}")
+            raise ValueError(
+                f"{name}: input must be (batch, time, features) with known features, got {tuple(input_shape)}"
+            )
         if self.mode == "sum" and self.size is not None and self.size != input_shape[-1]:
-            raise ValueError(f"{name}: mode='sum' needs size == the input's features ({input_shape[-1]}), got size={self.size}")
+            raise ValueError(
+                f"{name}: mode='sum' needs size == the input's features ({input_shape[-1]}), got size={self.size}"
+            )
         return self.size or input_shape[-1]
 
     def _apply(self, x, table):
@@ -411,7 +447,9 @@ class TrainablePositionEmbedding(_PositionBase):
     Call: as ``PositionEmbedding``; sequences longer than ``max_length`` are an error.
     """
 
-    def __init__(self, max_length, size=None, mode="sum", embeddings_initializer="zeros", embeddings_regularizer=None, **kwargs):
+    def __init__(
+        self, max_length, size=None, mode="sum", embeddings_initializer="zeros", embeddings_regularizer=None, **kwargs
+    ):
         super().__init__(size, mode, **kwargs)
         self.max_length = _positive_int("max_length", max_length, "TrainablePositionEmbedding")
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
@@ -420,15 +458,22 @@ class TrainablePositionEmbedding(_PositionBase):
     def build(self, input_shape):
         size = self._check_input(input_shape)
         if input_shape[1] is not None and input_shape[1] > self.max_length:
-            raise ValueError(f"TrainablePositionEmbedding: sequences of length {input_shape[1]} exceed max_length={self.max_length}")
-        self.embeddings = self.add_weight(name="embeddings", shape=(self.max_length, size),
-                                          initializer=self.embeddings_initializer,
-                                          regularizer=self.embeddings_regularizer)
+            raise ValueError(
+                f"TrainablePositionEmbedding: sequences of length {input_shape[1]} exceed max_length={self.max_length}"
+            )
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.max_length, size),
+            initializer=self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer,
+        )
 
     def call(self, x):
         length = x.shape[1]
         if length is not None and length > self.max_length:
-            raise ValueError(f"TrainablePositionEmbedding: sequences of length {length} exceed max_length={self.max_length}")
+            raise ValueError(
+                f"TrainablePositionEmbedding: sequences of length {length} exceed max_length={self.max_length}"
+            )
         return self._apply(x, self.embeddings[: ops.shape(x)[1]])
 
     def get_config(self):

@@ -63,14 +63,15 @@ MODES = {
 }
 CLAIM = report.Claim(
     statement="the attention classifier reaches about 0.84 on IMDB, and the position embedding raises the "
-              "accuracy and reduces overfitting",
+    "accuracy and reduces overfitting",
     criterion="with the position embedding the best val_acc is at least 0.83, and both the best and the last "
-              "epoch's val_acc are higher than without it",
+    "epoch's val_acc are higher than without it",
     rows=[
         report.Row("pe", "pe", "best_val_acc", "with position embedding: best val_acc", max(ARTICLE_LOG["pe"])),
         report.Row("no_pe", "no_pe", "best_val_acc", "without: best val_acc", max(ARTICLE_LOG["no_pe"])),
-        report.Row("pe_last", "pe", "final_val_acc", "with position embedding: val_acc after epoch 5",
-                   ARTICLE_LOG["pe"][-1]),
+        report.Row(
+            "pe_last", "pe", "final_val_acc", "with position embedding: val_acc after epoch 5", ARTICLE_LOG["pe"][-1]
+        ),
         report.Row("no_pe_last", "no_pe", "final_val_acc", "without: val_acc after epoch 5", ARTICLE_LOG["no_pe"][-1]),
     ],
     holds=lambda v: v["pe"] >= 0.83 and v["pe"] > v["no_pe"] and v["pe_last"] > v["no_pe_last"],
@@ -80,10 +81,18 @@ CLAIM = report.Claim(
 
 def headline(variant):
     if variant in ARTICLE_LOG:
-        return {"metric": "best_val_acc", "label": "IMDB best val_acc", "blog": max(ARTICLE_LOG[variant]),
-                "blog_source": SOURCE}
-    return {"metric": "best_val_acc", "label": "IMDB best val_acc", "blog": None,
-            "blog_source": "extension (scaled and/or masked attention): not in the article"}
+        return {
+            "metric": "best_val_acc",
+            "label": "IMDB best val_acc",
+            "blog": max(ARTICLE_LOG[variant]),
+            "blog_source": SOURCE,
+        }
+    return {
+        "metric": "best_val_acc",
+        "label": "IMDB best val_acc",
+        "blog": None,
+        "blog_source": "extension (scaled and/or masked attention): not in the article",
+    }
 
 
 """## 1. Data: Keras's IMDB, 20000 words, cut or padded to 80 at the front (Keras's defaults)"""
@@ -122,23 +131,39 @@ def train_seed(job, checkpoint):
     train, test = load_imdb(cfg["train_size"], cfg["test_size"])
     with cli.distribution(job.spec["args"]):
         model = build_model(**VARIANTS[cfg["variant"]])
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"],
-                      steps_per_execution=cfg["steps_per_execution"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss="binary_crossentropy",
+            metrics=["accuracy"],
+            steps_per_execution=cfg["steps_per_execution"],
+        )
     model.fit(
-        **feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=seed), epochs=cfg["epochs"],
-        validation_data=feed.validation(*test, batch_size=BATCH_SIZE), verbose=progress.fit_verbose(),
+        **feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=seed),
+        epochs=cfg["epochs"],
+        validation_data=feed.validation(*test, batch_size=BATCH_SIZE),
+        verbose=progress.fit_verbose(),
         initial_epoch=checkpoint.restore(model),
-        callbacks=[EpochTimer(), PrintEpoch(ARTICLE_LOG.get(cfg["variant"])), keras.callbacks.TerminateOnNaN(),
-                   checkpoint],
+        callbacks=[
+            EpochTimer(),
+            PrintEpoch(ARTICLE_LOG.get(cfg["variant"])),
+            keras.callbacks.TerminateOnNaN(),
+            checkpoint,
+        ],
     )
     history = checkpoint.history
     val_acc = history["val_accuracy"]
     metrics = {
-        "best_val_acc": max(val_acc), "best_epoch": int(np.argmax(val_acc)) + 1, "final_val_acc": val_acc[-1],
-        "epoch_time_s": float(np.median(history["epoch_time_s"])), "params": model.count_params(),
+        "best_val_acc": max(val_acc),
+        "best_epoch": int(np.argmax(val_acc)) + 1,
+        "final_val_acc": val_acc[-1],
+        "epoch_time_s": float(np.median(history["epoch_time_s"])),
+        "params": model.count_params(),
     }
-    print(f"    best val_acc {metrics['best_val_acc']:.4f} at epoch {metrics['best_epoch']}, "
-          f"median {metrics['epoch_time_s']:.1f} s per epoch, {metrics['params']:,} parameters", flush=True)
+    print(
+        f"    best val_acc {metrics['best_val_acc']:.4f} at epoch {metrics['best_epoch']}, "
+        f"median {metrics['epoch_time_s']:.1f} s per epoch, {metrics['params']:,} parameters",
+        flush=True,
+    )
     return metrics, history
 
 
@@ -148,16 +173,32 @@ def jobs(args, variants):
     out = []
     for variant in variants:
         config = {
-            "mode": args.mode, "variant": variant, **VARIANTS[variant], "epochs": epochs, "batch_size": BATCH_SIZE,
-            "optimizer": "adam", "learning_rate": 1e-3, "num_words": NUM_WORDS, "maxlen": MAXLEN,
-            "embedding": EMBEDDING, "heads": HEADS, "size_per_head": SIZE_PER_HEAD, "dropout": 0.5,
-            "train_size": mode["train_size"], "test_size": mode["test_size"],
-            "steps_per_execution": cli.steps_per_execution(STEPS_PER_EXECUTION), "distribute": args.distribute,
+            "mode": args.mode,
+            "variant": variant,
+            **VARIANTS[variant],
+            "epochs": epochs,
+            "batch_size": BATCH_SIZE,
+            "optimizer": "adam",
+            "learning_rate": 1e-3,
+            "num_words": NUM_WORDS,
+            "maxlen": MAXLEN,
+            "embedding": EMBEDDING,
+            "heads": HEADS,
+            "size_per_head": SIZE_PER_HEAD,
+            "dropout": 0.5,
+            "train_size": mode["train_size"],
+            "test_size": mode["test_size"],
+            "steps_per_execution": cli.steps_per_execution(STEPS_PER_EXECUTION),
+            "distribute": args.distribute,
         }
         size = "all 25,000 reviews" if mode["train_size"] is None else f"{mode['train_size']:,} reviews"
         protocol = f"{args.mode}: {epochs} epochs on {size}"
-        out += [runs.Job(runs.experiment_name(variant, args.mode), seed, config, headline(variant), protocol,
-                         {"args": args}) for seed in cli.seeds(args, mode["seeds"])]
+        out += [
+            runs.Job(
+                runs.experiment_name(variant, args.mode), seed, config, headline(variant), protocol, {"args": args}
+            )
+            for seed in cli.seeds(args, mode["seeds"])
+        ]
     return out
 
 
@@ -168,14 +209,19 @@ def summary(records, out, mode):
     by_variant = {}
     for r in records:
         by_variant.setdefault(r["config"]["variant"], []).append(r)
-    print("\n| variant | best val_acc (article) | best val_acc (ours) | final val_acc (article / ours) | best epoch | s/epoch | seeds |")
+    print(
+        "\n| variant | best val_acc (article) | best val_acc (ours) | final val_acc (article / ours) "
+        "| best epoch | s/epoch | seeds |"
+    )
     print("|---|---|---|---|---|---|---|")
     for variant, rs in by_variant.items():
         col = lambda key, d=4, rs=rs: runs.format_mean_std([r["metrics"][key] for r in rs], d)
         ref = ARTICLE_LOG.get(variant)
-        print(f"| {variant} | {max(ref) if ref else '-'} | {col('best_val_acc')} | "
-              f"{ref[-1] if ref else '-'} / {col('final_val_acc')} | {col('best_epoch', 1)} | "
-              f"{col('epoch_time_s', 1)} | {len(rs)} |")
+        print(
+            f"| {variant} | {max(ref) if ref else '-'} | {col('best_val_acc')} | "
+            f"{ref[-1] if ref else '-'} / {col('final_val_acc')} | {col('best_epoch', 1)} | "
+            f"{col('epoch_time_s', 1)} | {len(rs)} |"
+        )
     print("\nper-epoch val_acc, mean over seeds (article's log in brackets):")
     for variant, rs in by_variant.items():
         curves = np.array([r["history"]["val_accuracy"] for r in rs])
@@ -184,31 +230,45 @@ def summary(records, out, mode):
         print(f"  {variant:17s} " + "  ".join(cells))
     times = [t for v in ARTICLE_RUNS for r in by_variant.get(v, []) for t in r["history"]["epoch_time_s"]]
     if times and mode == "full":
-        print(f"\ntime per epoch, article recipe: median {np.median(times):.1f} s over {len(times)} epochs, "
-              f"quartiles {np.percentile(times, 25):.1f} and {np.percentile(times, 75):.1f} s (the article's code here: "
-              f"{ARTICLE_CODE_EPOCH_S} s; goal at most {ARTICLE_CODE_EPOCH_S * 2 / 3:.1f} s)")
+        print(
+            f"\ntime per epoch, article recipe: median {np.median(times):.1f} s over {len(times)} epochs, "
+            f"quartiles {np.percentile(times, 25):.1f} and {np.percentile(times, 75):.1f} s (the article's code here: "
+            f"{ARTICLE_CODE_EPOCH_S} s; goal at most {ARTICLE_CODE_EPOCH_S * 2 / 3:.1f} s)"
+        )
     suffix = "" if mode == "full" else f"-{mode}"
     curves = {v: [r["history"]["val_accuracy"] for r in rs] for v, rs in by_variant.items()}
     figures = []
     if any(v in ARTICLE_RUNS for v in curves):
-        figures.append(plots.plot_curves(
-            {v: c for v, c in curves.items() if v in ARTICLE_RUNS}, Path(out) / ARTICLE / f"val_acc{suffix}.png",
-            ylabel="validation accuracy", title="IMDB, the article's classifier: val_acc per epoch (mean, min-max)",
-            reference={f"article's log, {v}": ARTICLE_LOG[v] for v in ARTICLE_RUNS if v in by_variant},
-        ))
+        figures.append(
+            plots.plot_curves(
+                {v: c for v, c in curves.items() if v in ARTICLE_RUNS},
+                Path(out) / ARTICLE / f"val_acc{suffix}.png",
+                ylabel="validation accuracy",
+                title="IMDB, the article's classifier: val_acc per epoch (mean, min-max)",
+                reference={f"article's log, {v}": ARTICLE_LOG[v] for v in ARTICLE_RUNS if v in by_variant},
+            )
+        )
     if any(v not in ARTICLE_RUNS for v in curves):
-        figures.append(plots.plot_curves(
-            {v: c for v, c in curves.items() if v not in ARTICLE_RUNS or v == "pe"},
-            Path(out) / ARTICLE / f"val_acc_extensions{suffix}.png", ylabel="validation accuracy",
-            title="IMDB: scaled and masked attention (extension) vs the article's (pe)",
-        ))
+        figures.append(
+            plots.plot_curves(
+                {v: c for v, c in curves.items() if v not in ARTICLE_RUNS or v == "pe"},
+                Path(out) / ARTICLE / f"val_acc_extensions{suffix}.png",
+                ylabel="validation accuracy",
+                title="IMDB: scaled and masked attention (extension) vs the article's (pe)",
+            )
+        )
     print("\nfigures: " + ", ".join(str(f) for f in figures))
 
 
 def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
-                   help="which runs (default: all in full mode, pe and no_pe, the article's, in quick mode)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=None,
+        help="which runs (default: all in full mode, pe and no_pe, the article's, in quick mode)",
+    )
     args = cli.parse(p, argv)
     variants = args.variants or MODES[args.mode]["variants"]
     print(f"backend {keras.backend.backend()}, mode {args.mode}, variants {variants}, records in {args.out}")

@@ -76,8 +76,18 @@ class Capsule(keras.layers.Layer):
     num_capsule), which sum to 1 over the output capsules.
     """
 
-    def __init__(self, num_capsule, dim_capsule, routings=3, share_weights=True, routing="article",
-                 squash_constant=None, kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):
+    def __init__(
+        self,
+        num_capsule,
+        dim_capsule,
+        routings=3,
+        share_weights=True,
+        routing="article",
+        squash_constant=None,
+        kernel_initializer="glorot_uniform",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_capsule = _positive_int("num_capsule", num_capsule, "Capsule")
         self.dim_capsule = _positive_int("dim_capsule", dim_capsule, "Capsule")
@@ -100,17 +110,22 @@ class Capsule(keras.layers.Layer):
 
     def build(self, input_shape):
         if len(input_shape) != 3 or input_shape[-1] is None:
-            raise ValueError(f"Capsule: input must be capsules (batch, n, dim) with a known dim, got {tuple(input_shape)}")
+            raise ValueError(
+                f"Capsule: input must be capsules (batch, n, dim) with a known dim, got {tuple(input_shape)}"
+            )
         outputs = self.num_capsule * self.dim_capsule
         if self.share_weights:
             shape = (input_shape[-1], outputs)
         else:
             if input_shape[1] is None:
-                raise ValueError("Capsule: share_weights=False needs a fixed number of input capsules; "
-                                 f"got input shape {tuple(input_shape)}")
+                raise ValueError(
+                    "Capsule: share_weights=False needs a fixed number of input capsules; "
+                    f"got input shape {tuple(input_shape)}"
+                )
             shape = (input_shape[1], input_shape[-1], outputs)
-        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.kernel_initializer,
-                                      regularizer=self.kernel_regularizer)
+        self.kernel = self.add_weight(
+            name="kernel", shape=shape, initializer=self.kernel_initializer, regularizer=self.kernel_regularizer
+        )
 
     def votes(self, u):
         """û_{j|i}: (batch, num_capsule, n, dim_capsule)."""
@@ -118,8 +133,10 @@ class Capsule(keras.layers.Layer):
             u_hat = ops.matmul(u, self.kernel)  # the same W_j for every input i
         else:
             if u.shape[1] is not None and u.shape[1] != self.kernel.shape[0]:
-                raise ValueError(f"Capsule: built for {self.kernel.shape[0]} input capsules "
-                                 f"(share_weights=False), called with {u.shape[1]}")
+                raise ValueError(
+                    f"Capsule: built for {self.kernel.shape[0]} input capsules "
+                    f"(share_weights=False), called with {u.shape[1]}"
+                )
             u_hat = ops.einsum("bni,nio->bno", u, self.kernel)
         batch, n = ops.shape(u)[0], ops.shape(u)[1]
         u_hat = ops.reshape(u_hat, (batch, n, self.num_capsule, self.dim_capsule))
@@ -198,8 +215,10 @@ def margin_loss(y_true, y_pred, m_plus=0.9, m_minus=0.1, down_weight=0.25):
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(y_true, y_pred.dtype)
     if y_true.shape[-1] is not None and y_pred.shape[-1] is not None and y_true.shape[-1] != y_pred.shape[-1]:
-        raise ValueError(f"margin_loss: y_true must be one-hot with {y_pred.shape[-1]} classes like y_pred, "
-                         f"got shapes {tuple(y_true.shape)} and {tuple(y_pred.shape)}")
+        raise ValueError(
+            f"margin_loss: y_true must be one-hot with {y_pred.shape[-1]} classes like y_pred, "
+            f"got shapes {tuple(y_true.shape)} and {tuple(y_pred.shape)}"
+        )
     present = y_true * ops.square(ops.relu(m_plus - y_pred))
     absent = down_weight * (1 - y_true) * ops.square(ops.relu(y_pred - m_minus))
     return ops.sum(present + absent, axis=-1)

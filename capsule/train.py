@@ -47,15 +47,36 @@ MODELS = {
     "paper": {"head": "capsule", "routing": "paper", "epochs": 10},
 }
 MODES = {
-    "full": {"train_size": None, "epochs": None, "seeds": 3, "models": list(MODELS), "pairs": None, "width": 64,
-             "val_size": None},
+    "full": {
+        "train_size": None,
+        "epochs": None,
+        "seeds": 3,
+        "models": list(MODELS),
+        "pairs": None,
+        "width": 64,
+        "val_size": None,
+    },
     # The CNN against the article's capsules, one seed, trained briefly on all of MNIST: long enough
     # for both to read single digits (about 98%) and for the gap on two digits to show.
-    "quick": {"train_size": None, "epochs": 2, "seeds": 1, "models": ["cnn", "article"], "pairs": 2000, "width": 32,
-              "val_size": None},
+    "quick": {
+        "train_size": None,
+        "epochs": 2,
+        "seeds": 1,
+        "models": ["cnn", "article"],
+        "pairs": 2000,
+        "width": 32,
+        "val_size": None,
+    },
     # Seconds: the pipeline end to end.
-    "smoke": {"train_size": 512, "epochs": 1, "seeds": 1, "models": ["cnn", "article"], "pairs": 200, "width": 16,
-              "val_size": 500},
+    "smoke": {
+        "train_size": 512,
+        "epochs": 1,
+        "seeds": 1,
+        "models": ["cnn", "article"],
+        "pairs": 200,
+        "width": 16,
+        "val_size": 500,
+    },
 }
 # The article's numbers (text of 4819 and 5112; approximate, one run, no seed).
 BLOG = {
@@ -67,7 +88,8 @@ BLOG = {
 # The article's code (Keras 2 API) on these machines, one seed (ANCHORS.md):
 # two-digit acc1, acc2, MNIST test accuracy, seconds per epoch.
 ARTICLE_CODE = {
-    "cnn": (0.418, 0.084, 0.9937, "50"), "article": (0.902, 0.902, 0.9946, "52-56"),
+    "cnn": (0.418, 0.084, 0.9937, "50"),
+    "article": (0.902, 0.902, 0.9946, "52-56"),
     "kmeans": (0.970, 0.970, 0.9930, "52-56"),
 }
 SOURCES = {
@@ -78,12 +100,16 @@ SOURCES = {
 }
 CLAIM = report.Claim(
     statement="trained on single digits, capsules name both digits of a two-digit image far more often than "
-              "a CNN with the same trunk (article: above 90% against about 40%)",
+    "a CNN with the same trunk (article: above 90% against about 40%)",
     criterion="the capsules' two-digit top-2 accuracy (acc1, article routing) is at least 0.25 above the CNN's",
     rows=[
-        report.Row("capsule", "article", "pair_acc", "capsules (article routing): two-digit acc1", BLOG["article"]["pair_acc"]),
+        report.Row(
+            "capsule", "article", "pair_acc", "capsules (article routing): two-digit acc1", BLOG["article"]["pair_acc"]
+        ),
         report.Row("cnn", "cnn", "pair_acc", "CNN: two-digit acc1", BLOG["cnn"]["pair_acc"]),
-        report.Row("capsule_mnist", "article", "test_acc", "capsules: MNIST test accuracy", BLOG["article"]["test_acc"]),
+        report.Row(
+            "capsule_mnist", "article", "test_acc", "capsules: MNIST test accuracy", BLOG["article"]["test_acc"]
+        ),
         report.Row("cnn_mnist", "cnn", "test_acc", "CNN: MNIST test accuracy", BLOG["cnn"]["test_acc"]),
     ],
     holds=lambda v: v["capsule"] >= v["cnn"] + 0.25,
@@ -174,24 +200,38 @@ def train_seed(job, checkpoint):
     train, test, _ = load_mnist(cfg["train_size"], job.spec["val_size"])
     with cli.distribution(job.spec["args"]):
         model = build_model(cfg["head"], cfg["routing"], cfg["precision"], cfg.get("width", 64))
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=margin_loss, metrics=["accuracy"],
-                      steps_per_execution=cli.steps_per_execution(10))
-    model.fit(**feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=job.seed), epochs=cfg["epochs"],
-              validation_data=feed.validation(*test, batch_size=BATCH_SIZE), verbose=progress.fit_verbose(),
-              initial_epoch=checkpoint.restore(model),
-              callbacks=[EpochTimer(), PrintEpoch(), keras.callbacks.TerminateOnNaN(), checkpoint])
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=margin_loss,
+            metrics=["accuracy"],
+            steps_per_execution=cli.steps_per_execution(10),
+        )
+    model.fit(
+        **feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=job.seed),
+        epochs=cfg["epochs"],
+        validation_data=feed.validation(*test, batch_size=BATCH_SIZE),
+        verbose=progress.fit_verbose(),
+        initial_epoch=checkpoint.restore(model),
+        callbacks=[EpochTimer(), PrintEpoch(), keras.callbacks.TerminateOnNaN(), checkpoint],
+    )
     history = checkpoint.history
     scores = model.predict(pairs[0], batch_size=500, verbose=0)
     acc1, acc2 = pair_scores(scores, pairs[1])
     metrics = {
-        "test_acc": history["val_accuracy"][-1], "best_val_acc": max(history["val_accuracy"]),
-        "pair_acc": acc1, "pair_acc_confident": acc2,
-        "epoch_time_s": float(np.median(history["epoch_time_s"])), "params": model.count_params(),
+        "test_acc": history["val_accuracy"][-1],
+        "best_val_acc": max(history["val_accuracy"]),
+        "pair_acc": acc1,
+        "pair_acc_confident": acc2,
+        "epoch_time_s": float(np.median(history["epoch_time_s"])),
+        "params": model.count_params(),
         # for the figure: the first 8 two-digit images' scores
         "examples": np.round(scores[:8].astype("float64"), 4).tolist(),
     }
-    print(f"    MNIST test {metrics['test_acc']:.4f}, two digits {acc1:.4f} / {acc2:.4f}, "
-          f"{metrics['epoch_time_s']:.1f} s per epoch, {metrics['params']:,} parameters", flush=True)
+    print(
+        f"    MNIST test {metrics['test_acc']:.4f}, two digits {acc1:.4f} / {acc2:.4f}, "
+        f"{metrics['epoch_time_s']:.1f} s per epoch, {metrics['params']:,} parameters",
+        flush=True,
+    )
     return metrics, history
 
 
@@ -203,22 +243,45 @@ def jobs(args, models, pairs):
             spec = MODELS[name]
             epochs = args.epochs or mode["epochs"] or spec["epochs"]
             config = {
-                "mode": args.mode, "model": name, "head": spec["head"], "routing": spec["routing"], "epochs": epochs,
-                "batch_size": BATCH_SIZE, "optimizer": "adam", "learning_rate": 1e-3, "loss": "margin_loss",
-                "train_size": mode["train_size"], "pair_seed": PAIR_SEED, "pairs": int(len(pairs[1])),
-                "precision": args.precision, "distribute": args.distribute,
+                "mode": args.mode,
+                "model": name,
+                "head": spec["head"],
+                "routing": spec["routing"],
+                "epochs": epochs,
+                "batch_size": BATCH_SIZE,
+                "optimizer": "adam",
+                "learning_rate": 1e-3,
+                "loss": "margin_loss",
+                "train_size": mode["train_size"],
+                "pair_seed": PAIR_SEED,
+                "pairs": int(len(pairs[1])),
+                "precision": args.precision,
+                "distribute": args.distribute,
             }
             if mode["width"] != 64:  # the article's trunk is not named (the reference records predate the option)
                 config["width"] = mode["width"]
             if mode["val_size"] is not None:
                 config["val_size"] = mode["val_size"]
             size = "all 60,000" if mode["train_size"] is None else f"{mode['train_size']:,}"
-            protocol = (f"{args.mode}: {epochs} epochs on {size} MNIST digits, {len(pairs[1]):,} two-digit images"
-                        + ("" if mode["width"] == 64 else f", trunk {mode['width']}-{2 * mode['width']} filters"))
-            headline = {"metric": "pair_acc", "label": "two-digit top-2 accuracy (acc1)",
-                        "blog": BLOG[name]["pair_acc"], "blog_source": SOURCES[name]}
-            out.append(runs.Job(runs.experiment_name(name, args.mode), seed, config, headline, protocol,
-                                {"args": args, "pairs": pairs, "val_size": mode["val_size"]}))
+            protocol = f"{args.mode}: {epochs} epochs on {size} MNIST digits, {len(pairs[1]):,} two-digit images" + (
+                "" if mode["width"] == 64 else f", trunk {mode['width']}-{2 * mode['width']} filters"
+            )
+            headline = {
+                "metric": "pair_acc",
+                "label": "two-digit top-2 accuracy (acc1)",
+                "blog": BLOG[name]["pair_acc"],
+                "blog_source": SOURCES[name],
+            }
+            out.append(
+                runs.Job(
+                    runs.experiment_name(name, args.mode),
+                    seed,
+                    config,
+                    headline,
+                    protocol,
+                    {"args": args, "pairs": pairs, "val_size": mode["val_size"]},
+                )
+            )
     return out
 
 
@@ -233,11 +296,19 @@ def summary(records, out, mode, pairs):
         by_model.setdefault(r["config"]["model"], []).append(r)
     for name, rs in by_model.items():
         col = lambda key, d=4, rs=rs: runs.format_mean_std([r["metrics"][key] for r in rs], d)
-        print(f"| {name} | {col('test_acc')} | {col('pair_acc')} | {col('pair_acc_confident')} | "
-              f"{col('epoch_time_s', 1)} | {rs[0]['metrics']['params']:,} | {len(rs)} |")
-    print("\nthe article's code on these machines (one seed): " + "; ".join(
-        f"{m} {a:.3f} / {b:.3f}, MNIST {t:.4f}, {s} s per epoch" for m, (a, b, t, s) in ARTICLE_CODE.items()))
-    figure = draw_examples(by_model, pairs, Path(out) / ARTICLE / f"two_digits{'' if mode == 'full' else '-' + mode}.png")
+        print(
+            f"| {name} | {col('test_acc')} | {col('pair_acc')} | {col('pair_acc_confident')} | "
+            f"{col('epoch_time_s', 1)} | {rs[0]['metrics']['params']:,} | {len(rs)} |"
+        )
+    print(
+        "\nthe article's code on these machines (one seed): "
+        + "; ".join(
+            f"{m} {a:.3f} / {b:.3f}, MNIST {t:.4f}, {s} s per epoch" for m, (a, b, t, s) in ARTICLE_CODE.items()
+        )
+    )
+    figure = draw_examples(
+        by_model, pairs, Path(out) / ARTICLE / f"two_digits{'' if mode == 'full' else '-' + mode}.png"
+    )
     print(f"\nfigure: {figure}")
 
 
@@ -270,17 +341,28 @@ def draw_examples(by_model, pairs, path):
 
 def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--models", nargs="+", choices=list(MODELS), default=None,
-                   help="which models (default: all four; quick mode: cnn and article)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="auto (default: mixed_bfloat16 where the hardware has bfloat16, else float32), "
-                        "mixed_bfloat16 (bfloat16 convolutions, float32 heads) or float32")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        default=None,
+        help="which models (default: all four; quick mode: cnn and article)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto (default: mixed_bfloat16 where the hardware has bfloat16, else float32), "
+        "mixed_bfloat16 (bfloat16 convolutions, float32 heads) or float32",
+    )
     args = cli.parse(p, argv)
     if args.precision == "auto":
         args.precision = auto_precision()
     models = args.models or MODES[args.mode]["models"]
-    print(f"backend {keras.backend.backend()}, mode {args.mode}, models {models}, precision {args.precision}, "
-          f"records in {args.out}")
+    print(
+        f"backend {keras.backend.backend()}, mode {args.mode}, models {models}, precision {args.precision}, "
+        f"records in {args.out}"
+    )
     _, (x_test, _), y_test = load_mnist(train_size=0)
     images, labels = two_digit_images(x_test, y_test)
     pairs = (images[: MODES[args.mode]["pairs"]], labels[: MODES[args.mode]["pairs"]])

@@ -75,8 +75,10 @@ def layer_functions(num_tags, batch, length, jit):
                 return crf.decode(e, mask)
 
         decode = jax.jit(decode_fn)
-        return (lambda: jax.block_until_ready(grad(values, emissions)),
-                lambda: jax.block_until_ready(decode(values, emissions)))
+        return (
+            lambda: jax.block_until_ready(grad(values, emissions)),
+            lambda: jax.block_until_ready(decode(values, emissions)),
+        )
     import torch
 
     def nll_grad():
@@ -101,7 +103,11 @@ def bench_layer(repeats):
     for num_tags in (4, 17):
         for jit in modes:
             nll_grad, decode = layer_functions(num_tags, 64, 128, jit)
-            print(f"| {num_tags} | {'on' if jit else 'off'} | {timed(nll_grad, repeats):.1f} | {timed(decode, repeats):.1f} |", flush=True)
+            print(
+                f"| {num_tags} | {'on' if jit else 'off'} | {timed(nll_grad, repeats):.1f} "
+                f"| {timed(decode, repeats):.1f} |",
+                flush=True,
+            )
 
 
 def bench_segmenter(model_dirs, repeats):
@@ -114,7 +120,9 @@ def bench_segmenter(model_dirs, repeats):
     chars = sum(len(line) for line in test)
     jieba.setLogLevel(60)
     jieba.initialize()
-    rows = [(f"jieba {jieba.__version__}, default mode (jieba.lcut per line)", lambda: [jieba.lcut(line) for line in test])]
+    rows = [
+        (f"jieba {jieba.__version__}, default mode (jieba.lcut per line)", lambda: [jieba.lcut(line) for line in test])
+    ]
     for model_dir in model_dirs:
         segmenter = Segmenter.load(model_dir)
         name = f"ours, {model_dir.name}"
@@ -146,7 +154,9 @@ def timed_once(fn):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, nargs="*", default=[], help="trained model folders (crf/train.py writes runs/crf/<run>/)")
+    p.add_argument(
+        "--model", type=Path, nargs="*", default=[], help="trained model folders (crf/train.py writes runs/crf/<run>/)"
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--layer-only", action="store_true")
     p.add_argument("--segment-only", action="store_true")

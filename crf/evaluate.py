@@ -30,7 +30,12 @@ def main(argv=None):
     p.add_argument("models", type=Path, nargs="+", help="model folders written by crf/train.py")
     p.add_argument("--corpus", choices=["pku", "msr"], default="pku")
     p.add_argument("--name", help="record the scores as <out>/crf/<name>-<corpus>/seed0.json")
-    p.add_argument("--out", type=Path, default=runs.USER_RUNS, help="records folder (default runs/results/; results/ is the reference)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=runs.USER_RUNS,
+        help="records folder (default runs/results/; results/ is the reference)",
+    )
     args = p.parse_args(argv)
     try:
         segmenter = Ensemble.load(args.models) if len(args.models) > 1 else Segmenter.load(args.models[0])
@@ -39,16 +44,30 @@ def main(argv=None):
     started = time.time()
     _, test, gold, training_words = load_corpus(args.corpus)
     scores = evaluate(segmenter.cut_lines, test, gold, training_words)
-    print(f"{len(args.models)} model(s) on the {args.corpus.upper()} test set: F1 {scores['f1']:.4f}, P {scores['precision']:.4f}, "
-          f"R {scores['recall']:.4f}, OOV recall {scores['oov_recall']:.4f}, IV recall {scores['iv_recall']:.4f}, "
-          f"{scores['chars_per_s']:,.0f} chars/s")
+    print(
+        f"{len(args.models)} model(s) on the {args.corpus.upper()} test set: F1 {scores['f1']:.4f}, "
+        f"P {scores['precision']:.4f}, "
+        f"R {scores['recall']:.4f}, OOV recall {scores['oov_recall']:.4f}, IV recall {scores['iv_recall']:.4f}, "
+        f"{scores['chars_per_s']:,.0f} chars/s"
+    )
     if args.name:
         config = {"mode": "evaluation", "corpus": args.corpus, "models": [m.name for m in args.models]}
-        label = (f"{HEADLINE['label']}; {len(args.models)} trained models as one ensemble (ensembles were compared "
-                 "on this test set, see crf/README.md)" if len(args.models) > 1 else HEADLINE["label"])
-        path = runs.save_result(args.out, ARTICLE, f"{args.name}-{args.corpus}", 0,
-                                metrics={f"test_{k}": v for k, v in scores.items()}, config=config,
-                                headline={**HEADLINE, "label": label}, started=started)
+        label = (
+            f"{HEADLINE['label']}; {len(args.models)} trained models as one ensemble (ensembles were compared "
+            "on this test set, see crf/README.md)"
+            if len(args.models) > 1
+            else HEADLINE["label"]
+        )
+        path = runs.save_result(
+            args.out,
+            ARTICLE,
+            f"{args.name}-{args.corpus}",
+            0,
+            metrics={f"test_{k}": v for k, v in scores.items()},
+            config=config,
+            headline={**HEADLINE, "label": label},
+            started=started,
+        )
         print(f"recorded in {path}")
     return scores
 

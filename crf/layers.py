@@ -42,7 +42,9 @@ def _loop(body, state, n):
     """
     if keras.backend.backend() == "tensorflow":
         _, state = ops.while_loop(
-            lambda t, s: t < n, lambda t, s: (t + 1, body(t, s)), (ops.convert_to_tensor(0, "int32"), state),
+            lambda t, s: t < n,
+            lambda t, s: (t + 1, body(t, s)),
+            (ops.convert_to_tensor(0, "int32"), state),
             maximum_iterations=n,
         )
         return state
@@ -102,8 +104,17 @@ class CRF(keras.layers.Layer):
     Output: the same shape, float32; or int32 tags (batch, T) with ``decode=True``.
     """
 
-    def __init__(self, num_tags, boundary=True, allowed=None, allowed_start=None, allowed_end=None,
-                 ignore_last_label=False, transitions_initializer="glorot_uniform", **kwargs):
+    def __init__(
+        self,
+        num_tags,
+        boundary=True,
+        allowed=None,
+        allowed_start=None,
+        allowed_end=None,
+        ignore_last_label=False,
+        transitions_initializer="glorot_uniform",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if int(num_tags) < 1:
             raise ValueError(f"CRF: num_tags must be a positive integer, got {num_tags!r}")
@@ -122,8 +133,9 @@ class CRF(keras.layers.Layer):
             return None
         array = np.asarray(value)
         if array.shape != shape or array.dtype.kind not in "biu" or not np.isin(array, (0, 1)).all():
-            raise ValueError(f"CRF: {name} must be a boolean array of shape {shape}, got shape {array.shape} "
-                             f"and dtype {array.dtype}")
+            raise ValueError(
+                f"CRF: {name} must be a boolean array of shape {shape}, got shape {array.shape} and dtype {array.dtype}"
+            )
         array = array.astype(bool)
         if not array.any():
             raise ValueError(f"CRF: {name} forbids everything: no tag path would be possible")
@@ -133,13 +145,19 @@ class CRF(keras.layers.Layer):
         channels = input_shape[-1]
         expected = self.num_tags + (1 if self.ignore_last_label else 0)
         if channels is not None and channels != expected:
-            raise ValueError(f"CRF: emissions must have {expected} channels (num_tags={self.num_tags}"
-                             f"{' + 1 padding tag' if self.ignore_last_label else ''}), got shape {tuple(input_shape)}")
+            raise ValueError(
+                f"CRF: emissions must have {expected} channels (num_tags={self.num_tags}"
+                f"{' + 1 padding tag' if self.ignore_last_label else ''}), got shape {tuple(input_shape)}"
+            )
         k = self.num_tags
         self.transitions = self.add_weight(name="transitions", shape=(k, k), initializer=self.transitions_initializer)
         if self.boundary:
-            self.start_transitions = self.add_weight(name="start_transitions", shape=(k,), initializer=self.transitions_initializer)
-            self.end_transitions = self.add_weight(name="end_transitions", shape=(k,), initializer=self.transitions_initializer)
+            self.start_transitions = self.add_weight(
+                name="start_transitions", shape=(k,), initializer=self.transitions_initializer
+            )
+            self.end_transitions = self.add_weight(
+                name="end_transitions", shape=(k,), initializer=self.transitions_initializer
+            )
 
     # ---- the three score tables, with constraints applied -----------------------------------------
 
@@ -287,7 +305,9 @@ class CRF(keras.layers.Layer):
         emissions = ops.cast(y_pred, "float32")[..., : self.num_tags]
         real = ops.any(emissions > float("-inf"), axis=-1) if mask is None else ops.cast(mask, "bool")
         right = (ops.cast(ops.argmax(emissions, axis=-1), "int32") == ops.cast(tags, "int32")) & real
-        return ops.sum(ops.cast(right, "float32"), axis=1) / ops.maximum(ops.sum(ops.cast(real, "float32"), axis=1), 1.0)
+        return ops.sum(ops.cast(right, "float32"), axis=1) / ops.maximum(
+            ops.sum(ops.cast(real, "float32"), axis=1), 1.0
+        )
 
     # ---- decoding ----------------------------------------------------------------------------------
 
@@ -301,7 +321,9 @@ class CRF(keras.layers.Layer):
         trans, start, end = self._scores()
         num, steps = self.num_tags, ops.shape(emissions)[1]
         batch = ops.shape(emissions)[0]
-        rank0 = ops.concatenate([ops.zeros((1,), "float32"), ops.full((k - 1,), FORBIDDEN, "float32")])  # one path so far
+        rank0 = ops.concatenate(
+            [ops.zeros((1,), "float32"), ops.full((k - 1,), FORBIDDEN, "float32")]
+        )  # one path so far
         score = (start[None, :] + emissions[:, 0])[:, :, None] + rank0[None, None, :]
         stay = ops.reshape(ops.arange(num * k, dtype="int32"), (1, num, k))
         pointers = ops.zeros((batch, steps, num, k), "int32")
@@ -309,8 +331,9 @@ class CRF(keras.layers.Layer):
         def forward(t, state):
             score, pointers = state
             # extensions[b, j, i * k + r] = score[b, i, r] + trans[i, j]
-            extensions = ops.reshape(ops.transpose(score[:, :, :, None] + trans[None, :, None, :], (0, 3, 1, 2)),
-                                     (-1, num, num * k))
+            extensions = ops.reshape(
+                ops.transpose(score[:, :, :, None] + trans[None, :, None, :], (0, 3, 1, 2)), (-1, num, num * k)
+            )
             best, came_from = ops.top_k(extensions, k)
             new = best + _at(emissions, t)[:, :, None]
             real = _at(mask, t)[:, None, None]
@@ -371,7 +394,9 @@ class CRF(keras.layers.Layer):
             return alpha, ops.slice_update(alphas, (0, t, 0), alpha[:, None])
 
         first = start[None, :] + emissions[:, 0]
-        _, alphas = _loop(lambda t, s: forward(t + 1, s), (first, ops.slice_update(zeros, (0, 0, 0), first[:, None])), steps - 1)
+        _, alphas = _loop(
+            lambda t, s: forward(t + 1, s), (first, ops.slice_update(zeros, (0, 0, 0), first[:, None])), steps - 1
+        )
 
         def backward(i, state):
             # beta_t[i] = logsumexp_j(trans[i, j] + x_{t+1}[j] + beta_{t+1}[j]); after the last real
@@ -417,8 +442,10 @@ class ZeroMasked(keras.layers.Layer):
         if mask is None:
             return inputs
         if len(inputs.shape) != 3 or len(mask.shape) != 2:
-            raise ValueError(f"ZeroMasked: inputs must be (batch, T, d) and the mask (batch, T), got "
-                             f"{tuple(inputs.shape)} and {tuple(mask.shape)}")
+            raise ValueError(
+                f"ZeroMasked: inputs must be (batch, T, d) and the mask (batch, T), got "
+                f"{tuple(inputs.shape)} and {tuple(mask.shape)}"
+            )
         return ops.where(self._keep(mask)[:, :, None], inputs, ops.zeros_like(inputs))
 
     def compute_mask(self, inputs, mask=None):

@@ -38,9 +38,15 @@ def bakeoff_score(gold, predicted, training_words):
         raise ValueError(f"bakeoff_score: {len(gold)} gold lines but {len(predicted)} predicted lines")
     gold_text, predicted_text = "".join(w for g in gold for w in g), "".join(w for p in predicted for w in p)
     if gold_text != predicted_text:
-        at = next((i for i, (a, b) in enumerate(zip(gold_text, predicted_text)) if a != b), min(len(gold_text), len(predicted_text)))
-        raise ValueError(f"bakeoff_score: the segmentation changed the text at gold line {_line_of(gold, at)}, "
-                         f"predicted line {_line_of(predicted, at)} ({gold_text[at : at + 20]!r} vs {predicted_text[at : at + 20]!r})")
+        at = next(
+            (i for i, (a, b) in enumerate(zip(gold_text, predicted_text)) if a != b),
+            min(len(gold_text), len(predicted_text)),
+        )
+        raise ValueError(
+            f"bakeoff_score: the segmentation changed the text at gold line {_line_of(gold, at)}, "
+            f"predicted line {_line_of(predicted, at)} "
+            f"({gold_text[at : at + 20]!r} vs {predicted_text[at : at + 20]!r})"
+        )
     gold_words = [w for g in gold for w in g]
     predicted_spans = set(spans(w for p in predicted for w in p))
     correct = oov = oov_correct = iv_correct = 0
@@ -57,11 +63,14 @@ def bakeoff_score(gold, predicted, training_words):
     recall = correct / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "precision": precision, "recall": recall, "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
         "oov_rate": oov / n_gold if n_gold else 0.0,
         "oov_recall": oov_correct / oov if oov else 0.0,
         "iv_recall": iv_correct / (n_gold - oov) if n_gold > oov else 0.0,
-        "gold_words": n_gold, "predicted_words": n_pred,
+        "gold_words": n_gold,
+        "predicted_words": n_pred,
     }
 
 

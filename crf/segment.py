@@ -132,8 +132,10 @@ def viterbi(emissions, lengths, transitions, start, end):
     emissions = np.asarray(emissions, dtype="float32")
     lengths = np.asarray(lengths, dtype="int64")
     if emissions.ndim != 3 or lengths.shape != emissions.shape[:1] or np.any(lengths > emissions.shape[1]):
-        raise ValueError(f"viterbi: emissions must be (batch, T, K) and lengths (batch,) at most T, got "
-                         f"{emissions.shape} and lengths {lengths.tolist()[:8]}")
+        raise ValueError(
+            f"viterbi: emissions must be (batch, T, K) and lengths (batch,) at most T, got "
+            f"{emissions.shape} and lengths {lengths.tolist()[:8]}"
+        )
     batch, steps, num = emissions.shape
     if steps == 0:
         return [[] for _ in lengths]
@@ -183,8 +185,10 @@ class Segmenter:
         path = Path(path)
         for name in ("tagger.keras", "vocab.json"):
             if not (path / name).is_file():
-                raise FileNotFoundError(f"{path / name} not found: a model folder holds tagger.keras and vocab.json "
-                                        "(python crf/train.py writes them)")
+                raise FileNotFoundError(
+                    f"{path / name} not found: a model folder holds tagger.keras and vocab.json "
+                    "(python crf/train.py writes them)"
+                )
         with open(path / "vocab.json", encoding="utf-8") as f:
             vocab = json.load(f)
         return cls(keras.saving.load_model(path / "tagger.keras", compile=False), vocab, jit_compile, host_decode)
@@ -235,7 +239,9 @@ class Segmenter:
 
     def _emission_scores(self, texts, length):
         """Emission scores (len(texts), length, K) of a batch of texts padded to ``length``."""
-        return np.asarray(self.emissions.predict_on_batch(features(texts, self.vocab, length=length)))[..., : self.crf.num_tags]
+        return np.asarray(self.emissions.predict_on_batch(features(texts, self.vocab, length=length)))[
+            ..., : self.crf.num_tags
+        ]
 
     def cut_lines(self, lines, batch_size=256, max_chars=16384, progress=None):
         """Segment many lines at once; returns a list of word lists (``[]`` for an empty line).
@@ -266,7 +272,9 @@ class Ensemble(Segmenter):
             raise ValueError("Ensemble: no members")
         for m in members:
             if m.crf is None:
-                raise ValueError("Ensemble: every member must decode on the host (a tagger made by crf(..., decode=True))")
+                raise ValueError(
+                    "Ensemble: every member must decode on the host (a tagger made by crf(..., decode=True))"
+                )
             if m.crf.num_tags != members[0].crf.num_tags:
                 raise ValueError(f"Ensemble: members have {members[0].crf.num_tags} and {m.crf.num_tags} tags")
         self.members = members
@@ -320,8 +328,13 @@ def _split_tagger(tagger):
     outputs = getattr(tagger, "outputs", None) or [None]
     for node in getattr(tagger.layers[-1] if tagger.layers else None, "_inbound_nodes", []):
         args, kwargs = node.arguments.args, node.arguments.kwargs
-        if (hasattr(node.operation, "decoding_scores") and any(o is outputs[0] for o in node.outputs) and args
-                and kwargs.get("decode") and (kwargs.get("mask") is None or kwargs.get("mask") is tagger.inputs[0])):
+        if (
+            hasattr(node.operation, "decoding_scores")
+            and any(o is outputs[0] for o in node.outputs)
+            and args
+            and kwargs.get("decode")
+            and (kwargs.get("mask") is None or kwargs.get("mask") is tagger.inputs[0])
+        ):
             # Host decoding assumes what features() builds: right padding after each text, and a
             # mask that is the char ids (or the Keras mask of their embedding).
             return keras.Model(tagger.inputs, args[0]), node.operation
@@ -350,8 +363,14 @@ def main(argv=None):
     p.add_argument("--input", type=Path, help="a UTF-8 file, one text per line")
     p.add_argument("--output", type=Path, help="write here instead of stdout")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--ensemble", type=Path, nargs="+", default=[], metavar="MODEL",
-                   help="more model folders: their scores are added to MODEL's (slower, usually more accurate)")
+    p.add_argument(
+        "--ensemble",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="MODEL",
+        help="more model folders: their scores are added to MODEL's (slower, usually more accurate)",
+    )
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -42,12 +42,24 @@ BMES = allowed_transitions("bmes", "sbme")
 VARIANTS = {
     # The article's model: Embedding 128 -> 3 x Conv1D(128, 3, relu) -> Dense(4) -> CRF with a
     # transition matrix only; its decoder only lets a sentence start with s/b and end with s/e.
-    "article": {"bigrams": False, "width": 128, "dilations": [1, 1, 1], "dropout": 0.0, "boundary": False,
-                "constraints": "start_end"},
+    "article": {
+        "bigrams": False,
+        "width": 128,
+        "dilations": [1, 1, 1],
+        "dropout": 0.0,
+        "boundary": False,
+        "constraints": "start_end",
+    },
     # The same network with the full BMES rules (m and e only after b or m, ...) in training and
     # decoding, and learned start/end scores.
-    "bmes": {"bigrams": False, "width": 128, "dilations": [1, 1, 1], "dropout": 0.0, "boundary": True,
-             "constraints": "bmes"},
+    "bmes": {
+        "bigrams": False,
+        "width": 128,
+        "dilations": [1, 1, 1],
+        "dropout": 0.0,
+        "boundary": True,
+        "constraints": "bmes",
+    },
     # Stronger: character-bigram embeddings next to the characters (the usual large gain in Chinese
     # segmentation), five wider convolutions whose dilations see 2 x (1+1+2+4+1) + 1 = 19 characters,
     # residual connections, dropout, and the BMES CRF; batches of similar lengths (``batches``), which
@@ -56,15 +68,34 @@ VARIANTS = {
     # the bigram table) memorise PKU's 19k sentences within 2 epochs, so it holds out 1000 sentences
     # (not 5000: a quarter of PKU's training text) and keeps the epoch with the best held-out F1,
     # stopping after 2 epochs without a better one.
-    "strong": {"bigrams": True, "width": 256, "dilations": [1, 1, 2, 4, 1], "dropout": 0.2, "boundary": True,
-               "constraints": "bmes", "bucket": True, "zero_padding": True, "heldout": 1000,
-               "early_stopping": {"monitor": "heldout_f1", "patience": 2}},
+    "strong": {
+        "bigrams": True,
+        "width": 256,
+        "dilations": [1, 1, 2, 4, 1],
+        "dropout": 0.2,
+        "boundary": True,
+        "constraints": "bmes",
+        "bucket": True,
+        "zero_padding": True,
+        "heldout": 1000,
+        "early_stopping": {"monitor": "heldout_f1", "patience": 2},
+    },
     # ``strong`` with a third of the bigram ids replaced by "unknown" in training: its bigram table
     # helps known words and not new ones (OOV recall no better than the article's), and this makes
     # the characters carry more of the decision.
-    "strong_bd": {"bigrams": True, "width": 256, "dilations": [1, 1, 2, 4, 1], "dropout": 0.2, "boundary": True,
-                  "constraints": "bmes", "bucket": True, "zero_padding": True, "heldout": 1000,
-                  "early_stopping": {"monitor": "heldout_f1", "patience": 2}, "bigram_dropout": 0.33},
+    "strong_bd": {
+        "bigrams": True,
+        "width": 256,
+        "dilations": [1, 1, 2, 4, 1],
+        "dropout": 0.2,
+        "boundary": True,
+        "constraints": "bmes",
+        "bucket": True,
+        "zero_padding": True,
+        "heldout": 1000,
+        "early_stopping": {"monitor": "heldout_f1", "patience": 2},
+        "bigram_dropout": 0.33,
+    },
 }
 MODES = {
     "full": {"epochs": 10, "steps_per_epoch": 500, "seeds": 3},
@@ -83,11 +114,11 @@ HEADLINE = {
     "label": "PKU test F1 (bakeoff scoring; training set reconstructed from People's Daily 1998-01)",
     "blog": None,
     "blog_source": "kexue.fm/archives/5542 published no score; the article's own code run on these "
-                   "machines (Keras 2, 10 x 500 steps, same data) reached F1 0.903, OOV recall 0.50 (ANCHORS.md)",
+    "machines (Keras 2, 10 x 500 steps, same data) reached F1 0.903, OOV recall 0.50 (ANCHORS.md)",
 }
 CLAIM = report.Claim(
     statement="a CNN with a CRF on top, trained on the bakeoff's segmented text, segments Chinese; the article "
-              "published no score, so the bar is jieba's dictionary-based segmenter on the same test text",
+    "published no score, so the bar is jieba's dictionary-based segmenter on the same test text",
     criterion="the article's recipe beats jieba's F1 on the PKU test set (bakeoff scoring)",
     rows=[
         report.Row("crf", "article-pku", "test_f1", "CNN-CRF, article recipe: PKU test F1"),
@@ -104,8 +135,12 @@ CLAIM = report.Claim(
 
 def load_corpus(corpus):
     """Training sentences, the test input, its gold segmentation and the training-word list."""
-    return (data.icwb2(corpus, "train"), data.icwb2(corpus, "test"), data.icwb2(corpus, "gold"),
-            data.icwb2(corpus, "words"))
+    return (
+        data.icwb2(corpus, "train"),
+        data.icwb2(corpus, "test"),
+        data.icwb2(corpus, "gold"),
+        data.icwb2(corpus, "words"),
+    )
 
 
 def split(sentences, seed, heldout):
@@ -134,14 +169,18 @@ def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout
             order_pass = step // n
             order = _bucketed_order(sentences, np.random.default_rng([seed, order_pass]))
         index = step % n
-        chunk = ([sentences[i] for i in order[index]] if bucket
-                 else sentences[index * BATCH_SIZE : (index + 1) * BATCH_SIZE])
+        chunk = (
+            [sentences[i] for i in order[index]] if bucket else sentences[index * BATCH_SIZE : (index + 1) * BATCH_SIZE]
+        )
         x = features(["".join(words) for words in chunk], vocab)
         chars = x[0] if isinstance(x, list) else x
         if bigram_dropout and isinstance(x, list):
             drop = np.random.default_rng([seed, step, 1]).random(x[1].shape) < bigram_dropout
             x[1] = np.where(drop & (x[1] > 0), UNKNOWN, x[1]).astype(x[1].dtype)
-        yield (tuple(x) if isinstance(x, list) else x), pad([word_tags(words) for words in chunk], length=chars.shape[1])
+        yield (
+            (tuple(x) if isinstance(x, list) else x),
+            pad([word_tags(words) for words in chunk], length=chars.shape[1]),
+        )
         step += 1
 
 
@@ -163,15 +202,20 @@ def _bucketed_order(sentences, rng, pool=50):
 def build_model(vocab, variant):
     """The training model (emissions for ``crf.loss``), the CRF layer and the tagger (Viterbi tags)."""
     cfg = VARIANTS[variant]
-    constraints = BMES if cfg["constraints"] == "bmes" else {
-        "allowed_start": BMES["allowed_start"], "allowed_end": BMES["allowed_end"]}
+    constraints = (
+        BMES
+        if cfg["constraints"] == "bmes"
+        else {"allowed_start": BMES["allowed_start"], "allowed_end": BMES["allowed_end"]}
+    )
     chars = keras.Input((None,), dtype="int32", name="chars")
     inputs = [chars]
     x = keras.layers.Embedding(len(vocab["chars"]) + 2, 128, name="embedding")(chars)
     if cfg["bigrams"]:
         pairs = keras.Input((None,), dtype="int32", name="bigrams")
         inputs.append(pairs)
-        x = keras.layers.Concatenate()([x, keras.layers.Embedding(len(vocab["bigrams"]) + 2, 128, name="bigram_embedding")(pairs)])
+        x = keras.layers.Concatenate()(
+            [x, keras.layers.Embedding(len(vocab["bigrams"]) + 2, 128, name="bigram_embedding")(pairs)]
+        )
     # The article's convolutions see the padding's embedding past each sentence's end, so a
     # sentence's tags depend on its batch; the stronger variant zeroes padded steps before each one.
     edge = (lambda h: ZeroMasked()(h, mask=chars)) if cfg.get("zero_padding") else (lambda h: h)
@@ -179,7 +223,9 @@ def build_model(vocab, variant):
     if cfg["dropout"]:
         x = keras.layers.Dropout(cfg["dropout"])(x)
     for i, dilation in enumerate(cfg["dilations"]):
-        h = keras.layers.Conv1D(cfg["width"], 3, padding="same", dilation_rate=dilation, activation="relu", name=f"conv{i}")(x)
+        h = keras.layers.Conv1D(
+            cfg["width"], 3, padding="same", dilation_rate=dilation, activation="relu", name=f"conv{i}"
+        )(x)
         # Residual connections only in the stronger variant (the article stacks plain convolutions).
         x = edge(keras.layers.Add()([x, h]) if cfg["dropout"] and x.shape[-1] == h.shape[-1] else h)
         if cfg["dropout"]:
@@ -264,16 +310,32 @@ def train_seed(job, checkpoint):
     if heldout:  # early stopping watches the held-out F1
         checkpoint.monitor, checkpoint.patience = stopping.get("monitor"), stopping.get("patience")
     initial_epoch = checkpoint.restore(model)
-    print(f"    {len(train)} training sentences, {len(heldout)} held out, {len(vocab['chars'])} characters, "
-          f"{model.count_params():,} parameters", flush=True)
+    print(
+        f"    {len(train)} training sentences, {len(heldout)} held out, {len(vocab['chars'])} characters, "
+        f"{model.count_params():,} parameters",
+        flush=True,
+    )
     if initial_epoch < cfg["epochs"] and not checkpoint.stopped:
         model.fit(
-            batches(train, vocab, start_step=initial_epoch * cfg["steps_per_epoch"], bucket=cfg.get("bucket", False), seed=seed,
-                    bigram_dropout=variant.get("bigram_dropout", 0.0)),
-            steps_per_epoch=cfg["steps_per_epoch"], epochs=cfg["epochs"], initial_epoch=initial_epoch, shuffle=False,
+            batches(
+                train,
+                vocab,
+                start_step=initial_epoch * cfg["steps_per_epoch"],
+                bucket=cfg.get("bucket", False),
+                seed=seed,
+                bigram_dropout=variant.get("bigram_dropout", 0.0),
+            ),
+            steps_per_epoch=cfg["steps_per_epoch"],
+            epochs=cfg["epochs"],
+            initial_epoch=initial_epoch,
+            shuffle=False,
             verbose=progress.fit_verbose(),
-            callbacks=[EpochTimer(), HeldOutMetric(segmenter, heldout),
-                       PrintEpoch(keys=("loss", "accuracy", "heldout_word_set", "heldout_f1")), checkpoint],
+            callbacks=[
+                EpochTimer(),
+                HeldOutMetric(segmenter, heldout),
+                PrintEpoch(keys=("loss", "accuracy", "heldout_word_set", "heldout_f1")),
+                checkpoint,
+            ],
         )
     history = checkpoint.history
     best_epoch = checkpoint.restore_best(model) if checkpoint.monitor else len(history.get("loss", [])) or None
@@ -281,8 +343,9 @@ def train_seed(job, checkpoint):
         print(f"    scoring the weights of epoch {best_epoch} (best held-out F1)")
     run_dir = args.save / f"{job.experiment}-seed{seed}"
     segmenter.save(run_dir)
-    scores = evaluate(functools.partial(segmenter.cut_lines, progress="segmenting the test set"), test, gold,
-                      training_words)
+    scores = evaluate(
+        functools.partial(segmenter.cut_lines, progress="segmenting the test set"), test, gold, training_words
+    )
     metrics = {f"test_{k}": v for k, v in scores.items()}
     at = (best_epoch or 0) - 1  # the epoch whose weights are scored: the last, or the best with early stopping
     metrics["heldout_word_set"] = history["heldout_word_set"][at] if history.get("heldout_word_set") else None
@@ -290,8 +353,11 @@ def train_seed(job, checkpoint):
     metrics["epochs_trained"], metrics["scored_epoch"] = len(history.get("loss", [])), best_epoch
     metrics["epoch_time_s"] = float(np.median(history["epoch_time_s"])) if history.get("epoch_time_s") else None
     metrics["params"] = model.count_params()
-    print(f"    test F1 {scores['f1']:.4f} (P {scores['precision']:.4f}, R {scores['recall']:.4f}, "
-          f"OOV recall {scores['oov_recall']:.4f}), {scores['chars_per_s']:.0f} chars/s; model in {run_dir}", flush=True)
+    print(
+        f"    test F1 {scores['f1']:.4f} (P {scores['precision']:.4f}, R {scores['recall']:.4f}, "
+        f"OOV recall {scores['oov_recall']:.4f}), {scores['chars_per_s']:.0f} chars/s; model in {run_dir}",
+        flush=True,
+    )
     return metrics, history
 
 
@@ -300,11 +366,16 @@ def score_ensemble(job, checkpoint):
     folders = [job.spec["args"].save / name for name in job.config["models"]]
     missing = [str(f) for f in folders if not (f / "tagger.keras").is_file()]
     if missing:
-        raise SystemExit(f"{job.experiment}: no trained model in {', '.join(missing)}; train those variants and "
-                         "seeds first (crf/train.py --variant ...) with the same --save")
+        raise SystemExit(
+            f"{job.experiment}: no trained model in {', '.join(missing)}; train those variants and "
+            "seeds first (crf/train.py --variant ...) with the same --save"
+        )
     _, test, gold, training_words = job.spec["corpus_data"]
     scores = evaluate(Ensemble.load(folders).cut_lines, test, gold, training_words)
-    print(f"    {len(folders)} models as one: test F1 {scores['f1']:.4f}, OOV recall {scores['oov_recall']:.4f}", flush=True)
+    print(
+        f"    {len(folders)} models as one: test F1 {scores['f1']:.4f}, OOV recall {scores['oov_recall']:.4f}",
+        flush=True,
+    )
     return {f"test_{k}": v for k, v in scores.items()}, {}
 
 
@@ -313,31 +384,73 @@ def jobs(args, corpus_data):
     mode, corpus = MODES[args.mode], args.corpus
     seeds = cli.seeds(args, mode["seeds"])
     spec = {"args": args, "corpus_data": corpus_data}
-    out = [runs.Job(runs.experiment_name(f"jieba-{corpus}", args.mode), 0,
-                    {"mode": "reference", "tool": "jieba 0.42.1 lcut (default mode)", "corpus": corpus},
-                    {**HEADLINE, "metric": "f1", "label": f"jieba default mode (a reference, not ours): {corpus.upper()} test F1"},
-                    "jieba's dictionary on the test text", {**spec, "run": run_jieba})]
+    out = [
+        runs.Job(
+            runs.experiment_name(f"jieba-{corpus}", args.mode),
+            0,
+            {"mode": "reference", "tool": "jieba 0.42.1 lcut (default mode)", "corpus": corpus},
+            {
+                **HEADLINE,
+                "metric": "f1",
+                "label": f"jieba default mode (a reference, not ours): {corpus.upper()} test F1",
+            },
+            "jieba's dictionary on the test text",
+            {**spec, "run": run_jieba},
+        )
+    ]
     epochs = args.epochs or mode["epochs"]
     for variant in args.variant:
-        heldout = args.heldout if args.heldout is not None else mode.get("heldout", VARIANTS[variant].get("heldout", HELDOUT))
-        config = {"mode": args.mode, "variant": variant, **VARIANTS[variant], "corpus": corpus, "epochs": epochs,
-                  "steps_per_epoch": mode["steps_per_epoch"], "batch_size": BATCH_SIZE, "optimizer": "adam",
-                  "heldout": heldout, "min_count": 2}
+        heldout = (
+            args.heldout if args.heldout is not None else mode.get("heldout", VARIANTS[variant].get("heldout", HELDOUT))
+        )
+        config = {
+            "mode": args.mode,
+            "variant": variant,
+            **VARIANTS[variant],
+            "corpus": corpus,
+            "epochs": epochs,
+            "steps_per_epoch": mode["steps_per_epoch"],
+            "batch_size": BATCH_SIZE,
+            "optimizer": "adam",
+            "heldout": heldout,
+            "min_count": 2,
+        }
         if mode.get("bucket"):
             config["bucket"] = True
         if args.distribute:  # named only when on (the reference records predate the option)
             config["distribute"] = True
-        protocol = (f"{args.mode}: {epochs} x {mode['steps_per_epoch']} steps of {BATCH_SIZE} sentences"
-                    + (", length-bucketed" if config.get("bucket") else "") + f", {heldout} held out")
-        out += [runs.Job(runs.experiment_name(f"{variant}-{corpus}", args.mode), seed, config, HEADLINE, protocol,
-                         {**spec, "run": train_seed}) for seed in seeds]
+        protocol = (
+            f"{args.mode}: {epochs} x {mode['steps_per_epoch']} steps of {BATCH_SIZE} sentences"
+            + (", length-bucketed" if config.get("bucket") else "")
+            + f", {heldout} held out"
+        )
+        out += [
+            runs.Job(
+                runs.experiment_name(f"{variant}-{corpus}", args.mode),
+                seed,
+                config,
+                HEADLINE,
+                protocol,
+                {**spec, "run": train_seed},
+            )
+            for seed in seeds
+        ]
     for name in args.ensembles:
         models = [f"{runs.experiment_name(f'{v}-{corpus}', args.mode)}-seed{s}" for v in ENSEMBLES[name] for s in seeds]
-        label = (f"{HEADLINE['label']}; {len(models)} trained models as one ensemble (ensembles were compared "
-                 "on this test set, see crf/README.md)")
-        out.append(runs.Job(runs.experiment_name(f"ensemble-{name}-{corpus}", args.mode), 0,
-                            {"mode": "evaluation", "corpus": corpus, "models": models}, {**HEADLINE, "label": label},
-                            f"ensemble of {len(models)} trained seeds", {**spec, "run": score_ensemble}))
+        label = (
+            f"{HEADLINE['label']}; {len(models)} trained models as one ensemble (ensembles were compared "
+            "on this test set, see crf/README.md)"
+        )
+        out.append(
+            runs.Job(
+                runs.experiment_name(f"ensemble-{name}-{corpus}", args.mode),
+                0,
+                {"mode": "evaluation", "corpus": corpus, "models": models},
+                {**HEADLINE, "label": label},
+                f"ensemble of {len(models)} trained seeds",
+                {**spec, "run": score_ensemble},
+            )
+        )
     return out
 
 
@@ -345,37 +458,59 @@ def jobs(args, corpus_data):
 
 
 def summary(records):
-    print("\n| model | seeds | test F1 | precision | recall | OOV recall | IV recall | held-out word-set | s/epoch | chars/s |")
+    print(
+        "\n| model | seeds | test F1 | precision | recall | OOV recall | IV recall | held-out word-set "
+        "| s/epoch | chars/s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for experiment in sorted({r["experiment"] for r in records}):
         rs = [r for r in records if r["experiment"] == experiment]
         key = "f1" if experiment.startswith("jieba") else "test_f1"
         prefix = "" if experiment.startswith("jieba") else "test_"
         col = lambda name, d=4, rs=rs: runs.format_mean_std([r["metrics"].get(name) for r in rs], d)
-        print(f"| {experiment} | {len(rs)} | {col(key)} | {col(prefix + 'precision')} | {col(prefix + 'recall')} "
-              f"| {col(prefix + 'oov_recall')} | {col(prefix + 'iv_recall')} | {col('heldout_word_set')} "
-              f"| {col('epoch_time_s', 0)} | {col(prefix + 'chars_per_s', 0)} |")
+        print(
+            f"| {experiment} | {len(rs)} | {col(key)} | {col(prefix + 'precision')} | {col(prefix + 'recall')} "
+            f"| {col(prefix + 'oov_recall')} | {col(prefix + 'iv_recall')} | {col('heldout_word_set')} "
+            f"| {col('epoch_time_s', 0)} | {col(prefix + 'chars_per_s', 0)} |"
+        )
 
 
 def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--variant", choices=sorted(VARIANTS), nargs="+", default=["article"], help="model variants to train")
-    p.add_argument("--ensembles", choices=sorted(ENSEMBLES), nargs="+", default=[],
-                   help="after training, score these ensembles of the trained seeds: strong (the strong seeds), "
-                        "all (strong and article seeds)")
+    p.add_argument(
+        "--variant", choices=sorted(VARIANTS), nargs="+", default=["article"], help="model variants to train"
+    )
+    p.add_argument(
+        "--ensembles",
+        choices=sorted(ENSEMBLES),
+        nargs="+",
+        default=[],
+        help="after training, score these ensembles of the trained seeds: strong (the strong seeds), "
+        "all (strong and article seeds)",
+    )
     p.add_argument("--corpus", choices=["pku", "msr"], default="pku", help="bakeoff corpus (default pku)")
-    p.add_argument("--heldout", type=int, default=None,
-                   help=f"training sentences held out (default {HELDOUT}; the strong variants' 1000; quick mode 1000)")
-    p.add_argument("--save", type=Path, default=runs.REPO / "runs" / "crf", help="where trained models go (default runs/crf/)")
+    p.add_argument(
+        "--heldout",
+        type=int,
+        default=None,
+        help=f"training sentences held out (default {HELDOUT}; the strong variants' 1000; quick mode 1000)",
+    )
+    p.add_argument(
+        "--save", type=Path, default=runs.REPO / "runs" / "crf", help="where trained models go (default runs/crf/)"
+    )
     args = cli.parse(p, argv)
     if args.heldout is not None and args.heldout < 0:
         p.error(f"--heldout must be 0 or more, got {args.heldout}")
     corpus_data = load_corpus(args.corpus)
     if args.heldout is not None and args.heldout >= len(corpus_data[0]):
-        p.error(f"--heldout {args.heldout} leaves nothing to train on: the {args.corpus} training set has "
-                f"{len(corpus_data[0])} sentences")
-    print(f"backend {keras.backend.backend()}, mode {args.mode}, corpus {args.corpus}, variants {args.variant}, "
-          f"records in {args.out}")
+        p.error(
+            f"--heldout {args.heldout} leaves nothing to train on: the {args.corpus} training set has "
+            f"{len(corpus_data[0])} sentences"
+        )
+    print(
+        f"backend {keras.backend.backend()}, mode {args.mode}, corpus {args.corpus}, variants {args.variant}, "
+        f"records in {args.out}"
+    )
     records = runs.run_jobs(ARTICLE, jobs(args, corpus_data), args, lambda job, ckpt: job.spec["run"](job, ckpt))
     summary(records)
     print("\n" + "\n".join(CLAIM.judge(records, runs.load_results(runs.REFERENCE, ARTICLE), args.mode)[1]))

@@ -108,7 +108,9 @@ def run_copied_alone(source, script, tmp_path):
     assert imported <= {"keras", "numpy"}, f"{source} imports {sorted(imported - {'keras', 'numpy'})}"
     shutil.copy(source, tmp_path / "layers.py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1]
 

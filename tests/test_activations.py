@@ -23,7 +23,9 @@ def test_x_min_exp_matches_the_articles_two_forms():
     expected = X * np.minimum(1.0, np.exp(X))  # the definition
     article = np.maximum(X, X * np.exp(-np.abs(X)))  # the article's overflow-safe form
     np.testing.assert_allclose(article, expected, rtol=1e-12)
-    np.testing.assert_allclose(np_(x_min_exp(keras.ops.convert_to_tensor(X, "float32"))), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np_(x_min_exp(keras.ops.convert_to_tensor(X, "float32"))), expected, rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(np_(XMinExp()(X.astype("float32"))), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -32,7 +34,9 @@ def test_x_min_exp_matches_the_articles_two_forms():
 def test_swish_matches_closed_form(beta):
     expected = X * sigmoid(beta * X)
     np.testing.assert_allclose(np_(Swish(beta)(X.astype("float32"))), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np_(swish(keras.ops.convert_to_tensor(X, "float32"), beta)), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np_(swish(keras.ops.convert_to_tensor(X, "float32"), beta)), expected, rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.layers
@@ -47,8 +51,12 @@ def test_swish_limits_are_half_identity_and_relu():
 def test_gradients_finite_and_exact_on_large_inputs(name, dtype):
     """Autodiff gradients on [-1e4, 1e4] are finite and equal the closed-form derivative."""
     x = BIG.astype(dtype)
-    layer = {"x_min_exp": XMinExp(dtype=dtype), "swish": Swish(dtype=dtype), "swish_beta2": Swish(2.0, dtype=dtype),
-             "trainable_swish": Swish(2.0, trainable_beta=True, dtype=dtype)}[name]
+    layer = {
+        "x_min_exp": XMinExp(dtype=dtype),
+        "swish": Swish(dtype=dtype),
+        "swish_beta2": Swish(2.0, dtype=dtype),
+        "trainable_swish": Swish(2.0, trainable_beta=True, dtype=dtype),
+    }[name]
     layer.build(x.shape)
     y = np_(layer(x))
     g = grad(layer, x)
@@ -104,13 +112,17 @@ def test_keras_save_load_round_trip_is_exact(tmp_path):
 
 @pytest.mark.layers
 @pytest.mark.filterwarnings("ignore:Layer 'lambda")  # the probe consumes the mask on purpose
-@pytest.mark.parametrize("layer", [Swish(), Swish(trainable_beta=True), XMinExp()], ids=["swish", "swish_beta", "xminexp"])
+@pytest.mark.parametrize(
+    "layer", [Swish(), Swish(trainable_beta=True), XMinExp()], ids=["swish", "swish_beta", "xminexp"]
+)
 def test_layers_pass_the_keras_mask_through(layer):
     """After Embedding(mask_zero=True) the padding mask reaches the next layer unchanged."""
     tokens = keras.Input((4,), dtype="int32")
     x = keras.layers.Embedding(10, 3, mask_zero=True)(tokens)
     x = layer(x)
-    mask_probe = keras.layers.Lambda(lambda t, mask=None: keras.ops.cast(mask, "float32"), output_shape=(4,))  # echoes its mask
+    mask_probe = keras.layers.Lambda(
+        lambda t, mask=None: keras.ops.cast(mask, "float32"), output_shape=(4,)
+    )  # echoes its mask
     model = keras.Model(tokens, mask_probe(x))
     np.testing.assert_array_equal(np_(model(np.array([[1, 2, 0, 0], [3, 0, 0, 0]]))), [[1, 1, 0, 0], [1, 0, 0, 0]])
     assert tuple(layer.compute_output_shape((None, 4, 3))) == (None, 4, 3)
@@ -127,8 +139,16 @@ def test_integer_inputs_become_floats():
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="jit_compile=True is the TensorFlow/XLA check")
 def test_fit_with_xla_jit_compile():
     """GPU users get XLA by default on TensorFlow; the layers must compile under it."""
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8), Swish(1.0, trainable_beta=True),
-                              keras.layers.Dense(8), XMinExp(), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(8),
+            Swish(1.0, trainable_beta=True),
+            keras.layers.Dense(8),
+            XMinExp(),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile(optimizer="adam", loss="mse", jit_compile=True)
     x = np.random.default_rng(0).normal(size=(64, 5)).astype("float32")
     history = model.fit(x, x[:, :1], epochs=3, batch_size=16, verbose=0)
@@ -211,7 +231,12 @@ def test_claim_holds_on_the_reference_and_fails_when_reversed():
 
     reference = runs.load_results(runs.REFERENCE, "activations")
     assert train.CLAIM.verdict(reference, "full") == report.REPRODUCED
-    swapped = [{**r, "experiment": {"mlp-relu": "mlp-sigmoid", "mlp-sigmoid": "mlp-relu"}.get(r["experiment"], r["experiment"])}
-               for r in reference]
+    swapped = [
+        {
+            **r,
+            "experiment": {"mlp-relu": "mlp-sigmoid", "mlp-sigmoid": "mlp-relu"}.get(r["experiment"], r["experiment"]),
+        }
+        for r in reference
+    ]
     assert train.CLAIM.verdict(swapped, "full") == report.NOT_REPRODUCED
     assert train.CLAIM.verdict([r for r in reference if r["experiment"] != "mlp-sigmoid"], "full") == report.INCOMPLETE

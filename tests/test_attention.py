@@ -90,8 +90,9 @@ def mha_twin(layer, q, v):
 @pytest.mark.parametrize("use_bias", [False, True])
 def test_equals_multi_head_attention_with_the_same_weights(fused, masked, use_bias):
     q, v, q_mask, k_mask = data()
-    layer = Attention(HEADS, SIZE, use_scale=True, output_dim=DQ, use_bias=use_bias, fused=fused,
-                      bias_initializer="random_normal")
+    layer = Attention(
+        HEADS, SIZE, use_scale=True, output_dim=DQ, use_bias=use_bias, fused=fused, bias_initializer="random_normal"
+    )
     layer([q, v])
     mha = mha_twin(layer, q, v)
     if masked:
@@ -114,12 +115,16 @@ def test_equals_multi_head_attention_with_the_same_weights(fused, masked, use_bi
 
 @pytest.mark.layers
 @pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("options", [
-    {},  # the article's layer
-    {"use_scale": True},
-    {"use_scale": True, "use_bias": True, "output_dim": 9, "bias_initializer": "random_normal"},
-    {"causal": True},
-], ids=["article", "scaled", "projected", "causal"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # the article's layer
+        {"use_scale": True},
+        {"use_scale": True, "use_bias": True, "output_dim": 9, "bias_initializer": "random_normal"},
+        {"causal": True},
+    ],
+    ids=["article", "scaled", "projected", "causal"],
+)
 @pytest.mark.parametrize("masked", [False, True])
 def test_matches_the_formula_self_and_cross(options, fused, masked):
     q, v, q_mask, k_mask = data(1, tq=TK, tk=TK)
@@ -144,7 +149,9 @@ def test_fused_and_matmul_paths_agree_in_value_and_gradient():
     fused([q, v])
     plain([q, v])
     plain.set_weights(fused.get_weights())
-    np.testing.assert_allclose(np_(fused([q, v], mask=[q_mask, k_mask])), np_(plain([q, v], mask=[q_mask, k_mask])), atol=1e-6)
+    np.testing.assert_allclose(
+        np_(fused([q, v], mask=[q_mask, k_mask])), np_(plain([q, v], mask=[q_mask, k_mask])), atol=1e-6
+    )
     g_fused = grad(lambda x: fused([x, v], mask=[q_mask, k_mask]) ** 2, q)
     g_plain = grad(lambda x: plain([x, v], mask=[q_mask, k_mask]) ** 2, q)
     assert np.all(np.isfinite(g_fused))
@@ -178,7 +185,7 @@ def test_causal_outputs_do_not_see_the_future(fused):
     before = np_(layer(x))
     for t in range(9):
         x2 = x.copy()
-        x2[:, t + 1:] = rng.normal(size=x2[:, t + 1:].shape)
+        x2[:, t + 1 :] = rng.normal(size=x2[:, t + 1 :].shape)
         np.testing.assert_allclose(np_(layer(x2))[:, : t + 1], before[:, : t + 1], atol=1e-5)
     _, weights = layer(x, return_attention_scores=True)
     assert np.all(np.triu(np_(weights), k=1) == 0)
@@ -260,7 +267,9 @@ def test_attention_mask_matches_the_oracle_and_takes_2d(fused):
     out = np_(layer([q, v], mask=[q_mask, k_mask], attention_mask=extra))
     np.testing.assert_allclose(out, oracle(layer, q, v, v, q_mask, k_mask, attention_mask=extra), atol=2e-5)
     shared = np_(layer([q, v], attention_mask=extra[0]))  # (Tq, Tk): the same for every sequence
-    np.testing.assert_allclose(shared, oracle(layer, q, v, v, attention_mask=np.broadcast_to(extra[0], extra.shape)), atol=2e-5)
+    np.testing.assert_allclose(
+        shared, oracle(layer, q, v, v, attention_mask=np.broadcast_to(extra[0], extra.shape)), atol=2e-5
+    )
 
 
 @pytest.mark.layers
@@ -271,7 +280,9 @@ def test_key_and_value_masks_combine():
     layer = Attention(HEADS, SIZE)
     both = np_(layer([q, v, v], mask=[q_mask, k_mask, v_mask]))
     np.testing.assert_allclose(both, np_(layer([q, v, v], mask=[q_mask, k_mask & v_mask, None])), atol=1e-6)
-    np.testing.assert_allclose(np_(layer([q, v, v], mask=[None, None, v_mask])), oracle(layer, q, v, v, k_mask=v_mask), atol=2e-5)
+    np.testing.assert_allclose(
+        np_(layer([q, v, v], mask=[None, None, v_mask])), oracle(layer, q, v, v, k_mask=v_mask), atol=2e-5
+    )
 
 
 @pytest.mark.layers
@@ -381,7 +392,9 @@ def test_position_embedding_sum_and_concat_any_length():
         out = np_(concat(x))
         assert out.shape == (2, length, 20)
         np.testing.assert_array_equal(out[..., :12], x)
-        np.testing.assert_allclose(out[1, :, 12:], np_(sinusoidal_position_embedding(length, 8, "interleaved")), atol=1e-6)
+        np.testing.assert_allclose(
+            out[1, :, 12:], np_(sinusoidal_position_embedding(length, 8, "interleaved")), atol=1e-6
+        )
     long = np_(sinusoidal_position_embedding(300, 12))
     np.testing.assert_allclose(long[:7], np_(sinusoidal_position_embedding(7, 12)), atol=1e-6)
 
@@ -396,7 +409,9 @@ def test_position_embeddings_pass_the_mask_through():
         model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(h))
         emb = np_(pe(np_(x(tokens))))
         real = tokens != 0
-        np.testing.assert_allclose(np_(model(tokens)), (emb * real[..., None]).sum(1) / real.sum(1, keepdims=True), atol=1e-6)
+        np.testing.assert_allclose(
+            np_(model(tokens)), (emb * real[..., None]).sum(1) / real.sum(1, keepdims=True), atol=1e-6
+        )
 
 
 @pytest.mark.layers
@@ -419,22 +434,29 @@ def test_trainable_position_embedding_learns_and_checks_length():
 
 
 @pytest.mark.layers
-@pytest.mark.parametrize("make, message", [
-    (lambda: Attention(0, 16), "heads must be a positive integer"),
-    (lambda: Attention(8, 2.5), "size_per_head must be a positive integer"),
-    (lambda: Attention(8, 16, dropout=1.0), r"dropout must be in \[0, 1\)"),
-    (lambda: Attention(8, 16, fused="yes"), "fused must be None, True or False"),
-    (lambda: Attention(2, 3)(np.zeros((2, 5), "float32")), r"must be \(batch, time, features\)"),
-    (lambda: Attention(2, 3)([np.zeros((2, 5, 4), "float32")] * 4), "x, \\[q, v\\] or \\[q, k, v\\]"),
-    (lambda: Attention(2, 3)([np.zeros((2, 5, 4), "float32"), np.zeros((2, 6, 4), "float32"), np.zeros((2, 7, 4), "float32")]),
-     "keys and values must have the same length"),
-    (lambda: PositionEmbedding(mode="add"), "mode must be 'sum' or 'concat'"),
-    (lambda: PositionEmbedding(mode="concat"), "needs a size"),
-    (lambda: PositionEmbedding(layout="sin_cos"), "layout must be"),
-    (lambda: PositionEmbedding()(np.zeros((1, 4, 5), "float32")), "size must be even"),
-    (lambda: PositionEmbedding(6)(np.zeros((1, 4, 8), "float32")), r"needs size == the input's features \(8\)"),
-    (lambda: TrainablePositionEmbedding(0), "max_length must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Attention(0, 16), "heads must be a positive integer"),
+        (lambda: Attention(8, 2.5), "size_per_head must be a positive integer"),
+        (lambda: Attention(8, 16, dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (lambda: Attention(8, 16, fused="yes"), "fused must be None, True or False"),
+        (lambda: Attention(2, 3)(np.zeros((2, 5), "float32")), r"must be \(batch, time, features\)"),
+        (lambda: Attention(2, 3)([np.zeros((2, 5, 4), "float32")] * 4), "x, \\[q, v\\] or \\[q, k, v\\]"),
+        (
+            lambda: Attention(2, 3)(
+                [np.zeros((2, 5, 4), "float32"), np.zeros((2, 6, 4), "float32"), np.zeros((2, 7, 4), "float32")]
+            ),
+            "keys and values must have the same length",
+        ),
+        (lambda: PositionEmbedding(mode="add"), "mode must be 'sum' or 'concat'"),
+        (lambda: PositionEmbedding(mode="concat"), "needs a size"),
+        (lambda: PositionEmbedding(layout="sin_cos"), "layout must be"),
+        (lambda: PositionEmbedding()(np.zeros((1, 4, 5), "float32")), "size must be even"),
+        (lambda: PositionEmbedding(6)(np.zeros((1, 4, 8), "float32")), r"needs size == the input's features \(8\)"),
+        (lambda: TrainablePositionEmbedding(0), "max_length must be a positive integer"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -448,8 +470,17 @@ def test_keras_save_and_load_round_trip(tmp_path):
     x = keras.layers.Embedding(50, 16, mask_zero=True)(inputs)
     x = PositionEmbedding(layout="interleaved")(x)
     x = TrainablePositionEmbedding(32, size=8, mode="concat", embeddings_initializer="random_normal")(x)
-    x = Attention(4, 6, use_scale=True, output_dim=24, use_bias=True, dropout=0.1, causal=True,
-                  bias_initializer="random_normal", kernel_regularizer="l2")(x)
+    x = Attention(
+        4,
+        6,
+        use_scale=True,
+        output_dim=24,
+        use_bias=True,
+        dropout=0.1,
+        causal=True,
+        bias_initializer="random_normal",
+        kernel_regularizer="l2",
+    )(x)
     x = Attention(2, 5, fused=False)([x, x])
     model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(x))
     path = tmp_path / "attention.keras"
@@ -460,7 +491,9 @@ def test_keras_save_and_load_round_trip(tmp_path):
     assert att[0].get_config()["causal"] and att[0].dropout == 0.1 and att[1].fused is False
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="jit_compile=True is the TensorFlow/XLA check (JAX always compiles)")
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="jit_compile=True is the TensorFlow/XLA check (JAX always compiles)"
+)
 @pytest.mark.parametrize("fused", [True, False])
 def test_trains_and_predicts_under_xla_jit_compile(fused):
     rng = np.random.default_rng(0)
@@ -523,8 +556,9 @@ def test_imdb_is_cut_and_padded_at_the_front_as_keras_does(require_data):
 
 @pytest.mark.data
 @pytest.mark.backends
-def test_smoke_run_records_resumes_mid_seed_and_refuses_other_settings(require_data, tmp_path, capsys,
-                                                                       kill_after_epoch):
+def test_smoke_run_records_resumes_mid_seed_and_refuses_other_settings(
+    require_data, tmp_path, capsys, kill_after_epoch
+):
     """The script end to end on the current backend (512 reviews), then a seed killed after its first
     of two epochs that resumes at the second and records both epochs' history."""
     require_data("imdb/imdb.npz")

@@ -32,7 +32,7 @@ def oracle(kernel, u, num_capsule, dim_capsule, routings, routing, constant, sha
         for i in range(n):
             w = kernel if shared else kernel[i]
             for j in range(num_capsule):
-                votes[j, i] = u[b_, i] @ w[:, j * dim_capsule:(j + 1) * dim_capsule]
+                votes[j, i] = u[b_, i] @ w[:, j * dim_capsule : (j + 1) * dim_capsule]
         logits = np.zeros((num_capsule, n))
         for it in range(routings):
             c = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
@@ -58,7 +58,9 @@ def oracle(kernel, u, num_capsule, dim_capsule, routings, routing, constant, sha
 @pytest.mark.parametrize("constant", [1.0, 0.5])
 def test_squash_keeps_direction_and_maps_length_below_one(constant):
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(size=(50, 8)) * 10.0 ** rng.integers(-3, 4, (50, 1)), np.full((1, 8), 1e4)]).astype("float32")
+    x = np.concatenate([rng.normal(size=(50, 8)) * 10.0 ** rng.integers(-3, 4, (50, 1)), np.full((1, 8), 1e4)]).astype(
+        "float32"
+    )
     y = np_(squash(x, constant=constant))
     norm_x, norm_y = np.linalg.norm(x, axis=-1), np.linalg.norm(y, axis=-1)
     assert np.all(np.isfinite(y)) and np.all(norm_y <= 1)
@@ -98,15 +100,18 @@ sigmoid = lambda t: 1 / (1 + math.exp(-t))
 
 
 @pytest.mark.layers
-@pytest.mark.parametrize("routing, expected", [
-    # iteration 1: c = 1/2, s_0 = (1 + 1)/2 = 1, s_1 = (1 - 1)/2 = 0.
-    # article: v_0 = sq(1, .5) = 2/3, b_0i = 2/3, b_1i = 0; iteration 2: c_i0 = sigmoid(2/3), s_0 = 2 c_i0
-    ("article", sq(2 * sigmoid(sq(1, 0.5)), 0.5)),
-    # paper: C = 1, v_0 = 1/2, b_0i = 1/2; iteration 2: s_0 = 2 sigmoid(1/2)
-    ("paper", sq(2 * sigmoid(0.5), 1.0)),
-    # kmeans: the centre of output 0 is 1 / |1| = 1, b_0i = 1; iteration 2: s_0 = 2 sigmoid(1), squashed once
-    ("kmeans", sq(2 * sigmoid(1.0), 0.5)),
-])
+@pytest.mark.parametrize(
+    "routing, expected",
+    [
+        # iteration 1: c = 1/2, s_0 = (1 + 1)/2 = 1, s_1 = (1 - 1)/2 = 0.
+        # article: v_0 = sq(1, .5) = 2/3, b_0i = 2/3, b_1i = 0; iteration 2: c_i0 = sigmoid(2/3), s_0 = 2 c_i0
+        ("article", sq(2 * sigmoid(sq(1, 0.5)), 0.5)),
+        # paper: C = 1, v_0 = 1/2, b_0i = 1/2; iteration 2: s_0 = 2 sigmoid(1/2)
+        ("paper", sq(2 * sigmoid(0.5), 1.0)),
+        # kmeans: the centre of output 0 is 1 / |1| = 1, b_0i = 1; iteration 2: s_0 = 2 sigmoid(1), squashed once
+        ("kmeans", sq(2 * sigmoid(1.0), 0.5)),
+    ],
+)
 def test_hand_computed_two_iterations(routing, expected):
     layer, u = votes_layer(routing, 2)
     v, c = layer(u, return_coupling=True)
@@ -256,13 +261,16 @@ def test_margin_loss_closed_form():
 
 
 @pytest.mark.layers
-@pytest.mark.parametrize("make, message", [
-    (lambda: Capsule(0, 16), "num_capsule must be a positive integer"),
-    (lambda: Capsule(10, 16, routings=0), "routings must be a positive integer"),
-    (lambda: Capsule(10, 16, routing="em"), "routing must be one of"),
-    (lambda: Capsule(10, 16, squash_constant=0), "squash_constant must be > 0"),
-    (lambda: Capsule(10, 16)(np.zeros((2, 8), "float32")), r"input must be capsules \(batch, n, dim\)"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Capsule(0, 16), "num_capsule must be a positive integer"),
+        (lambda: Capsule(10, 16, routings=0), "routings must be a positive integer"),
+        (lambda: Capsule(10, 16, routing="em"), "routing must be one of"),
+        (lambda: Capsule(10, 16, squash_constant=0), "squash_constant must be > 0"),
+        (lambda: Capsule(10, 16)(np.zeros((2, 8), "float32")), r"input must be capsules \(batch, n, dim\)"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -292,12 +300,15 @@ def test_keras_save_and_load_round_trip(tmp_path):
     loaded = keras.saving.load_model(path)  # margin_loss is registered: the compiled loss comes back
     np.testing.assert_array_equal(np_(loaded(images)), np_(model(images)))
     assert loaded.evaluate(images, keras.utils.to_categorical([0, 1, 2], 5), verbose=0) == pytest.approx(
-        model.evaluate(images, keras.utils.to_categorical([0, 1, 2], 5), verbose=0), rel=1e-5)
+        model.evaluate(images, keras.utils.to_categorical([0, 1, 2], 5), verbose=0), rel=1e-5
+    )
     caps = [layer for layer in loaded.layers if isinstance(layer, Capsule)]
     assert caps[0].routing == "kmeans" and caps[0].constant == 0.7 and caps[1].routings == 2
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="jit_compile=True is the TensorFlow/XLA check (JAX always compiles)")
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="jit_compile=True is the TensorFlow/XLA check (JAX always compiles)"
+)
 @pytest.mark.parametrize("routing", ROUTINGS)
 @pytest.mark.parametrize("shared", [True, False])
 def test_trains_and_predicts_under_xla_jit_compile(routing, shared):
@@ -402,8 +413,15 @@ def test_smoke_run_records_resumes_and_refuses_other_settings(require_data, tmp_
         assert record["config"]["pairs"] == 200 and record["config"]["width"] == 16 and len(metrics["examples"]) == 8
     assert (tmp_path / "records" / "capsule" / "two_digits-smoke.png").is_file()
     with pytest.raises(SystemExit, match="another setup"):
-        train.main(["--smoke", "--out", str(tmp_path / "records"), "--precision",
-                    "mixed_bfloat16" if records[0]["config"]["precision"] == "float32" else "float32"])
+        train.main(
+            [
+                "--smoke",
+                "--out",
+                str(tmp_path / "records"),
+                "--precision",
+                "mixed_bfloat16" if records[0]["config"]["precision"] == "float32" else "float32",
+            ]
+        )
 
 
 def test_claim_holds_on_the_reference_and_fails_when_reversed():
@@ -422,11 +440,18 @@ def test_precision_auto_takes_bfloat16_only_where_the_hardware_has_it(monkeypatc
 
     monkeypatch.setattr(train.runs, "devices", lambda: [])
     real_open = open
-    for flags, expected in (("fpu avx2 fma", "float32"), ("avx2 avx512f avx512_bf16", "mixed_bfloat16"),
-                            ("avx2 amx_bf16 amx_tile", "mixed_bfloat16")):
+    for flags, expected in (
+        ("fpu avx2 fma", "float32"),
+        ("avx2 avx512f avx512_bf16", "mixed_bfloat16"),
+        ("avx2 amx_bf16 amx_tile", "mixed_bfloat16"),
+    ):
         (tmp_path / "cpuinfo").write_text(f"flags\t\t: {flags}\n")
-        monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(tmp_path / "cpuinfo", *a, **k)
-                            if path == "/proc/cpuinfo" else real_open(path, *a, **k))
+        monkeypatch.setattr(
+            "builtins.open",
+            lambda path, *a, **k: (
+                real_open(tmp_path / "cpuinfo", *a, **k) if path == "/proc/cpuinfo" else real_open(path, *a, **k)
+            ),
+        )
         assert train.auto_precision() == expected, flags
     monkeypatch.setattr(train.runs, "devices", lambda: ["GPU:0"])
     assert train.auto_precision() == "mixed_bfloat16"

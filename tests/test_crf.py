@@ -106,7 +106,10 @@ MASKS = {  # (batch, T=5): full, right padding, left padding, length 1, empty; a
     "holes": np.array([[1, 0, 1, 0, 1], [0, 1, 1, 0, 1], [1, 0, 0, 0, 1], [0, 1, 0, 1, 0]], bool),
 }
 CASES = [  # (K, boundary, scheme)
-    (3, True, None), (4, False, None), (4, True, "bmes"), (3, True, "bio"),
+    (3, True, None),
+    (4, False, None),
+    (4, True, "bmes"),
+    (3, True, "bio"),
 ]
 
 
@@ -120,13 +123,18 @@ def case(k, boundary, scheme, padding, seed=0):
     mask = MASKS[padding]
     emissions = np.random.default_rng(seed + 1).normal(size=(mask.shape[0], mask.shape[1], k)).astype("float32") * 2
     trans, start, end = weights(crf)
-    oracles = [Oracle(emissions[b].astype(np.float64), np.flatnonzero(mask[b]), trans, start, end, **constraints)
-               for b in range(mask.shape[0])]
+    oracles = [
+        Oracle(emissions[b].astype(np.float64), np.flatnonzero(mask[b]), trans, start, end, **constraints)
+        for b in range(mask.shape[0])
+    ]
     return crf, emissions, mask, oracles
 
 
-PARAMS = [pytest.param(*c, p, id=f"K{c[0]}-{'boundary' if c[1] else 'noboundary'}-{c[2] or 'free'}-{p}")
-          for c in CASES for p in ("right", "left")] + [pytest.param(3, True, "bio", "holes", id="K3-boundary-bio-holes")]
+PARAMS = [
+    pytest.param(*c, p, id=f"K{c[0]}-{'boundary' if c[1] else 'noboundary'}-{c[2] or 'free'}-{p}")
+    for c in CASES
+    for p in ("right", "left")
+] + [pytest.param(3, True, "bio", "holes", id="K3-boundary-bio-holes")]
 
 
 # ---- agreement with the oracle ---------------------------------------------------------------------
@@ -154,7 +162,11 @@ def test_viterbi_and_k_best_paths_match_brute_force(k, boundary, scheme, padding
     tags, scores = map(np_, crf.decode(emissions, mask))
     top_tags, top_scores = map(np_, crf.decode(emissions, mask, top_k=4))
     assert tags.shape == mask.shape and top_tags.shape == (mask.shape[0], 4, mask.shape[1])
-    assert tags.dtype == np.int32 and np.all(tags[~mask] == -1) and np.all(top_tags[:, :, :][~np.repeat(mask[:, None], 4, 1)] == -1)
+    assert (
+        tags.dtype == np.int32
+        and np.all(tags[~mask] == -1)
+        and np.all(top_tags[:, :, :][~np.repeat(mask[:, None], 4, 1)] == -1)
+    )
     for b, o in enumerate(oracles):
         if not len(o.positions):
             assert scores[b] == 0 and np.all(top_scores[b] == 0)
@@ -238,8 +250,11 @@ def test_gradients_match_finite_differences_of_the_oracle(padding, scheme):
 
     np.testing.assert_allclose(grad(ll_of_transitions, np_(crf.transitions)), fd_t, atol=TOL)
 
-    for variable, fd in ((crf.start_transitions, central_differences(lambda s: oracle_ll(e64, trans, st=s), start)),
-                         (crf.end_transitions, central_differences(lambda s: oracle_ll(e64, trans, en=s), end))):
+    for variable, fd in (
+        (crf.start_transitions, central_differences(lambda s: oracle_ll(e64, trans, st=s), start)),
+        (crf.end_transitions, central_differences(lambda s: oracle_ll(e64, trans, en=s), end)),
+    ):
+
         def ll_of(value, variable=variable):
             with keras.StatelessScope(state_mapping=[(variable, value)]):
                 return crf.log_likelihood(emissions, tags, mask)
@@ -308,7 +323,12 @@ def test_allowed_transitions_for_the_three_schemes():
     assert bio["allowed_end"].all()
     bioes = allowed_transitions("bioes", ["O", "B-X", "I-X", "E-X", "S-X"])
     assert bioes["allowed"].astype(int).tolist() == [
-        [1, 1, 0, 0, 1], [0, 0, 1, 1, 0], [0, 0, 1, 1, 0], [1, 1, 0, 0, 1], [1, 1, 0, 0, 1]]
+        [1, 1, 0, 0, 1],
+        [0, 0, 1, 1, 0],
+        [0, 0, 1, 1, 0],
+        [1, 1, 0, 0, 1],
+        [1, 1, 0, 0, 1],
+    ]
     assert bioes["allowed_start"].tolist() == [True, True, False, False, True]
     assert bioes["allowed_end"].tolist() == [True, False, False, True, True]
 
@@ -407,7 +427,9 @@ def test_fit_learns_the_toy_tagging_task():
     assert np.mean(tags[after_one & (x != 0)] == 3) > 0.97  # learnt from the transitions
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="jit_compile=True is the TensorFlow/XLA check (JAX always compiles)")
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="jit_compile=True is the TensorFlow/XLA check (JAX always compiles)"
+)
 def test_fit_and_decode_under_xla_jit_compile():
     """Under XLA: the log-likelihood and decodes still match the oracle, and a BMES model trains on
     legal gold paths (each real stretch segmented into words) with a falling, finite loss."""
@@ -455,7 +477,9 @@ def test_article_compatibility_mode_one_hot_with_padding_tag():
     crf = CRF(k, boundary=False, ignore_last_label=True)
     model = keras.Model(tokens, crf(emissions))
     scores = np_(model(x[:8]))
-    np.testing.assert_allclose(np_(crf.loss(one_hot[:8], scores)), -np_(crf.log_likelihood(scores[..., :k], y[:8], x[:8] != 0)), rtol=1e-5)
+    np.testing.assert_allclose(
+        np_(crf.loss(one_hot[:8], scores)), -np_(crf.log_likelihood(scores[..., :k], y[:8], x[:8] != 0)), rtol=1e-5
+    )
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss=crf.loss, metrics=[crf.accuracy])
     history = model.fit(x, one_hot, batch_size=32, epochs=8, verbose=0).history
     assert history["loss"][-1] < history["loss"][0] / 3
@@ -500,7 +524,6 @@ def test_layers_file_is_copyable_alone(tmp_path):
 # ---- the word segmentation application (crf/segment.py, crf/scoring.py, crf/train.py) --------------
 
 
-
 def test_sbme_tags_round_trip():
     words = ["迈向", "充满", "希望", "的", "新", "世纪", "一九九八年"]
     tags = word_tags(words)
@@ -522,7 +545,14 @@ def test_segmenter_rules_keep_the_gold_segmentation(require_data):
     again = [apply_rules("".join(words), word_tags(words)) for words in gold]
     assert bakeoff_score(gold, again, set())["f1"] > 0.999
     assert apply_rules("我用Keras3和2001年 的 x", word_tags(["我", "用", "Keras3", "和", "2001年", "的", "x"])) == [
-        "我", "用", "Keras3", "和", "2001年", "的", "x"]
+        "我",
+        "用",
+        "Keras3",
+        "和",
+        "2001年",
+        "的",
+        "x",
+    ]
     assert apply_rules("ab3 cd", [1, 2, 3, 1, 3]) == ["ab3", "cd"]  # the space cuts, the run holds
     assert apply_rules("ab3", [0, 0, 0]) == ["ab3"]
     assert normalize("2001年 A-b") == "２００１年 Ａ－ｂ"
@@ -556,7 +586,10 @@ def test_word_set_score_is_the_articles_metric():
 
 def test_vocabulary_keeps_characters_seen_twice():
     vocab = build_vocab([["中国", "人"], ["人", "民"], ["中"]], min_count=2)
-    assert vocab == {"chars": {"中": 2, "人": 3}, "bigrams": None}  # by frequency then character; 0 = padding, 1 = unknown
+    assert vocab == {
+        "chars": {"中": 2, "人": 3},
+        "bigrams": None,
+    }  # by frequency then character; 0 = padding, 1 = unknown
     with_pairs = build_vocab([["中国", "人"], ["中国"]], min_count=2, with_bigrams=True)
     assert with_pairs["bigrams"] == {"中国": 2}  # 国人 and 人</s> and 国</s> are seen once
     assert bigrams("中国人") == ["中国", "国人", "人</s>"]
@@ -596,13 +629,22 @@ def test_segmenter_save_load_and_cli(tmp_path):
     assert loaded.cut_lines(lines) == seg.cut_lines(lines)
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     env = {**os.environ, "KERAS_BACKEND": BACKEND}
-    run = lambda *a, **kw: subprocess.run([sys.executable, str(REPO / "crf" / "segment.py"), *a], env=env,
-                                          capture_output=True, text=True, timeout=300, **kw)
+    run = lambda *a, **kw: subprocess.run(
+        [sys.executable, str(REPO / "crf" / "segment.py"), *a],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
     expected = "\n".join(" ".join(w) for w in seg.cut_lines(lines)) + "\n"
     assert run(str(tmp_path / "model"), "--input", str(tmp_path / "in.txt")).stdout == expected
     assert run(str(tmp_path / "model"), input="\n".join(lines)).stdout == expected
     assert run(str(tmp_path / "model"), *lines).stdout == expected
-    assert run(str(tmp_path / "model"), "--input", str(tmp_path / "in.txt"), "--ensemble", str(tmp_path / "model")).stdout == expected
+    assert (
+        run(str(tmp_path / "model"), "--input", str(tmp_path / "in.txt"), "--ensemble", str(tmp_path / "model")).stdout
+        == expected
+    )
     missing = run(str(tmp_path / "nowhere"), "我")
     assert missing.returncode == 2 and "tagger.keras not found" in missing.stderr
     assert run(str(tmp_path / "model"), input="").stdout == ""  # nothing in, nothing out
@@ -613,8 +655,12 @@ def test_segmenter_save_load_and_cli(tmp_path):
     assert odd.stdout.count("\n") == 2
 
 
-PKU_PARTS = ("training/pku_training.utf8", "testing/pku_test.utf8", "gold/pku_test_gold.utf8",
-             "gold/pku_training_words.utf8")
+PKU_PARTS = (
+    "training/pku_training.utf8",
+    "testing/pku_test.utf8",
+    "gold/pku_test_gold.utf8",
+    "gold/pku_training_words.utf8",
+)
 
 
 @pytest.mark.data
@@ -626,8 +672,19 @@ def test_train_quick_epoch_learns_and_saves_a_segmenter(tmp_path, require_data):
         require_data(f"icwb2/{part}")
     from crf import train
 
-    records = train.main(["--quick", "--epochs", "1", "--heldout", "300", "--out", str(tmp_path / "results"),
-                          "--save", str(tmp_path / "runs")])
+    records = train.main(
+        [
+            "--quick",
+            "--epochs",
+            "1",
+            "--heldout",
+            "300",
+            "--out",
+            str(tmp_path / "results"),
+            "--save",
+            str(tmp_path / "runs"),
+        ]
+    )
     jieba, crf = records
     assert crf["experiment"] == "article-pku-quick" and crf["metrics"]["test_f1"] > 0.7
     assert 0 < crf["metrics"]["test_oov_recall"] <= 1 and crf["metrics"]["heldout_word_set"] > 0.7
@@ -668,9 +725,24 @@ def test_distribute_trains_the_crf_under_the_strategy(tmp_path, require_data):
     CPUs here), in its own process: splitting the CPU must precede TensorFlow's start."""
     for part in PKU_PARTS:
         require_data(f"icwb2/{part}")
-    done = subprocess.run([sys.executable, "crf/train.py", "--smoke", "--distribute", "--cpu-devices", "2",
-                           "--out", str(tmp_path / "r"), "--save", str(tmp_path / "m")],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "crf/train.py",
+            "--smoke",
+            "--distribute",
+            "--cpu-devices",
+            "2",
+            "--out",
+            str(tmp_path / "r"),
+            "--save",
+            str(tmp_path / "m"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "MirroredStrategy over 2 devices" in done.stdout
     record = runs_load(tmp_path / "r" / "crf" / "article-pku-smoke" / "seed0.json")
@@ -696,8 +768,21 @@ def test_train_runs_on_msr(tmp_path, require_data, monkeypatch):
     monkeypatch.setenv("KEXUE_DATA", str(root))
     from crf import train
 
-    records = train.main(["--corpus", "msr", "--quick", "--epochs", "1", "--heldout", "50",
-                          "--out", str(tmp_path / "results"), "--save", str(tmp_path / "runs")])
+    records = train.main(
+        [
+            "--corpus",
+            "msr",
+            "--quick",
+            "--epochs",
+            "1",
+            "--heldout",
+            "50",
+            "--out",
+            str(tmp_path / "results"),
+            "--save",
+            str(tmp_path / "runs"),
+        ]
+    )
     metrics = records[1]["metrics"]
     assert records[1]["experiment"] == "article-msr-quick" and records[1]["config"]["corpus"] == "msr"
     assert 0.3 < metrics["test_f1"] <= 1 and 0 <= metrics["test_oov_recall"] <= 1
@@ -708,14 +793,21 @@ def test_train_runs_on_msr(tmp_path, require_data, monkeypatch):
 @pytest.mark.data
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the evaluation script end to end; checked once")
 def test_evaluate_scores_a_model_and_an_ensemble(tmp_path, require_data):
-    for part in ("testing/pku_test.utf8", "gold/pku_test_gold.utf8", "gold/pku_training_words.utf8", "training/pku_training.utf8"):
+    for part in (
+        "testing/pku_test.utf8",
+        "gold/pku_test_gold.utf8",
+        "gold/pku_training_words.utf8",
+        "training/pku_training.utf8",
+    ):
         require_data(f"icwb2/{part}")
     from crf import evaluate
 
     tiny_segmenter("bmes").save(tmp_path / "a")
     tiny_segmenter("strong").save(tmp_path / "b")
     alone = evaluate.main([str(tmp_path / "a")])
-    both = evaluate.main([str(tmp_path / "a"), str(tmp_path / "b"), "--name", "pair", "--out", str(tmp_path / "results")])
+    both = evaluate.main(
+        [str(tmp_path / "a"), str(tmp_path / "b"), "--name", "pair", "--out", str(tmp_path / "results")]
+    )
     assert 0 <= alone["f1"] <= 1 and 0 <= both["f1"] <= 1 and alone["gold_words"] == both["gold_words"] == 104372
     record = runs_load(tmp_path / "results" / "crf" / "pair-pku" / "seed0.json")
     assert record["config"]["models"] == ["a", "b"] and record["metrics"]["test_f1"] == both["f1"]
@@ -756,7 +848,10 @@ def test_zero_masked_makes_same_convolutions_blind_to_padding():
     keras.utils.set_random_seed(0)
     ids = keras.Input((None,), dtype="int32")
     embedded = keras.layers.Embedding(20, 8, embeddings_initializer="normal")(ids)
-    conv1, conv2 = keras.layers.Conv1D(8, 3, padding="same", activation="relu"), keras.layers.Conv1D(8, 3, padding="same")
+    conv1, conv2 = (
+        keras.layers.Conv1D(8, 3, padding="same", activation="relu"),
+        keras.layers.Conv1D(8, 3, padding="same"),
+    )
     blind = keras.Model(ids, conv2(ZeroMasked()(conv1(ZeroMasked()(embedded, mask=ids)), mask=ids)))
     plain = keras.Model(ids, conv2(conv1(embedded)))
     alone = np.array([[5, 6, 7, 8]], "int32")
@@ -767,7 +862,9 @@ def test_zero_masked_makes_same_convolutions_blind_to_padding():
     x = np.random.default_rng(0).normal(size=(2, 7, 3)).astype("float32")
     out = np_(ZeroMasked()(x, mask=padded > 0))
     assert np.all(out[0, 4:] == 0) and np.array_equal(out[0, :4], x[0, :4]) and np.array_equal(out[1], x[1])
-    with pytest.raises(ValueError, match=r"ZeroMasked: inputs must be \(batch, T, d\) and the mask \(batch, T\), got \(2, 7, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"ZeroMasked: inputs must be \(batch, T, d\) and the mask \(batch, T\), got \(2, 7, 3\)"
+    ):
         ZeroMasked()(x, mask=padded[:, :, None])
     masked = keras.Model(ids, ZeroMasked()(keras.layers.Embedding(20, 3, mask_zero=True)(ids)))
     assert np.all(np_(masked(padded))[0, 4:] == 0) and np.all(np_(masked(padded))[0, :4] != 0)
@@ -808,15 +905,19 @@ def test_ensemble_decodes_the_sum_of_its_members_scores():
         vocab = build_vocab([list(text)], min_count=2)
         _, _, tagger = build_model(vocab, "bmes")
         for w in tagger.weights:
-            w.assign(0.3 * np.random.default_rng(seed + zlib.crc32(w.path.encode())).normal(size=w.shape).astype("float32"))
+            w.assign(
+                0.3 * np.random.default_rng(seed + zlib.crc32(w.path.encode())).normal(size=w.shape).astype("float32")
+            )
         members.append(Segmenter(tagger, vocab))
     ensemble = Ensemble(members)
     texts = ["我爱北京", "中国人民爱北京天安门", "從", "天安门中国人民我爱北京天安门中国"]
     summed = sum(np_(m.emissions(features(texts, m.vocab)))[..., :4] for m in members)
     crf = CRF(4, **allowed_transitions("bmes", "sbme"))
     crf.build((None, None, 4))
-    for target, parts in zip((crf.transitions, crf.start_transitions, crf.end_transitions),
-                             zip(*([m.crf.transitions, m.crf.start_transitions, m.crf.end_transitions] for m in members))):
+    for target, parts in zip(
+        (crf.transitions, crf.start_transitions, crf.end_transitions),
+        zip(*([m.crf.transitions, m.crf.start_transitions, m.crf.end_transitions] for m in members)),
+    ):
         target.assign(sum(np_(v) for v in parts))
     lengths = np.array([len(t) for t in texts])
     expected = np_(crf.decode(summed, np.arange(summed.shape[1])[None] < lengths[:, None])[0])
@@ -886,7 +987,9 @@ def test_bigram_dropout_replaces_a_share_of_bigrams_reproducibly():
         (chars_d, pairs_d), tags_d = next(dropped)
         assert np.array_equal(chars, chars_d) and np.array_equal(tags, tags_d)  # characters and tags untouched
         changed = pairs != pairs_d
-        assert np.all(pairs_d[changed] == 1) and np.all(pairs[pairs == 0] == pairs_d[pairs == 0])  # to "unknown"; padding kept
+        assert np.all(pairs_d[changed] == 1) and np.all(
+            pairs[pairs == 0] == pairs_d[pairs == 0]
+        )  # to "unknown"; padding kept
         shares.append(np.mean(pairs_d[pairs > 1] == 1))
     assert 0.28 < np.mean(shares) < 0.38
     again = train.batches(sentences, vocab, start_step=4, bucket=True, seed=3, bigram_dropout=0.33)
@@ -909,6 +1012,7 @@ def test_claim_holds_on_the_reference_and_fails_when_reversed():
 
     reference = runs.load_results(runs.REFERENCE, "crf")
     assert train.CLAIM.verdict(reference, "full") == report.REPRODUCED
-    worse = [{**r, "metrics": {**r["metrics"], "test_f1": 0.8}} if r["experiment"] == "article-pku" else r
-             for r in reference]
+    worse = [
+        {**r, "metrics": {**r["metrics"], "test_f1": 0.8}} if r["experiment"] == "article-pku" else r for r in reference
+    ]
     assert train.CLAIM.verdict(worse, "full") == report.NOT_REPRODUCED

@@ -37,8 +37,38 @@ def test_imdb_matches_keras_load_data(require_data):
     (x, y), (xt, yt) = data.imdb()
     assert x.shape == y.shape == xt.shape == yt.shape == (25000,)
     assert (len(x[0]), len(x[1])) == (218, 189)
-    assert x[0][:30] == [1, 14, 22, 16, 43, 530, 973, 1622, 1385, 65, 458, 4468, 66, 3941, 4, 173, 36, 256,
-                         5, 25, 100, 43, 838, 112, 50, 670, 22665, 9, 35, 480]
+    assert x[0][:30] == [
+        1,
+        14,
+        22,
+        16,
+        43,
+        530,
+        973,
+        1622,
+        1385,
+        65,
+        458,
+        4468,
+        66,
+        3941,
+        4,
+        173,
+        36,
+        256,
+        5,
+        25,
+        100,
+        43,
+        838,
+        112,
+        50,
+        670,
+        22665,
+        9,
+        35,
+        480,
+    ]
     assert y[:3].tolist() == [1, 0, 0] and yt[:3].tolist() == [0, 1, 1]
     # Keras's default vocabulary ends below the largest id, so the max ids are 88586 and 88584.
     assert max(max(r) for r in x) == 88586 and max(max(r) for r in xt) == 88584
@@ -106,11 +136,22 @@ def _offline(monkeypatch, tmp_path):
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="loaders are backend-independent; checked once")
-@pytest.mark.parametrize("loader, relpath, url", [
-    (lambda: data.mnist(), "mnist/mnist.npz", "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"),
-    (lambda: data.imdb(), "imdb/imdb.npz", "https://storage.googleapis.com/tensorflow/tf-keras-datasets/imdb.npz"),
-    (lambda: data.icwb2("msr", "train"), "icwb2/training/msr_training.utf8", "http://sighan.cs.uchicago.edu/bakeoff2005/data/icwb2-data.zip"),
-])
+@pytest.mark.parametrize(
+    "loader, relpath, url",
+    [
+        (
+            lambda: data.mnist(),
+            "mnist/mnist.npz",
+            "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
+        ),
+        (lambda: data.imdb(), "imdb/imdb.npz", "https://storage.googleapis.com/tensorflow/tf-keras-datasets/imdb.npz"),
+        (
+            lambda: data.icwb2("msr", "train"),
+            "icwb2/training/msr_training.utf8",
+            "http://sighan.cs.uchicago.edu/bakeoff2005/data/icwb2-data.zip",
+        ),
+    ],
+)
 def test_missing_dataset_error_names_variable_path_and_url(monkeypatch, tmp_path, loader, relpath, url):
     _offline(monkeypatch, tmp_path)
     with pytest.raises(data.DatasetNotFoundError) as err:
@@ -195,8 +236,12 @@ def test_a_killed_write_leaves_the_old_file_whole(tmp_path, hook):
     """SIGKILL the writer after the new JSON is written but before it is flushed (fsync) or before it
     is renamed into place (replace): the result file is still the old, complete one."""
     target = tmp_path / "seed0.json"
-    done = subprocess.run([sys.executable, "-c", KILLED_WRITER.format(repo=str(REPO), target=str(target), hook=hook)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER.format(repo=str(REPO), target=str(target), hook=hook)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert json.loads(target.read_text()) == {"version": "old"}
     assert runs.load_results(tmp_path) == []  # the leftover temp file is never read as a result
@@ -239,7 +284,9 @@ def test_load_results_counts_only_seed_files_and_stops_at_bad_or_doubled_records
     (copy / "seed1.json").write_bytes((tmp_path / "a" / "e" / "seed1.json").read_bytes())
     with pytest.raises(runs.RecordError) as err:
         runs.load_results(tmp_path)
-    assert f"{tmp_path / 'a' / 'e' / 'seed1.json'} and {copy / 'seed1.json'} are both records of a/e seed 1" in str(err.value)
+    assert f"{tmp_path / 'a' / 'e' / 'seed1.json'} and {copy / 'seed1.json'} are both records of a/e seed 1" in str(
+        err.value
+    )
 
     (copy / "seed1.json").unlink()
     runs.write_json_atomic(copy / "seed5.json", _record(seed=5))
@@ -259,7 +306,9 @@ def test_a_corrupt_record_stops_a_run_with_its_name(tmp_path):
     path = tmp_path / "a" / "e" / "seed0.json"
     path.parent.mkdir(parents=True)
     path.write_text("{")
-    with pytest.raises(SystemExit, match=r"seed0.json: not a readable result record .*\(or pass --force to replace it\)"):
+    with pytest.raises(
+        SystemExit, match=r"seed0.json: not a readable result record .*\(or pass --force to replace it\)"
+    ):
         runs.reusable(path, {})
     assert runs.reusable(path, {}, force=True) is None
 
@@ -272,7 +321,9 @@ def test_code_version_names_the_commit_and_ignores_records(tmp_path):
     (tmp_path / "code.py").write_text("x = 1\n")
     git("add", "code.py")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "code")
-    sha = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     runs.code_version.cache_clear()
     (tmp_path / "results" / "a").mkdir(parents=True)
     (tmp_path / "results" / "a" / "seed0.json").write_text("{}")
@@ -295,9 +346,17 @@ def test_code_version_names_the_commit_and_ignores_records(tmp_path):
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="backend-independent; checked once")
 def test_save_result_records_everything_a_reader_needs(tmp_path):
     started = time.time() - 2
-    path = runs.save_result(tmp_path, "art", "exp", 3, metrics={"acc": np.float32(0.5), "loss": float("nan")},
-                            config={"epochs": 2}, history={"loss": [1.0, float("inf")]},
-                            headline={"metric": "acc", "blog": 0.6}, started=started)
+    path = runs.save_result(
+        tmp_path,
+        "art",
+        "exp",
+        3,
+        metrics={"acc": np.float32(0.5), "loss": float("nan")},
+        config={"epochs": 2},
+        history={"loss": [1.0, float("inf")]},
+        headline={"metric": "acc", "blog": 0.6},
+        started=started,
+    )
     assert path == tmp_path / "art" / "exp" / "seed3.json"
     record = json.loads(path.read_text())
     assert record["metrics"] == {"acc": 0.5, "loss": None} and record["history"] == {"loss": [1.0, None]}
@@ -330,13 +389,15 @@ def test_cli_defaults_and_errors(tmp_path, capsys):
     assert cli.parse(cli.parser("x"), ["--reference"]).out == runs.REFERENCE
     assert cli.parse(cli.parser("x"), ["--smoke"]).mode == "smoke"
     (tmp_path / "file").write_text("")
-    for bad, message in ((["--seeds", "0"], "--seeds must be at least 1"),
-                         (["--seed", "-5"], "--seed must be 0 or more, got -5"),
-                         (["--epochs", "0"], "--epochs must be at least 1"),
-                         (["--quick", "--smoke"], "not allowed with argument"),
-                         (["--reference", "--out", str(tmp_path)], "--reference writes to"),
-                         (["--out", str(tmp_path / "file")], "is a file, not a folder"),
-                         (["--data-dir", str(tmp_path / "nope")], "is not a folder")):
+    for bad, message in (
+        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--seed", "-5"], "--seed must be 0 or more, got -5"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--quick", "--smoke"], "not allowed with argument"),
+        (["--reference", "--out", str(tmp_path)], "--reference writes to"),
+        (["--out", str(tmp_path / "file")], "is a file, not a folder"),
+        (["--data-dir", str(tmp_path / "nope")], "is not a folder"),
+    ):
         with pytest.raises(SystemExit):
             cli.parse(cli.parser("x"), bad)
         assert message in capsys.readouterr().err
@@ -372,8 +433,13 @@ def test_distribute_trains_on_two_logical_cpus(engine):
     logical CPU devices, and the model still learns."""
     pytest.importorskip(engine, reason=f"{engine} is not installed")
     env = {**os.environ, "KERAS_BACKEND": engine, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-c", DISTRIBUTED_FIT.format(repo=str(REPO))], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", DISTRIBUTED_FIT.format(repo=str(REPO))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     expected = "MirroredStrategy over 2 devices" if engine == "tensorflow" else "DataParallel over 2 devices"
     assert expected in done.stdout and "OK" in done.stdout, done.stdout
@@ -385,18 +451,35 @@ def test_distribute_trains_on_two_logical_cpus(engine):
 def test_plot_curves_writes_a_png_with_ragged_and_missing_values(tmp_path):
     from utils import plots
 
-    path = plots.plot_curves({"a": [[0.5, 0.6, 0.7], [0.55, None]], "b": [[0.1]], "empty": []}, tmp_path / "f" / "c.png",
-                             ylabel="acc", title="t", reference={"blog": [0.6, 0.65]})
+    path = plots.plot_curves(
+        {"a": [[0.5, 0.6, 0.7], [0.55, None]], "b": [[0.1]], "empty": []},
+        tmp_path / "f" / "c.png",
+        ylabel="acc",
+        title="t",
+        reference={"blog": [0.6, 0.65]},
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
 def _fake_record(root, experiment, seed, value, mode="full", command="python activations/train.py"):
-    record = {"article": "activations", "experiment": experiment, "seed": seed, "metrics": {"test_acc": value},
-              "history": {}, "config": {"mode": mode}, "protocol": f"{mode}: 20 epochs",
-              "headline": {"metric": "test_acc", "label": "MNIST test accuracy", "blog": None, "blog_source": "src"},
-              "backend": "tensorflow", "versions": {"tensorflow": "2.21.0"}, "device": "CPU",
-              "machine": "2 cores X", "wall_time_s": 1.0, "date": "2026-11-23", "command": command,
-              "code_version": {"commit": "abcdef0123456789", "dirty": seed == 1}}
+    record = {
+        "article": "activations",
+        "experiment": experiment,
+        "seed": seed,
+        "metrics": {"test_acc": value},
+        "history": {},
+        "config": {"mode": mode},
+        "protocol": f"{mode}: 20 epochs",
+        "headline": {"metric": "test_acc", "label": "MNIST test accuracy", "blog": None, "blog_source": "src"},
+        "backend": "tensorflow",
+        "versions": {"tensorflow": "2.21.0"},
+        "device": "CPU",
+        "machine": "2 cores X",
+        "wall_time_s": 1.0,
+        "date": "2026-11-23",
+        "command": command,
+        "code_version": {"commit": "abcdef0123456789", "dirty": seed == 1},
+    }
     runs.write_json_atomic(runs.result_path(root, "activations", experiment, seed), record)
 
 
@@ -405,18 +488,44 @@ def test_results_md_is_a_table_over_the_reference_with_every_command(tmp_path):
     _fake_record(reference, "mlp-relu", 0, 0.97)
     _fake_record(reference, "mlp-relu", 1, 0.99, command="python activations/train.py --seed 1 --seeds 1")
     out = tmp_path / "RESULTS.md"
-    done = subprocess.run([sys.executable, str(REPO / "reproduce.py"), "--table-only", "--reference-dir",
-                           str(reference), "--results-md", str(out)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "reproduce.py"),
+            "--table-only",
+            "--reference-dir",
+            str(reference),
+            "--results-md",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     text = out.read_text(encoding="utf-8")
-    assert ("| mlp-relu | MNIST test accuracy | none | 0.9800 ± 0.0141 | 2 (0,1) | full: 20 epochs | "
-            "`python activations/train.py`<br>`python activations/train.py --seed 1 --seeds 1` | 2026-11-23 | "
-            "2 cores X; CPU; tensorflow 2.21.0 | abcdef0, abcdef0+changes |") in text
+    assert (
+        "| mlp-relu | MNIST test accuracy | none | 0.9800 ± 0.0141 | 2 (0,1) | full: 20 epochs | "
+        "`python activations/train.py`<br>`python activations/train.py --seed 1 --seeds 1` | 2026-11-23 | "
+        "2 cores X; CPU; tensorflow 2.21.0 | abcdef0, abcdef0+changes |"
+    ) in text
     assert "Blog column: src." in text and "No reference records yet." in text  # the other articles
 
     (reference / "activations" / "mlp-relu" / "seed1.json").write_text('{"article": ')
-    done = subprocess.run([sys.executable, str(REPO / "reproduce.py"), "--table-only", "--reference-dir",
-                           str(reference), "--results-md", str(out)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "reproduce.py"),
+            "--table-only",
+            "--reference-dir",
+            str(reference),
+            "--results-md",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0 and "mlp-relu/seed1.json: not a readable result record" in done.stderr
     assert "0.9800 ± 0.0141" in out.read_text(encoding="utf-8")  # the table was not rewritten
 
@@ -474,11 +583,25 @@ def _tiny_train(ran):
         rng = np.random.default_rng(0)
         x = rng.normal(size=(64, 3)).astype("float32")
         y = x @ np.array([1.0, -2.0, 0.5], "float32")
-        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dropout(0.3),
-                                  keras.layers.Dense(1)])
+        model = keras.Sequential(
+            [
+                keras.Input((3,)),
+                keras.layers.Dense(8, activation="relu"),
+                keras.layers.Dropout(0.3),
+                keras.layers.Dense(1),
+            ]
+        )
         model.compile(optimizer="adam", loss="mse")
-        fitted = model.fit(x, y, batch_size=16, epochs=job.config["epochs"], shuffle=False, verbose=0,
-                           initial_epoch=checkpoint.restore(model), callbacks=[checkpoint])
+        fitted = model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=job.config["epochs"],
+            shuffle=False,
+            verbose=0,
+            initial_epoch=checkpoint.restore(model),
+            callbacks=[checkpoint],
+        )
         ran.append(len(fitted.history["loss"]))
         return {"kernel": keras.ops.convert_to_numpy(model.layers[-1].kernel).ravel().tolist()}, checkpoint.history
 
@@ -583,5 +706,7 @@ def test_a_corrupt_or_mismatched_checkpoint_is_named(tmp_path):
     saver.on_epoch_end(0, {"loss": 1.0})
     wider = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5)])
     wider.compile(optimizer="adam", loss="mse")
-    with pytest.raises(SystemExit, match=r"model variable 0 .* is \(3, 5\) in this model but \(3, 2\) in the checkpoint"):
+    with pytest.raises(
+        SystemExit, match=r"model variable 0 .* is \(3, 5\) in this model but \(3, 2\) in the checkpoint"
+    ):
         Checkpoint(path, {}).restore(wider)

@@ -79,11 +79,15 @@ class Checkpoint(keras.callbacks.Callback):
         best = self.best_epoch()
         if best is not None and self.patience is not None and epoch + 1 - best >= self.patience:
             self.stopped = self.model.stop_training = True
-            print(f"    stopping: no better {self.monitor} for {self.patience} epochs; the best was epoch {best}",
-                  flush=True)
+            print(
+                f"    stopping: no better {self.monitor} for {self.patience} epochs; the best was epoch {best}",
+                flush=True,
+            )
         variables = _arrays("model", self.model.variables)
         state = json.dumps({"epochs_done": epoch + 1, "history": self.history, "stopped": self.stopped})
-        self._save(self.path, state=np.array(state), **variables, **_arrays("optimizer", self.model.optimizer.variables))
+        self._save(
+            self.path, state=np.array(state), **variables, **_arrays("optimizer", self.model.optimizer.variables)
+        )
         # Written after the checkpoint: if a kill falls in between, the best epoch is the checkpoint's
         # own last epoch, and restore() writes it again.
         if best == epoch + 1:
@@ -129,8 +133,10 @@ class Checkpoint(keras.callbacks.Callback):
                 if epoch == best:
                     _assign(path, "model", model.variables, saved)
                     return best
-        raise SystemExit(f"the weights of the best epoch ({best}) are in neither {self.best_path} nor {self.path}; "
-                         "pass --force to train again")
+        raise SystemExit(
+            f"the weights of the best epoch ({best}) are in neither {self.best_path} nor {self.path}; "
+            "pass --force to train again"
+        )
 
     def _saved_best(self):
         if not self.best_path.is_file():
@@ -143,8 +149,10 @@ class Checkpoint(keras.callbacks.Callback):
             saved = np.load(path)
             identity = str(saved["identity"])
         except Exception as err:  # a truncated or foreign file: zipfile, pickle, key or OS errors
-            raise SystemExit(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); "
-                             "delete it (or pass --force) to train this seed from the start") from None
+            raise SystemExit(
+                f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); "
+                "delete it (or pass --force) to train this seed from the start"
+            ) from None
         if identity != self.identity:
             saved.close()
             raise SystemExit(f"{path} is from another setup of this run; pass --force to start over")
@@ -165,6 +173,8 @@ def _assign(path, prefix, variables, saved):
         key = f"{prefix}_{i}"
         if key not in saved or tuple(saved[key].shape) != tuple(variable.shape):
             found = tuple(saved[key].shape) if key in saved else "nothing"
-            raise SystemExit(f"{path}: {prefix} variable {i} ({variable.path}) is {tuple(variable.shape)} in this "
-                             f"model but {found} in the checkpoint; delete it (or pass --force) to start over")
+            raise SystemExit(
+                f"{path}: {prefix} variable {i} ({variable.path}) is {tuple(variable.shape)} in this "
+                f"model but {found} in the checkpoint; delete it (or pass --force) to start over"
+            )
         variable.assign(saved[key])

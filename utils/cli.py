@@ -1,19 +1,19 @@
 """The command line every ``<article>/train.py`` shares.
 
-    --quick            the quick mode: minutes on 2 CPU cores, and still the direction of the article's claim
-    --smoke            seconds on a sliver of the data: checks that the script runs end to end on this
-                       machine and backend (the tests use it); its numbers mean nothing
-    --epochs N         override the epochs of the chosen mode
-    --seed S           first seed (default 0)
-    --seeds N          how many seeds: S, S+1, ..., S+N-1 (default: the mode's)
-    --data-dir DIR     the data folder (sets $KEXUE_DATA for this run)
-    --out DIR          where <article>/<experiment>/seed<k>.json go (default: runs/results/, not committed)
-    --reference        write to results/, the committed reference (refreshing it; same as --out results)
-    --force            rerun seeds whose record already exists (default: reuse them, so a killed run
-                       resumes where it stopped; an unfinished seed resumes at its last epoch)
-    --distribute       data-parallel training on every visible device with Keras's own engines:
-                       tf.distribute.MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX
-    --cpu-devices N    split the CPU into N logical devices (to try --distribute on a CPU-only machine)
+--quick            the quick mode: minutes on 2 CPU cores, and still the direction of the article's claim
+--smoke            seconds on a sliver of the data: checks that the script runs end to end on this
+                   machine and backend (the tests use it); its numbers mean nothing
+--epochs N         override the epochs of the chosen mode
+--seed S           first seed (default 0)
+--seeds N          how many seeds: S, S+1, ..., S+N-1 (default: the mode's)
+--data-dir DIR     the data folder (sets $KEXUE_DATA for this run)
+--out DIR          where <article>/<experiment>/seed<k>.json go (default: runs/results/, not committed)
+--reference        write to results/, the committed reference (refreshing it; same as --out results)
+--force            rerun seeds whose record already exists (default: reuse them, so a killed run
+                   resumes where it stopped; an unfinished seed resumes at its last epoch)
+--distribute       data-parallel training on every visible device with Keras's own engines:
+                   tf.distribute.MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX
+--cpu-devices N    split the CPU into N logical devices (to try --distribute on a CPU-only machine)
 """
 
 import argparse
@@ -127,4 +127,6 @@ def distribution(args):
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=names))
         print(f"--distribute: keras.distribution.DataParallel over {len(names)} devices {names}")
         return contextlib.nullcontext()
-    raise SystemExit(f"--distribute: Keras has no data-parallel engine for the {backend} backend; use tensorflow or jax")
+    raise SystemExit(
+        f"--distribute: Keras has no data-parallel engine for the {backend} backend; use tensorflow or jax"
+    )

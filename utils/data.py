@@ -37,8 +37,7 @@ _KERAS_DATASETS = "https://storage.googleapis.com/tensorflow/tf-keras-datasets"
 _ICWB2_URL = "http://sighan.cs.uchicago.edu/bakeoff2005/data/icwb2-data.zip"
 _POETRY_COMMIT = "61dd34ea89b2f7d2a40f948a0460180951ba561f"
 _POETRY_URL = (
-    "https://raw.githubusercontent.com/chinese-poetry/chinese-poetry-zhCN/"
-    f"{_POETRY_COMMIT}/poetry/poet.tang.{{}}.json"
+    f"https://raw.githubusercontent.com/chinese-poetry/chinese-poetry-zhCN/{_POETRY_COMMIT}/poetry/poet.tang.{{}}.json"
 )
 _POETRY_FILES = range(0, 58000, 1000)  # poet.tang.0.json ... poet.tang.57000.json
 
@@ -88,9 +87,7 @@ def locate(relpath, url, *, cache_name=None, file_hash=None, archive_member=None
     import keras  # imported late: reading the data folder must not need a backend
 
     try:
-        got = keras.utils.get_file(
-            cache_name, origin=url, file_hash=file_hash, extract=archive_member is not None
-        )
+        got = keras.utils.get_file(cache_name, origin=url, file_hash=file_hash, extract=archive_member is not None)
     except Exception as err:  # network down, 404, hash mismatch: all end the same way for a user
         expected = root / relpath if root is not None else f"${DATA_ENV}/{relpath} (variable unset)"
         raise DatasetNotFoundError(
@@ -280,7 +277,9 @@ def tang_poems():
         try:
             path = locate(f"chinese_poetry/poet.tang.{n}.json", _POETRY_URL.format(n))
         except DatasetNotFoundError as err:
-            expected = archive if archive is not None else f"${DATA_ENV}/chinese_poetry/poet.tang.zhCN.tar.xz (variable unset)"
+            expected = (
+                archive if archive is not None else f"${DATA_ENV}/chinese_poetry/poet.tang.zhCN.tar.xz (variable unset)"
+            )
             raise DatasetNotFoundError(
                 f"Tang poems not found.\n  looked for the archive: {expected}\n"
                 f"  then tried to download poet.tang.{n}.json: {err}"

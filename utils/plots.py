@@ -31,7 +31,9 @@ def plot_curves(curves, path, *, ylabel, title, reference=None, xlabel="epoch"):
             mean = np.nanmean(table, axis=0)
         (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{label} (n={len(runs)})")
         if len(runs) > 1:
-            ax.fill_between(epochs, np.nanmin(table, axis=0), np.nanmax(table, axis=0), color=line.get_color(), alpha=0.15)
+            ax.fill_between(
+                epochs, np.nanmin(table, axis=0), np.nanmax(table, axis=0), color=line.get_color(), alpha=0.15
+            )
     for label, values in (reference or {}).items():
         ax.plot(np.arange(1, len(values) + 1), values, linestyle="--", marker="x", label=label)
     ax.set_xlabel(xlabel)

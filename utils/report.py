@@ -68,14 +68,26 @@ class Claim:
         reference, this run) and the verdict."""
         verdict = self.verdict(records, mode)
         run_values, ref_values = self.values(records, mode), self.values(reference, "full")
-        protocols = sorted({r.get("protocol", "") for r in records
-                            if any(r["experiment"] == runs.experiment_name(row.experiment, mode) for row in self.rows)})
-        lines = [f"Claim: {self.statement}", f"Criterion: {self.criterion}", "",
-                 "| number | blog | reference (full protocol) | this run |", "|---|---|---|---|"]
+        protocols = sorted(
+            {
+                r.get("protocol", "")
+                for r in records
+                if any(r["experiment"] == runs.experiment_name(row.experiment, mode) for row in self.rows)
+            }
+        )
+        lines = [
+            f"Claim: {self.statement}",
+            f"Criterion: {self.criterion}",
+            "",
+            "| number | blog | reference (full protocol) | this run |",
+            "|---|---|---|---|",
+        ]
         for row in self.rows:
             blog = "-" if row.blog is None else f"{row.blog:g}"
-            lines.append(f"| {row.label} | {blog} | {_cell(ref_values[row.key], row.digits)} | "
-                         f"{_cell(run_values[row.key], row.digits)} |")
+            lines.append(
+                f"| {row.label} | {blog} | {_cell(ref_values[row.key], row.digits)} | "
+                f"{_cell(run_values[row.key], row.digits)} |"
+            )
         lines += ["", f"This run: {'; '.join(p for p in protocols if p) or 'no records'}."]
         if self.blog_source:
             lines.append(f"Blog column: {self.blog_source}.")
@@ -100,8 +112,10 @@ def experiment_table(records):
     """Markdown rows, one per experiment: the headline metric, the blog's number, ours (mean ± std),
     the seeds, what ran, every distinct command behind the row, the dates, the machine and the code
     version."""
-    rows = ["| experiment | metric | blog | ours (mean ± std) | seeds | protocol | commands | date | machine | code |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| experiment | metric | blog | ours (mean ± std) | seeds | protocol | commands | date | machine | code |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     experiments = {}
     for r in records:
         experiments.setdefault(r["experiment"], []).append(r)
@@ -112,13 +126,17 @@ def experiment_table(records):
         dates = sorted({r["date"] for r in rs})
         date = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
         first = rs[0]
-        machine = f"{first['machine']}; {first['device']}; {first['backend']} {first['versions'].get(first['backend'], '')}"
+        machine = (
+            f"{first['machine']}; {first['device']}; {first['backend']} {first['versions'].get(first['backend'], '')}"
+        )
         commands = "<br>".join(f"`{c}`" for c in sorted({r["command"] for r in rs}))
         protocols = "; ".join(sorted({r.get("protocol") or r["config"].get("mode", "") for r in rs}))
         versions = ", ".join(sorted({runs.describe_version(r.get("code_version")) for r in rs}))
         seeds = ",".join(str(r["seed"]) for r in rs)
-        rows.append(f"| {experiment} | {head.get('label', metric)} | {'none' if blog is None else blog} | "
-                    f"{runs.format_mean_std([r['metrics'].get(metric) for r in rs])} | {len(rs)} ({seeds}) | "
-                    f"{protocols} | {commands} | {date} | {machine} | {versions} |")
+        rows.append(
+            f"| {experiment} | {head.get('label', metric)} | {'none' if blog is None else blog} | "
+            f"{runs.format_mean_std([r['metrics'].get(metric) for r in rs])} | {len(rs)} ({seeds}) | "
+            f"{protocols} | {commands} | {date} | {machine} | {versions} |"
+        )
     sources = sorted({(r.get("headline") or {}).get("blog_source") for r in records} - {None})
     return rows + [""] + [f"Blog column: {source}." for source in sources]

@@ -218,12 +218,16 @@ def load_result(path):
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
     except (ValueError, OSError) as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise RecordError(f"{path}: not a readable result record ({type(err).__name__}: {err}); "
-                          "delete it to run that seed again, or restore it from git") from None
+        raise RecordError(
+            f"{path}: not a readable result record ({type(err).__name__}: {err}); "
+            "delete it to run that seed again, or restore it from git"
+        ) from None
     missing = _REQUIRED - set(record) if isinstance(record, dict) else _REQUIRED
     if missing:
-        raise RecordError(f"{path}: not a result record (no {', '.join(sorted(missing))}); "
-                          "delete it to run that seed again, or restore it from git")
+        raise RecordError(
+            f"{path}: not a result record (no {', '.join(sorted(missing))}); "
+            "delete it to run that seed again, or restore it from git"
+        )
     return record
 
 
@@ -247,13 +251,16 @@ def reusable(path, config, force=False):
         changed = {k: (done["config"].get(k), config.get(k)) for k in keys if done["config"].get(k) != config.get(k)}
         if done.get("backend") != backend:
             changed["backend"] = (done.get("backend"), backend)
-        raise SystemExit(f"{path} was made with another setup (was, now: {changed}); "
-                         "pass --force to replace it, or --out to write elsewhere")
+        raise SystemExit(
+            f"{path} was made with another setup (was, now: {changed}); "
+            "pass --force to replace it, or --out to write elsewhere"
+        )
     return done
 
 
-def save_result(out, article, experiment, seed, *, metrics, config, history=None, headline=None, started=None,
-                protocol=None):
+def save_result(
+    out, article, experiment, seed, *, metrics, config, history=None, headline=None, started=None, protocol=None
+):
     """Write one seed's record atomically and return its path.
 
     Args:
@@ -320,11 +327,15 @@ def load_results(root, article=None):
         key = (record["article"], record["experiment"], record["seed"])
         where = (path.parent.parent.name, path.parent.name, int(match.group(1)))
         if key in seen:
-            problems.append(f"{seen[key][0]} and {path} are both records of {key[0]}/{key[1]} seed {key[2]}; "
-                            "keep one (move the other out of the results folder)")
+            problems.append(
+                f"{seen[key][0]} and {path} are both records of {key[0]}/{key[1]} seed {key[2]}; "
+                "keep one (move the other out of the results folder)"
+            )
         elif key != where:
-            problems.append(f"{path} holds the record of {key[0]}/{key[1]} seed {key[2]}, which belongs in "
-                            f"{result_path(root, *key)}; move it there or out of the results folder")
+            problems.append(
+                f"{path} holds the record of {key[0]}/{key[1]} seed {key[2]}, which belongs in "
+                f"{result_path(root, *key)}; move it there or out of the results folder"
+            )
         seen.setdefault(key, (path, record))
     if problems:
         raise RecordError("cannot use the records under " + str(root) + ":\n  " + "\n  ".join(problems))
@@ -403,13 +414,25 @@ def run_jobs(article, jobs, args, train):
         print(f"{tag} ({job.protocol}): {_duration(time.time() - started_all)} so far{estimate}", flush=True)
         started = time.time()
         set_seed(job.seed)
-        checkpoint = Checkpoint(checkpoint_path(args.out, article, job.experiment, job.seed),
-                                identity={"config": job.config, "seed": job.seed, "backend": _backend()})
+        checkpoint = Checkpoint(
+            checkpoint_path(args.out, article, job.experiment, job.seed),
+            identity={"config": job.config, "seed": job.seed, "backend": _backend()},
+        )
         if args.force:
             checkpoint.remove()
         metrics, history = train(job, checkpoint)
-        save_result(args.out, article, job.experiment, job.seed, metrics=metrics, config=job.config,
-                    history=history, headline=job.headline, started=started, protocol=job.protocol)
+        save_result(
+            args.out,
+            article,
+            job.experiment,
+            job.seed,
+            metrics=metrics,
+            config=job.config,
+            history=history,
+            headline=job.headline,
+            started=started,
+            protocol=job.protocol,
+        )
         checkpoint.remove()
         trained_s, trained = trained_s + time.time() - started, trained + 1
         records.append(load_result(path))
