@@ -86,10 +86,10 @@ def run_article(name, mode, extra, position, names, started, spent):
     if None not in expected:
         done = sum(expected[:position])
         scale = sum(spent.values()) / done if done and spent else 1.0
-        estimate = f", about {runs._duration(sum(expected[position:]) * scale)} left"
+        estimate = f", about {runs.duration(sum(expected[position:]) * scale)} left"
     print(
         f"\n=== [{position + 1}/{len(names)}] {name}: {' '.join(command[1:])} "
-        f"({runs._duration(elapsed)} so far{estimate})",
+        f"({runs.duration(elapsed)} so far{estimate})",
         flush=True,
     )
     begin = time.time()
@@ -117,12 +117,12 @@ def write_report(names, out, reference_dir, mode, path, spent, failed):
         if name in failed:
             verdict = f"{verdict} (train.py failed: see its output)"
         verdicts[name] = verdict
-        took = f", {runs._duration(spent[name])}" if name in spent else ""
+        took = f", {runs.duration(spent[name])}" if name in spent else ""
         lines += ["", f"## {name}: {ARTICLES[name]['title']}", "", f"{ARTICLES[name]['url']}{took}", "", *table]
     if env:
         lines[2] += f" Backend {env['backend']}, device {env['device']}."
     if spent:
-        lines[2] += f" Training took {runs._duration(sum(spent.values()))} in all."
+        lines[2] += f" Training took {runs.duration(sum(spent.values()))} in all."
     lines += ["", "## Verdicts", "", *[f"- {n}: {v}" for n, v in verdicts.items()]]
     text = "\n".join(lines) + "\n"
     runs.write_text_atomic(path, text)
@@ -139,7 +139,9 @@ def write_results_md(path, reference_dir=runs.REFERENCE):
         "mean ± sample std over seeds, the article's own number where it published one, what ran, every "
         "command behind the row, and where and with which code it was measured. Per-seed details (full "
         "config, history, versions, wall time) are in `results/<article>/<experiment>/seed<k>.json`. "
-        "`python reproduce.py` compares your own run with these (runs/report.md).",
+        "`python reproduce.py` compares your own run with these (runs/report.md). Records written before "
+        "2026-11-30 carry neither a protocol nor a code version (shown as `full` and `not recorded`); the next "
+        "refresh of the reference (`python reproduce.py --full --reference --force`) records both.",
     ]
     for name, info in ARTICLES.items():
         records = runs.load_results(reference_dir, name)
@@ -171,8 +173,8 @@ def main(argv=None):
         p.error("--reference writes to results/; drop --out")
     names = args.only or list(ARTICLES)
     mode = "full" if args.full else "smoke" if args.smoke else "quick"
-    if args.reference and mode == "smoke":
-        p.error("--smoke records mean nothing; they cannot be the reference")
+    if args.reference and mode != "full":
+        p.error("the reference holds the full protocol: use --full --reference")
 
     try:
         if args.table_only:
@@ -186,7 +188,7 @@ def main(argv=None):
             if run_article(name, mode, extra, position, names, started, spent) != 0:
                 failed.append(name)
         text, verdicts = write_report(names, out, args.reference_dir, mode, args.report, spent, failed)
-        print("\n" + text + f"\nreport written to {args.report} ({runs._duration(time.time() - started)} in all)")
+        print("\n" + text + f"\nreport written to {args.report} ({runs.duration(time.time() - started)} in all)")
         if args.reference:
             write_results_md(args.results_md, args.reference_dir)
             print(f"rebuilt {args.results_md} from the reference")

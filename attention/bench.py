@@ -4,7 +4,8 @@
     KERAS_BACKEND=jax python attention/bench.py
     python attention/bench.py --jit            # TensorFlow with XLA (jit_compile=True)
 
-The table is printed and written to results/attention/bench_<backend>[_jit].md.
+The table is printed and written to runs/attention/bench_<backend>[_jit].md (with --reference, to
+results/attention/, where the tables attention/README.md quotes are committed).
 
 For each shape, a model ``Input -> attention -> GlobalAveragePooling1D -> Dense(1)`` is timed on one
 batch: a training step (forward, gradient, Adam update; ``train_on_batch``) and a forward pass
@@ -92,6 +93,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=30, help="timed calls per row (median reported)")
     p.add_argument("--jit", action="store_true", help="jit_compile=True (XLA) on TensorFlow")
+    p.add_argument("--reference", action="store_true", help="write the table to results/attention/ (the reference)")
     args = p.parse_args(argv)
     backend = keras.backend.backend()
     jit = True if args.jit else ("auto" if backend != "tensorflow" else False)
@@ -116,7 +118,8 @@ def main(argv=None):
             train_ms, forward_ms = bench(make, shape, args.repeats, jit)
             lines.append(f"| {name} | {train_ms:.2f} | {forward_ms:.2f} |")
             print(lines[-1], flush=True)
-    path = runs.REPO / "results" / "attention" / f"bench_{backend}{'_jit' if args.jit else ''}.md"
+    folder = runs.REFERENCE if args.reference else runs.REPO / "runs"
+    path = folder / "attention" / f"bench_{backend}{'_jit' if args.jit else ''}.md"
     runs.write_text_atomic(path, "\n".join(lines) + "\n")
     print(f"\nwritten to {path}")
 

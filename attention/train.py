@@ -14,7 +14,9 @@ that the padding is neither attended to nor averaged.
 
 Run:  python attention/train.py                 (5 variants x 3 seeds x 5 epochs, about 17 minutes on 2 CPU cores)
       python attention/train.py --variants pe no_pe
-      python attention/train.py --quick         (a 1-minute check of the pipeline)
+      python attention/train.py --quick         (the article's two runs, 1 seed, 3 epochs)
+      python attention/train.py --smoke         (seconds: checks that the script runs)
+Records go to runs/results/ (the committed reference: results/, written only with --reference).
 """
 
 import os
@@ -56,25 +58,33 @@ SOURCE = "kexue.fm/archives/4765, the article's training log (best val_acc over 
 ARTICLE_CODE_EPOCH_S = 14.9  # the article's code (Keras 2 API) on the same 2 CPU cores: ANCHORS.md
 MODES = {
     "full": {"train_size": None, "test_size": None, "epochs": EPOCHS, "seeds": 3, "variants": list(VARIANTS)},
-    # The article's recipe as it is (all data, 5 epochs), one seed of its two runs.
-    "quick": {"train_size": None, "test_size": None, "epochs": EPOCHS, "seeds": 1, "variants": list(ARTICLE_RUNS)},
+    # The article's two runs as they are (all data), one seed, 3 epochs: by then both overfit, and the
+    # position embedding's effect shows (on TensorFlow, seed 0's epochs are the reference's seed 0's).
+    "quick": {"train_size": None, "test_size": None, "epochs": 3, "seeds": 1, "variants": list(ARTICLE_RUNS)},
     # Seconds: the pipeline end to end.
     "smoke": {"train_size": 512, "test_size": 512, "epochs": 1, "seeds": 1, "variants": list(ARTICLE_RUNS)},
 }
+
+
+def val_acc_after(epoch):
+    """The claim's number: a record's val_acc after ``epoch`` (1-based), from its history."""
+    return lambda record: record["history"]["val_accuracy"][epoch - 1]
+
+
 CLAIM = report.Claim(
     statement="the attention classifier reaches about 0.84 on IMDB, and the position embedding raises the "
     "accuracy and reduces overfitting",
-    criterion="with the position embedding the best val_acc is at least 0.83, and both the best and the last "
-    "epoch's val_acc are higher than without it",
+    criterion="with the position embedding the best val_acc is at least 0.83 and higher than without; after epoch 3, "
+    "when both overfit, val_acc is higher with it (the article's log: 0.8313 against 0.8137)",
     rows=[
         report.Row("pe", "pe", "best_val_acc", "with position embedding: best val_acc", max(ARTICLE_LOG["pe"])),
         report.Row("no_pe", "no_pe", "best_val_acc", "without: best val_acc", max(ARTICLE_LOG["no_pe"])),
         report.Row(
-            "pe_last", "pe", "final_val_acc", "with position embedding: val_acc after epoch 5", ARTICLE_LOG["pe"][-1]
+            "pe_3", "pe", val_acc_after(3), "with position embedding: val_acc after epoch 3", ARTICLE_LOG["pe"][2]
         ),
-        report.Row("no_pe_last", "no_pe", "final_val_acc", "without: val_acc after epoch 5", ARTICLE_LOG["no_pe"][-1]),
+        report.Row("no_pe_3", "no_pe", val_acc_after(3), "without: val_acc after epoch 3", ARTICLE_LOG["no_pe"][2]),
     ],
-    holds=lambda v: v["pe"] >= 0.83 and v["pe"] > v["no_pe"] and v["pe_last"] > v["no_pe_last"],
+    holds=lambda v: v["pe"] >= 0.83 and v["pe"] > v["no_pe"] and v["pe_3"] > v["no_pe_3"],
     blog_source=SOURCE,
 )
 
@@ -137,12 +147,13 @@ def train_seed(job, checkpoint):
             metrics=["accuracy"],
             steps_per_execution=cfg["steps_per_execution"],
         )
+        initial_epoch = checkpoint.restore(model)  # in the strategy's scope: it may build the optimizer
     model.fit(
         **feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=seed),
         epochs=cfg["epochs"],
         validation_data=feed.validation(*test, batch_size=BATCH_SIZE),
         verbose=progress.fit_verbose(),
-        initial_epoch=checkpoint.restore(model),
+        initial_epoch=initial_epoch,
         callbacks=[
             EpochTimer(),
             PrintEpoch(ARTICLE_LOG.get(cfg["variant"])),
@@ -235,14 +246,13 @@ def summary(records, out, mode):
             f"quartiles {np.percentile(times, 25):.1f} and {np.percentile(times, 75):.1f} s (the article's code here: "
             f"{ARTICLE_CODE_EPOCH_S} s; goal at most {ARTICLE_CODE_EPOCH_S * 2 / 3:.1f} s)"
         )
-    suffix = "" if mode == "full" else f"-{mode}"
     curves = {v: [r["history"]["val_accuracy"] for r in rs] for v, rs in by_variant.items()}
     figures = []
     if any(v in ARTICLE_RUNS for v in curves):
         figures.append(
             plots.plot_curves(
                 {v: c for v, c in curves.items() if v in ARTICLE_RUNS},
-                Path(out) / ARTICLE / f"val_acc{suffix}.png",
+                Path(out) / ARTICLE / f"{runs.experiment_name('val_acc', mode)}.png",
                 ylabel="validation accuracy",
                 title="IMDB, the article's classifier: val_acc per epoch (mean, min-max)",
                 reference={f"article's log, {v}": ARTICLE_LOG[v] for v in ARTICLE_RUNS if v in by_variant},
@@ -252,7 +262,7 @@ def summary(records, out, mode):
         figures.append(
             plots.plot_curves(
                 {v: c for v, c in curves.items() if v not in ARTICLE_RUNS or v == "pe"},
-                Path(out) / ARTICLE / f"val_acc_extensions{suffix}.png",
+                Path(out) / ARTICLE / f"{runs.experiment_name('val_acc_extensions', mode)}.png",
                 ylabel="validation accuracy",
                 title="IMDB: scaled and masked attention (extension) vs the article's (pe)",
             )
@@ -274,7 +284,7 @@ def main(argv=None):
     print(f"backend {keras.backend.backend()}, mode {args.mode}, variants {variants}, records in {args.out}")
     records = runs.run_jobs(ARTICLE, jobs(args, variants), args, train_seed)
     summary(records, args.out, args.mode)
-    print("\n" + "\n".join(CLAIM.judge(records, runs.load_results(runs.REFERENCE, ARTICLE), args.mode)[1]))
+    report.print_judgement(CLAIM, records, ARTICLE, args.mode)
     return records
 
 

@@ -10,8 +10,8 @@ pair, must be the two digits (acc1); and also the second score must pass 0.5 (ac
 reports the CNN at about 40% / 10% and the capsules above 90% / 90%; the K-means routing of the second
 article lifts the capsules above 95%.
 
-Models, as in the article's code (except that the convolutions run in bfloat16 by default, see
---precision): MNIST / 255; trunk Conv 64-64 (3x3, relu) -> AvgPool 2 -> Conv
+Models, as in the article's code (except that the convolutions run in bfloat16 where the hardware
+has it, see --precision): MNIST / 255; trunk Conv 64-64 (3x3, relu) -> AvgPool 2 -> Conv
 128-128; CNN head GlobalAveragePooling -> Dense 128 relu -> Dense 10 sigmoid, 20 epochs; capsule head:
 the 128-channel feature vectors as capsules -> Capsule(10, 16, 3 routings, shared weights) -> lengths,
 10 epochs; Adam, batch 128, margin loss; the test set as validation. Runs: the CNN and the capsule head
@@ -19,7 +19,9 @@ with each routing (article 4819, K-means 5112, the paper's), 3 seeds each.
 
 Run:  python capsule/train.py                     (4 models x 3 seeds, about 66 minutes on 2 CPU cores)
       python capsule/train.py --models cnn article --seeds 1
-      python capsule/train.py --quick             (about a minute: a check of the pipeline)
+      python capsule/train.py --quick             (CNN vs article routing, 32-64 trunk, 2 epochs, 1 seed)
+      python capsule/train.py --smoke             (seconds: checks that the script runs)
+Records go to runs/results/ (the committed reference: results/, written only with --reference).
 """
 
 import os
@@ -206,12 +208,13 @@ def train_seed(job, checkpoint):
             metrics=["accuracy"],
             steps_per_execution=cli.steps_per_execution(10),
         )
+        initial_epoch = checkpoint.restore(model)  # in the strategy's scope: it may build the optimizer
     model.fit(
         **feed.arrays(*train, batch_size=BATCH_SIZE, shuffle=True, seed=job.seed),
         epochs=cfg["epochs"],
         validation_data=feed.validation(*test, batch_size=BATCH_SIZE),
         verbose=progress.fit_verbose(),
-        initial_epoch=checkpoint.restore(model),
+        initial_epoch=initial_epoch,
         callbacks=[EpochTimer(), PrintEpoch(), keras.callbacks.TerminateOnNaN(), checkpoint],
     )
     history = checkpoint.history
@@ -263,8 +266,10 @@ def jobs(args, models, pairs):
             if mode["val_size"] is not None:
                 config["val_size"] = mode["val_size"]
             size = "all 60,000" if mode["train_size"] is None else f"{mode['train_size']:,}"
-            protocol = f"{args.mode}: {epochs} epochs on {size} MNIST digits, {len(pairs[1]):,} two-digit images" + (
-                "" if mode["width"] == 64 else f", trunk {mode['width']}-{2 * mode['width']} filters"
+            trunk = "" if mode["width"] == 64 else f", trunk {mode['width']}-{2 * mode['width']} filters"
+            protocol = (
+                f"{args.mode}: {epochs} epochs on {size} MNIST digits, {len(pairs[1]):,} two-digit images{trunk}, "
+                f"{args.precision}"
             )
             headline = {
                 "metric": "pair_acc",
@@ -306,9 +311,7 @@ def summary(records, out, mode, pairs):
             f"{m} {a:.3f} / {b:.3f}, MNIST {t:.4f}, {s} s per epoch" for m, (a, b, t, s) in ARTICLE_CODE.items()
         )
     )
-    figure = draw_examples(
-        by_model, pairs, Path(out) / ARTICLE / f"two_digits{'' if mode == 'full' else '-' + mode}.png"
-    )
+    figure = draw_examples(by_model, pairs, Path(out) / ARTICLE / f"{runs.experiment_name('two_digits', mode)}.png")
     print(f"\nfigure: {figure}")
 
 
@@ -369,7 +372,7 @@ def main(argv=None):
     print(f"two-digit test set: {len(pairs[1])} images of 56x28 (pairs with equal digits dropped)")
     records = runs.run_jobs(ARTICLE, jobs(args, models, pairs), args, train_seed)
     summary(records, args.out, args.mode, pairs)
-    print("\n" + "\n".join(CLAIM.judge(records, runs.load_results(runs.REFERENCE, ARTICLE), args.mode)[1]))
+    report.print_judgement(CLAIM, records, ARTICLE, args.mode)
     return records
 
 

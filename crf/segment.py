@@ -207,11 +207,11 @@ class Segmenter:
         """sbme tag ids for each text (no spaces expected). Texts are sorted by length and batched:
         at most ``batch_size`` texts and ``max_chars`` padded positions per batch (long texts go in
         smaller batches), each padded a little (``_padded``: few shapes, few retraces). ``progress``:
-        a label; a progress bar then counts the texts on standard error (in a terminal, for 2000
-        texts or more)."""
+        a label; a progress bar then counts the characters on standard error (in a terminal, for
+        100,000 characters or more)."""
         from utils.progress import Bar
 
-        bar = Bar(len(texts), progress, minimum=2000) if progress else None
+        bar = Bar(sum(len(t) for t in texts), progress, minimum=100_000) if progress else None
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = [None] * len(texts)
         crf_scores = self._crf_scores() if self.crf is not None else None
@@ -226,7 +226,7 @@ class Segmenter:
             for i, path in zip(chunk, paths):
                 out[i] = path
             if bar is not None:
-                bar.add(len(chunk))
+                bar.add(sum(lengths))
         if bar is not None:
             bar.close()
         return out

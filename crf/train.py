@@ -16,10 +16,13 @@ corpus, not the bakeoff's file; every result here says so.
 Run:  python crf/train.py                       (article recipe, 3 seeds, ~25 min a seed on 2 CPU cores)
       python crf/train.py --variant bmes        (+ BMES rules and start/end scores)
       python crf/train.py --variant strong      (our best: bigrams, wider dilated residual CNN, early stopping)
-      python crf/train.py --quick               (a few minutes: 2 x 50 steps, 1 seed)
+      python crf/train.py --quick               (article network, 2 x 150 length-bucketed steps, 1 seed)
+      python crf/train.py --variant article bmes strong strong_bd --ensembles strong all   (crf/README.md)
+      python crf/train.py --smoke               (seconds of training: checks that the script runs)
+Records go to runs/results/ (the committed reference: results/, written only with --reference);
+trained segmenters to runs/crf/<experiment>-seed<k>/ (crf/segment.py loads them).
 """
 
-import functools
 import os
 import sys
 import time
@@ -102,8 +105,8 @@ MODES = {
     # The article's network on fewer, length-bucketed batches (about 5x less padding than corpus
     # order): enough to pass jieba on the test set, in about two minutes here.
     "quick": {"epochs": 2, "steps_per_epoch": 150, "seeds": 1, "bucket": True, "heldout": 1000},
-    # Seconds of training: the pipeline end to end (the test set is still segmented and scored whole).
-    "smoke": {"epochs": 1, "steps_per_epoch": 5, "seeds": 1, "bucket": True, "heldout": 100},
+    # Seconds: the pipeline end to end, scored on the first 300 lines of the test set.
+    "smoke": {"epochs": 1, "steps_per_epoch": 5, "seeds": 1, "bucket": True, "heldout": 100, "test_lines": 300},
 }
 # Ensembles of trained seeds (crf/segment.py: Ensemble), scored on the test set after the variants.
 ENSEMBLES = {"strong": ["strong"], "all": ["strong", "article"]}
@@ -116,18 +119,26 @@ HEADLINE = {
     "blog_source": "kexue.fm/archives/5542 published no score; the article's own code run on these "
     "machines (Keras 2, 10 x 500 steps, same data) reached F1 0.903, OOV recall 0.50 (ANCHORS.md)",
 }
-CLAIM = report.Claim(
-    statement="a CNN with a CRF on top, trained on the bakeoff's segmented text, segments Chinese; the article "
-    "published no score, so the bar is jieba's dictionary-based segmenter on the same test text",
-    criterion="the article's recipe beats jieba's F1 on the PKU test set (bakeoff scoring)",
-    rows=[
-        report.Row("crf", "article-pku", "test_f1", "CNN-CRF, article recipe: PKU test F1"),
-        report.Row("jieba", "jieba-pku", "f1", "jieba 0.42.1, default mode: PKU test F1"),
-        report.Row("crf_oov", "article-pku", "test_oov_recall", "CNN-CRF, article recipe: OOV recall"),
-    ],
-    holds=lambda v: v["crf"] > v["jieba"],
-    blog_source="no score in kexue.fm/archives/5542",
-)
+
+
+def claim(corpus):
+    """The claim on one bakeoff corpus (the reference has PKU)."""
+    name = corpus.upper()
+    return report.Claim(
+        statement="a CNN with a CRF on top, trained on the bakeoff's segmented text, segments Chinese; the article "
+        "published no score, so the bar is jieba's dictionary-based segmenter on the same test text",
+        criterion=f"the article's recipe beats jieba's F1 on the {name} test set (bakeoff scoring)",
+        rows=[
+            report.Row("crf", f"article-{corpus}", "test_f1", f"CNN-CRF, article recipe: {name} test F1"),
+            report.Row("jieba", f"jieba-{corpus}", "f1", f"jieba 0.42.1, default mode: {name} test F1"),
+            report.Row("crf_oov", f"article-{corpus}", "test_oov_recall", "CNN-CRF, article recipe: OOV recall"),
+        ],
+        holds=lambda v: v["crf"] > v["jieba"],
+        blog_source="no score in kexue.fm/archives/5542",
+    )
+
+
+CLAIM = claim("pku")
 
 
 """## 1. Data: sentences, tags, vocabulary"""
@@ -261,10 +272,12 @@ class HeldOutMetric(keras.callbacks.Callback):
 """## 4. Evaluation: bakeoff scores on the official test set, and speed"""
 
 
-def evaluate(cut_lines, test, gold, training_words):
+def evaluate(cut_lines, test, gold, training_words, progress=None):
     """Segment the test input with ``cut_lines`` and score it; adds characters per second (after a
-    warm-up call, so compiling the graph is not counted)."""
-    cut_lines(test)  # warm-up on the same text: every batch shape is compiled before the clock starts
+    warm-up call, so compiling the graph is not counted). ``progress``: a label for a progress bar
+    during the warm-up (``cut_lines`` must then take ``progress=``)."""
+    # warm-up on the same text: every batch shape is compiled before the clock starts
+    cut_lines(test, progress=progress) if progress else cut_lines(test)
     started = time.perf_counter()
     predicted = cut_lines(test)
     seconds = time.perf_counter() - started
@@ -302,14 +315,14 @@ def train_seed(job, checkpoint):
     variant = VARIANTS[cfg["variant"]]
     train, heldout = split(train_all, seed, cfg["heldout"])
     vocab = build_vocab(train, min_count=cfg["min_count"], with_bigrams=variant["bigrams"])
-    with cli.distribution(args):
-        model, crf, tagger = build_model(vocab, cfg["variant"])
-        model.compile(optimizer="adam", loss=crf.loss, metrics=[crf.accuracy])
-    segmenter = Segmenter(tagger, vocab)
     stopping = variant.get("early_stopping") or {}
     if heldout:  # early stopping watches the held-out F1
         checkpoint.monitor, checkpoint.patience = stopping.get("monitor"), stopping.get("patience")
-    initial_epoch = checkpoint.restore(model)
+    with cli.distribution(args):
+        model, crf, tagger = build_model(vocab, cfg["variant"])
+        model.compile(optimizer="adam", loss=crf.loss, metrics=[crf.accuracy])
+        initial_epoch = checkpoint.restore(model)  # in the strategy's scope: it may build the optimizer
+    segmenter = Segmenter(tagger, vocab)
     print(
         f"    {len(train)} training sentences, {len(heldout)} held out, {len(vocab['chars'])} characters, "
         f"{model.count_params():,} parameters",
@@ -343,9 +356,7 @@ def train_seed(job, checkpoint):
         print(f"    scoring the weights of epoch {best_epoch} (best held-out F1)")
     run_dir = args.save / f"{job.experiment}-seed{seed}"
     segmenter.save(run_dir)
-    scores = evaluate(
-        functools.partial(segmenter.cut_lines, progress="segmenting the test set"), test, gold, training_words
-    )
+    scores = evaluate(segmenter.cut_lines, test, gold, training_words, progress="segmenting the test set")
     metrics = {f"test_{k}": v for k, v in scores.items()}
     at = (best_epoch or 0) - 1  # the epoch whose weights are scored: the last, or the best with early stopping
     metrics["heldout_word_set"] = history["heldout_word_set"][at] if history.get("heldout_word_set") else None
@@ -371,7 +382,7 @@ def score_ensemble(job, checkpoint):
             "seeds first (crf/train.py --variant ...) with the same --save"
         )
     _, test, gold, training_words = job.spec["corpus_data"]
-    scores = evaluate(Ensemble.load(folders).cut_lines, test, gold, training_words)
+    scores = evaluate(Ensemble.load(folders).cut_lines, test, gold, training_words, progress="segmenting the test set")
     print(
         f"    {len(folders)} models as one: test F1 {scores['f1']:.4f}, OOV recall {scores['oov_recall']:.4f}",
         flush=True,
@@ -384,17 +395,19 @@ def jobs(args, corpus_data):
     mode, corpus = MODES[args.mode], args.corpus
     seeds = cli.seeds(args, mode["seeds"])
     spec = {"args": args, "corpus_data": corpus_data}
+    cut = {"test_lines": mode["test_lines"]} if mode.get("test_lines") else {}  # named only when the test set is cut
+    on_lines = f", scored on the first {mode['test_lines']} test lines" if cut else ""
     out = [
         runs.Job(
             runs.experiment_name(f"jieba-{corpus}", args.mode),
             0,
-            {"mode": "reference", "tool": "jieba 0.42.1 lcut (default mode)", "corpus": corpus},
+            {"mode": "reference", "tool": "jieba 0.42.1 lcut (default mode)", "corpus": corpus, **cut},
             {
                 **HEADLINE,
                 "metric": "f1",
                 "label": f"jieba default mode (a reference, not ours): {corpus.upper()} test F1",
             },
-            "jieba's dictionary on the test text",
+            "jieba's dictionary on the test text" + on_lines,
             {**spec, "run": run_jieba},
         )
     ]
@@ -414,6 +427,7 @@ def jobs(args, corpus_data):
             "optimizer": "adam",
             "heldout": heldout,
             "min_count": 2,
+            **cut,
         }
         if mode.get("bucket"):
             config["bucket"] = True
@@ -423,6 +437,7 @@ def jobs(args, corpus_data):
             f"{args.mode}: {epochs} x {mode['steps_per_epoch']} steps of {BATCH_SIZE} sentences"
             + (", length-bucketed" if config.get("bucket") else "")
             + f", {heldout} held out"
+            + on_lines
         )
         out += [
             runs.Job(
@@ -475,6 +490,16 @@ def summary(records):
         )
 
 
+def default_save(out):
+    """Models are never committed: a user's go to runs/crf/ (where crf/segment.py's examples look), the
+    reference's to runs/crf-reference/, those of any other records folder inside it."""
+    if out == runs.USER_RUNS:
+        return runs.REPO / "runs" / "crf"
+    if out == runs.REFERENCE:
+        return runs.REPO / "runs" / "crf-reference"
+    return out / "models"
+
+
 def main(argv=None):
     p = cli.parser(__doc__)
     p.add_argument(
@@ -496,12 +521,21 @@ def main(argv=None):
         help=f"training sentences held out (default {HELDOUT}; the strong variants' 1000; quick mode 1000)",
     )
     p.add_argument(
-        "--save", type=Path, default=runs.REPO / "runs" / "crf", help="where trained models go (default runs/crf/)"
+        "--save",
+        type=Path,
+        default=None,
+        help="where trained models go (default: runs/crf/ for runs/results/, runs/crf-reference/ for the reference, "
+        "else <out>/models/)",
     )
     args = cli.parse(p, argv)
+    args.save = args.save or default_save(args.out)
     if args.heldout is not None and args.heldout < 0:
         p.error(f"--heldout must be 0 or more, got {args.heldout}")
     corpus_data = load_corpus(args.corpus)
+    test_lines = MODES[args.mode].get("test_lines")
+    if test_lines:
+        train_all, test, gold, training_words = corpus_data
+        corpus_data = (train_all, test[:test_lines], gold[:test_lines], training_words)
     if args.heldout is not None and args.heldout >= len(corpus_data[0]):
         p.error(
             f"--heldout {args.heldout} leaves nothing to train on: the {args.corpus} training set has "
@@ -513,7 +547,7 @@ def main(argv=None):
     )
     records = runs.run_jobs(ARTICLE, jobs(args, corpus_data), args, lambda job, ckpt: job.spec["run"](job, ckpt))
     summary(records)
-    print("\n" + "\n".join(CLAIM.judge(records, runs.load_results(runs.REFERENCE, ARTICLE), args.mode)[1]))
+    report.print_judgement(claim(args.corpus), records, ARTICLE, args.mode)
     return records
 
 

@@ -54,6 +54,8 @@ def parse(p, argv=None):
         p.error(f"--epochs must be at least 1, got {args.epochs}")
     if args.cpu_devices is not None and args.cpu_devices < 1:
         p.error(f"--cpu-devices must be at least 1, got {args.cpu_devices}")
+    if args.reference and (args.quick or args.smoke):
+        p.error("--reference holds the full protocol; drop --quick / --smoke, or drop --reference")
     if args.reference and args.out is not None and args.out.resolve() != REFERENCE:
         p.error(f"--reference writes to {REFERENCE}; drop --out {args.out}, or drop --reference")
     args.out = REFERENCE if args.reference else (args.out or USER_RUNS).resolve()

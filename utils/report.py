@@ -20,14 +20,23 @@ REPRODUCED, NOT_REPRODUCED, INCOMPLETE = "reproduced", "NOT reproduced", "incomp
 @dataclass
 class Row:
     """One number a claim rests on: ``metric`` of experiment ``experiment`` (the base name; the quick
-    mode's records are ``<experiment>-quick``), called ``key`` in ``Claim.holds``."""
+    mode's records are ``<experiment>-quick``), called ``key`` in ``Claim.holds``. ``metric`` is a key
+    of the record's metrics, or a function of the record (e.g. a value from its history)."""
 
     key: str
     experiment: str
-    metric: str
+    metric: str | Callable
     label: str
     blog: float | None = None
     digits: int = 4
+
+    def value(self, record):
+        if callable(self.metric):
+            try:
+                return self.metric(record)
+            except (KeyError, IndexError, TypeError):  # the record has no such number (e.g. fewer epochs)
+                return None
+        return record["metrics"].get(self.metric)
 
 
 @dataclass
@@ -53,7 +62,7 @@ class Claim:
         out = {}
         for row in self.rows:
             name = runs.experiment_name(row.experiment, mode)
-            out[row.key] = [r["metrics"].get(row.metric) for r in records if r["experiment"] == name]
+            out[row.key] = [row.value(r) for r in records if r["experiment"] == name]
         return out
 
     def verdict(self, records, mode):
@@ -68,13 +77,11 @@ class Claim:
         reference, this run) and the verdict."""
         verdict = self.verdict(records, mode)
         run_values, ref_values = self.values(records, mode), self.values(reference, "full")
-        protocols = sorted(
-            {
-                r.get("protocol", "")
-                for r in records
-                if any(r["experiment"] == runs.experiment_name(row.experiment, mode) for row in self.rows)
-            }
-        )
+        names = {runs.experiment_name(row.experiment, mode) for row in self.rows}
+        used = [r for r in records if r["experiment"] in names]
+        protocols = sorted({r.get("protocol", "") for r in used})
+        versions = sorted({runs.describe_version(r.get("code_version")) for r in used})
+        current = runs.describe_version(runs.code_version())
         lines = [
             f"Claim: {self.statement}",
             f"Criterion: {self.criterion}",
@@ -89,10 +96,21 @@ class Claim:
                 f"{_cell(run_values[row.key], row.digits)} |"
             )
         lines += ["", f"This run: {'; '.join(p for p in protocols if p) or 'no records'}."]
+        if used:
+            other = "" if versions == [current] else f" (this checkout is {current}: --force reruns them with it)"
+            lines.append(f"Code of this run's records: {', '.join(versions)}{other}.")
         if self.blog_source:
             lines.append(f"Blog column: {self.blog_source}.")
         lines += ["", f"**Verdict: {verdict}**"]
         return verdict, lines
+
+
+def print_judgement(claim, records, article, mode):
+    """What every train.py prints last: ``claim`` judged on this run's records against the reference
+    (``results/``). Returns the verdict."""
+    verdict, lines = claim.judge(records, runs.load_results(runs.REFERENCE, article), mode)
+    print("\n" + "\n".join(lines), flush=True)
+    return verdict
 
 
 def _cell(values, digits):

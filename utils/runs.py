@@ -145,8 +145,10 @@ def code_version(repo=REPO):
 
 
 def describe_version(version):
-    """``abc1234`` or ``abc1234+changes`` (``unknown`` outside a git checkout)."""
-    version = version or {}
+    """``abc1234`` or ``abc1234+changes``; ``unknown`` outside a git checkout; ``not recorded`` for a
+    record written before records carried their code version."""
+    if version is None:
+        return "not recorded"
     if not version.get("commit"):
         return "unknown"
     return version["commit"][:7] + ("+changes" if version.get("dirty") else "")
@@ -409,9 +411,11 @@ def run_jobs(article, jobs, args, train):
             print(f"{tag}: done already ({_relative(path)})", flush=True)
             records.append(done)
             continue
-        left = len(jobs) - index
-        estimate = f", about {_duration(trained_s / trained * left)} left" if trained else ""
-        print(f"{tag} ({job.protocol}): {_duration(time.time() - started_all)} so far{estimate}", flush=True)
+        left = sum(
+            1 for j in jobs[index:] if args.force or not result_path(args.out, article, j.experiment, j.seed).is_file()
+        )
+        estimate = f", about {duration(trained_s / trained * left)} left" if trained else ""
+        print(f"{tag} ({job.protocol}): {duration(time.time() - started_all)} so far{estimate}", flush=True)
         started = time.time()
         set_seed(job.seed)
         checkpoint = Checkpoint(
@@ -452,6 +456,6 @@ def _relative(path):
         return path
 
 
-def _duration(seconds):
+def duration(seconds):
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds // 60 % 60:02d}"
