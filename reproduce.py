@@ -35,27 +35,27 @@ ARTICLES = {
         "title": "浅谈神经网络中激活函数的设计 (On designing activation functions)",
         "url": "https://kexue.fm/archives/4647",
         "full": [],
-        "quick_s": 150,  # measured with `python reproduce.py` here (README), for the time estimate
+        "quick_s": 70,  # measured with `python reproduce.py` here (README), for the time estimate
     },
     "attention": {
         "title": "《Attention is All You Need》浅读（简介+代码） (A first reading of Attention is All You Need)",
         "url": "https://kexue.fm/archives/4765",
         "full": [],
-        "quick_s": 150,
+        "quick_s": 270,
     },
     "capsule": {
         "title": "揭开迷雾，来一顿美味的Capsule盛宴 / 再来一顿贺岁宴：从K-Means到Capsule "
         "(Capsules, and their K-means reading)",
         "url": "https://kexue.fm/archives/4819",
         "full": [],
-        "quick_s": 300,
+        "quick_s": 230,
     },
     "crf": {
         "title": "简明条件随机场CRF介绍（附带纯Keras实现） (A concise CRF, with a pure-Keras implementation)",
         "url": "https://kexue.fm/archives/5542",
         # every variant and ensemble in crf/README.md
         "full": ["--variant", "article", "bmes", "strong", "strong_bd", "--ensembles", "strong", "all"],
-        "quick_s": 150,
+        "quick_s": 100,
     },
 }
 
