@@ -84,8 +84,9 @@ def run_article(name, mode, extra, position, names, started, spent):
     expected = [expected_seconds(n, mode) for n in names]
     estimate = ""
     if None not in expected:
-        done = sum(expected[:position])
-        scale = sum(spent.values()) / done if done and spent else 1.0
+        # how this machine compares, from the articles that trained (not those whose records were reused)
+        trained = [(spent[n], e) for n, e in zip(names[:position], expected) if spent.get(n, 0) > 0.2 * e]
+        scale = sum(t for t, _ in trained) / sum(e for _, e in trained) if trained else 1.0
         estimate = f", about {runs.duration(sum(expected[position:]) * scale)} left"
     print(
         f"\n=== [{position + 1}/{len(names)}] {name}: {' '.join(command[1:])} "
@@ -105,7 +106,7 @@ def write_report(names, out, reference_dir, mode, path, spent, failed):
         f"# Reproduction report ({mode} mode)",
         "",
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, code {runs.describe_version(runs.code_version())}, "
-        f"{runs.machine()}. Records: `{out}`. Reference: `results/` (the full protocol, committed).",
+        f"{runs.machine()}. Records: `{runs.relative(out)}`. Reference: `results/` (the full protocol, committed).",
     ]
     verdicts = {}
     for name in names:

@@ -1,6 +1,7 @@
 """utils/: dataset loaders on the real data folder, clear errors, atomic results, CLI, plots, RESULTS.md."""
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -710,3 +711,95 @@ def test_a_corrupt_or_mismatched_checkpoint_is_named(tmp_path):
         SystemExit, match=r"model variable 0 .* is \(3, 5\) in this model but \(3, 2\) in the checkpoint"
     ):
         Checkpoint(path, {}).restore(wider)
+
+
+# --------------------------------------------------------------------------------------------------
+# progress
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_draws_on_stderr_only_in_a_terminal(monkeypatch):
+    """Keras's Progbar, drawn on standard error when it is a terminal; nothing in a log; nothing ever
+    on standard output (which may carry a segmenter's words). fit's verbosity follows stdout."""
+    pytest.importorskip(BACKEND)
+    from utils import progress
+
+    out, err = _Terminal(), _Terminal()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert progress.fit_verbose() == 1
+    bar = progress.Bar(300, "segmenting", minimum=100)
+    for _ in range(3):
+        bar.add(100)
+    bar.close()
+    assert out.getvalue() == "" and "segmenting" in err.getvalue() and "300/300" in err.getvalue()
+
+    log, err_log = io.StringIO(), io.StringIO()  # not terminals
+    monkeypatch.setattr(sys, "stdout", log)
+    monkeypatch.setattr(sys, "stderr", err_log)
+    assert progress.fit_verbose() == 0
+    quiet = progress.Bar(300, "segmenting", minimum=100)
+    quiet.add(300)
+    quiet.close()
+    assert log.getvalue() == err_log.getvalue() == ""
+    monkeypatch.setattr(sys, "stderr", err)
+    small = progress.Bar(50, "few", minimum=100)  # below the minimum: no bar
+    small.add(50)
+    assert "few" not in err.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# claims and verdicts
+
+
+def test_claim_judges_one_run_against_the_reference():
+    from utils import report
+
+    claim = report.Claim(
+        statement="a beats b",
+        criterion="a's score is above b's",
+        rows=[
+            report.Row("a", "a", "score", "a: score", blog=0.9),
+            report.Row("b", "b", "score", "b: score"),
+            report.Row("a_first", "a", lambda r: r["history"]["acc"][0], "a: first epoch", digits=2),
+        ],
+        holds=lambda v: v["a"] > v["b"],
+        blog_source="the article",
+    )
+
+    def record(experiment, seed, score, version=None):
+        return {
+            "experiment": experiment,
+            "seed": seed,
+            "metrics": {"score": score},
+            "history": {"acc": [0.5]},
+            "protocol": "quick: 1 epoch",
+            "code_version": version or runs.code_version(),
+        }
+
+    reference = [record("a", 0, 0.8), record("a", 1, 0.9), record("b", 0, 0.1)]
+    run = [record("a-quick", 0, 0.7), record("b-quick", 0, 0.2)]
+    verdict, lines = claim.judge(run, reference, "quick")
+    assert verdict == report.REPRODUCED and lines[-1] == "**Verdict: reproduced**"
+    assert "| a: score | 0.9 | 0.8500 ± 0.0707 (2 seeds) | 0.7000 (1 seed) |" in lines
+    assert "| a: first epoch | - | 0.50 ± 0.00 (2 seeds) | 0.50 (1 seed) |" in lines
+    assert "This run: quick: 1 epoch." in lines and "Blog column: the article." in lines
+    assert f"Code of this run's records: {runs.describe_version(runs.code_version())}." in lines
+    # the criterion can fail; a missing or diverged number makes the run incomplete, not a pass
+    assert claim.verdict([record("a-quick", 0, 0.1), record("b-quick", 0, 0.2)], "quick") == report.NOT_REPRODUCED
+    assert claim.verdict(run[:1], "quick") == report.INCOMPLETE
+    assert claim.verdict([record("a-quick", 0, None), run[1]], "quick") == report.INCOMPLETE
+    assert claim.verdict(reference, "quick") == report.INCOMPLETE  # full records are not a quick run's
+    _, lines = claim.judge([record("a-quick", 0, None), run[1]], reference, "quick")
+    assert "| a: score | 0.9 | 0.8500 ± 0.0707 (2 seeds) | diverged |" in lines
+    _, lines = claim.judge(run[:1], reference, "quick")
+    assert "| b: score | - | 0.1000 (1 seed) | not run |" in lines
+    old = [record("a-quick", 0, 0.7, {"commit": "0" * 40, "dirty": False}), run[1]]
+    _, lines = claim.judge(old, reference, "quick")
+    assert any(
+        line.startswith("Code of this run's records: 0000000, ") and "--force reruns them" in line for line in lines
+    )

@@ -408,7 +408,7 @@ def run_jobs(article, jobs, args, train):
         done = reusable(path, job.config, args.force)
         tag = f"[{article} {index + 1}/{len(jobs)}] {job.experiment} seed {job.seed}"
         if done is not None:
-            print(f"{tag}: done already ({_relative(path)})", flush=True)
+            print(f"{tag}: done already ({relative(path)})", flush=True)
             records.append(done)
             continue
         left = sum(
@@ -449,7 +449,8 @@ def _backend():
     return keras.backend.backend()
 
 
-def _relative(path):
+def relative(path):
+    """``path`` relative to the repository when it is inside it (for messages), else as it is."""
     try:
         return Path(path).resolve().relative_to(REPO)
     except ValueError:
