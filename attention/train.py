@@ -72,10 +72,11 @@ def val_acc_after(epoch):
 
 
 CLAIM = report.Claim(
-    statement="the attention classifier reaches about 0.84 on IMDB, and the position embedding raises the "
-    "accuracy and reduces overfitting",
-    criterion="with the position embedding the best val_acc is at least 0.83 and higher than without; after epoch 3, "
-    "when both overfit, val_acc is higher with it (the article's log: 0.8313 against 0.8137)",
+    statement="the attention classifier reaches about 0.84 on IMDB, and the position embedding reduces overfitting "
+    "(the article also reads a higher best accuracy into 0.8447 against 0.8430, a difference within one seed's "
+    "noise, which only the full protocol's 3 seeds can resolve)",
+    criterion="the best val_acc is at least 0.83 with and without the position embedding, and after epoch 3, when "
+    "both overfit, val_acc is higher with it (the article's log: 0.8313 against 0.8137)",
     rows=[
         report.Row("pe", "pe", "best_val_acc", "with position embedding: best val_acc", max(ARTICLE_LOG["pe"])),
         report.Row("no_pe", "no_pe", "best_val_acc", "without: best val_acc", max(ARTICLE_LOG["no_pe"])),
@@ -84,7 +85,7 @@ CLAIM = report.Claim(
         ),
         report.Row("no_pe_3", "no_pe", val_acc_after(3), "without: val_acc after epoch 3", ARTICLE_LOG["no_pe"][2]),
     ],
-    holds=lambda v: v["pe"] >= 0.83 and v["pe"] > v["no_pe"] and v["pe_3"] > v["no_pe_3"],
+    holds=lambda v: min(v["pe"], v["no_pe"]) >= 0.83 and v["pe_3"] > v["no_pe_3"],
     blog_source=SOURCE,
 )
 
