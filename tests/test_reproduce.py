@@ -25,7 +25,7 @@ def test_main_job_runs_into_its_own_folder_and_reports_a_verdict_per_article(tmp
     """`reproduce.py` (smoke mode here, to stay short) trains two articles into the folder given, prints
     and writes the report (blog, reference, this run, verdict per article), and leaves the committed
     reference and RESULTS.md as they were."""
-    require_data("mnist/mnist.npz")
+    require_data("imdb/imdb.npz")
     for part in (
         "training/pku_training.utf8",
         "testing/pku_test.utf8",
@@ -41,7 +41,7 @@ def test_main_job_runs_into_its_own_folder_and_reports_a_verdict_per_article(tmp
             "reproduce.py",
             "--smoke",
             "--only",
-            "activations",
+            "attention",
             "crf",
             "--out",
             str(out),
@@ -54,11 +54,11 @@ def test_main_job_runs_into_its_own_folder_and_reports_a_verdict_per_article(tmp
         timeout=1200,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "=== [1/2] activations: activations/train.py --smoke" in done.stdout
+    assert "=== [1/2] attention: attention/train.py --smoke" in done.stdout
     assert "=== [2/2] crf: crf/train.py --smoke" in done.stdout and "so far" in done.stdout
     text = report_md.read_text(encoding="utf-8")
     assert text in done.stdout and "# Reproduction report (smoke mode)" in text
-    for name in ("activations", "crf"):
+    for name in ("attention", "crf"):
         assert f"## {name}: " in text
         assert f"- {name}: {report.REPRODUCED}" in text or f"- {name}: {report.NOT_REPRODUCED}" in text
     assert "| number | blog | reference (full protocol) | this run |" in text
