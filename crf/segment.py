@@ -206,7 +206,7 @@ class Segmenter:
     def tag(self, texts, batch_size=256, max_chars=16384, progress=None):
         """sbme tag ids for each text (no spaces expected). Texts are sorted by length and batched:
         at most ``batch_size`` texts and ``max_chars`` padded positions per batch (long texts go in
-        smaller batches), each padded a little (``_padded``: few shapes, few retraces). ``progress``:
+        smaller batches), each padded a little (``padded_length``: few shapes, few retraces). ``progress``:
         a label; a progress bar then counts the characters on standard error (in a terminal, for
         100,000 characters or more)."""
         from utils.progress import Bar
@@ -219,10 +219,12 @@ class Segmenter:
             batch = [texts[i] for i in chunk]
             longest, lengths = len(batch[-1]), [len(t) for t in batch]
             if crf_scores is None:
-                tags = np.asarray(self.tagger.predict_on_batch(features(batch, self.vocab, length=_padded(longest))))
+                tags = np.asarray(
+                    self.tagger.predict_on_batch(features(batch, self.vocab, length=padded_length(longest)))
+                )
                 paths = [tags[row, :n].tolist() for row, n in enumerate(lengths)]
             else:
-                paths = viterbi(self._emission_scores(batch, _padded(longest))[:, :longest], lengths, *crf_scores)
+                paths = viterbi(self._emission_scores(batch, padded_length(longest))[:, :longest], lengths, *crf_scores)
             for i, path in zip(chunk, paths):
                 out[i] = path
             if bar is not None:
@@ -294,7 +296,7 @@ class Ensemble(Segmenter):
         return sum(m._emission_scores(texts, length) for m in self.members)
 
 
-def _padded(length):
+def padded_length(length):
     """Padded length for a batch whose longest text has ``length`` characters: rounded up to a step
     of 8 below 64, then a quarter of the power of two below (64, 80, 96, 112, 128, 160, ...), so
     padding stays under 25% from 32 characters on (under 8 below) and a file needs few distinct
@@ -311,7 +313,7 @@ def _batches(order, lengths, batch_size, max_chars):
         raise ValueError(f"batch_size and max_chars must be at least 1, got {batch_size} and {max_chars}")
     batch = []
     for item, length in zip(order, lengths):
-        if batch and (len(batch) == batch_size or (len(batch) + 1) * _padded(length) > max_chars):
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * padded_length(length) > max_chars):
             yield batch
             batch = []
         batch.append(item)
