@@ -8,6 +8,7 @@
     python reproduce.py --smoke          seconds per article: checks that every script runs here (verdicts
                                          mean nothing)
     python reproduce.py --table-only     only rebuild RESULTS.md from the reference (results/)
+    python reproduce.py --report-only    only judge the records already in runs/results/ (or --out) again
     python reproduce.py --reference      write into results/ (refresh the reference) and rebuild RESULTS.md
 
 Each article's train.py runs in its own process (a clean Keras state) with the same backend
@@ -160,6 +161,7 @@ def main(argv=None):
     modes.add_argument("--smoke", action="store_true", help="seconds per article: checks that every script runs")
     p.add_argument("--only", nargs="+", choices=sorted(ARTICLES), help="run only these articles")
     p.add_argument("--table-only", action="store_true", help="do not train; rebuild RESULTS.md from results/")
+    p.add_argument("--report-only", action="store_true", help="do not train; write the report from the records there")
     p.add_argument(
         "--reference", action="store_true", help="write into results/ (the reference), then rebuild RESULTS.md"
     )
@@ -185,7 +187,7 @@ def main(argv=None):
         out = runs.REFERENCE if args.reference else (args.out or runs.USER_RUNS).resolve()
         extra += ["--reference"] if args.reference else (["--out", str(out)] if args.out else [])
         failed, spent, started = [], {}, time.time()
-        for position, name in enumerate(names):
+        for position, name in enumerate([] if args.report_only else names):
             if run_article(name, mode, extra, position, names, started, spent) != 0:
                 failed.append(name)
         text, verdicts = write_report(names, out, args.reference_dir, mode, args.report, spent, failed)

@@ -160,3 +160,26 @@ def test_the_full_protocol_covers_and_reuses_every_reference_record():
             for r in runs.load_results(runs.REFERENCE, article)
         }
         assert committed and committed == named, sorted(committed - named)
+
+
+def test_report_only_judges_the_records_there_without_training(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "reproduce.py",
+            "--report-only",
+            "--only",
+            "crf",
+            "--out",
+            str(tmp_path / "r"),
+            "--report",
+            str(tmp_path / "report.md"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "=== " not in done.stdout and "- crf: incomplete" in text and "| not run |" in text
