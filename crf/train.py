@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from crf.layers import CRF, ZeroMasked, allowed_transitions  # noqa: E402
 from crf.scoring import bakeoff_score, word_set_score  # noqa: E402
-from crf.segment import UNKNOWN, Ensemble, Segmenter, build_vocab, features, pad, padded_length, word_tags  # noqa: E402
+from crf.segment import UNKNOWN, Ensemble, Segmenter, build_vocab, features, pad, word_tags  # noqa: E402
 from utils import cli, data, progress, report, runs  # noqa: E402
 from utils.callbacks import EpochTimer, PrintEpoch  # noqa: E402
 
@@ -151,15 +151,13 @@ def split(sentences, seed, heldout):
 
 def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout=0.0):
     """Endless (char ids, tags) batches of 128 sentences, each padded to its longest sentence (no
-    maximum length) rounded up to the segmenter's length ladder (``padded_length``: under 25% more,
-    few distinct shapes); ``start_step`` resumes mid-run at exactly the batch it would have reached.
+    maximum length); ``start_step`` resumes mid-run at exactly the batch it would have reached.
 
     Without ``bucket``: corpus order, as the article's generator. PKU sentences run from 1 to 1019
     characters, so such a batch is on average 5.6x longer than its mean sentence, and most of the
     convolutions' work is padding. With ``bucket``: each pass over the data is reshuffled (seeded by
     ``seed`` and the pass), cut into pools of 50 batches, each pool sorted by length and cut into
-    batches, and the batches of the pass shuffled: the same sentences per pass, about 1.1x padding
-    before the ladder.
+    batches, and the batches of the pass shuffled: the same sentences per pass, about 1.1x padding.
     ``bigram_dropout``: the share of (real) bigram ids replaced by "unknown", seeded by ``seed`` and
     the step, so a model cannot lean on the bigram table alone and learns unseen bigrams' case.
     """
@@ -178,12 +176,7 @@ def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout
         if bigram_dropout and len(x) > 1:
             drop = np.random.default_rng([seed, step, 1]).random(x[1].shape) < bigram_dropout
             x[1] = np.where(drop & (x[1] > 0), UNKNOWN, x[1]).astype(x[1].dtype)
-        # Padded further, to the segmenter's length ladder: a few shapes instead of one per batch, so a
-        # compiled step (JAX; XLA on a GPU) is reused rather than rebuilt. Padding is masked: the loss
-        # is the same.
-        length = padded_length(x[0].shape[1])
-        x = [np.pad(ids, ((0, 0), (0, length - ids.shape[1]))) for ids in x]
-        yield (tuple(x) if len(x) > 1 else x[0]), pad([word_tags(words) for words in chunk], length=length)
+        yield (tuple(x) if len(x) > 1 else x[0]), pad([word_tags(words) for words in chunk], length=x[0].shape[1])
         step += 1
 
 

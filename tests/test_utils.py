@@ -796,8 +796,11 @@ def test_claim_judges_one_run_against_the_reference():
     assert claim.verdict(reference, "quick") == report.INCOMPLETE  # full records are not a quick run's
     _, lines = claim.judge([record("a-quick", 0, None), run[1]], reference, "quick")
     assert "| a: score | 0.9 | 0.8500 ± 0.0707 (2 seeds) | diverged |" in lines
+    short = [{**run[0], "history": {"acc": []}}, run[1]]  # a run with no first epoch: not measured, not diverged
+    _, lines = claim.judge(short, reference, "quick")
+    assert "| a: first epoch | - | 0.50 ± 0.00 (2 seeds) | not measured |" in lines
     _, lines = claim.judge(run[:1], reference, "quick")
-    assert "| b: score | - | 0.1000 (1 seed) | not run |" in lines
+    assert "| b: score | - | 0.1000 (1 seed) | not measured |" in lines
     old = [record("a-quick", 0, 0.7, {"commit": "0" * 40, "dirty": False}), run[1]]
     _, lines = claim.judge(old, reference, "quick")
     assert any(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from utils import runs
 
 REPRODUCED, NOT_REPRODUCED, INCOMPLETE = "reproduced", "NOT reproduced", "incomplete"
+MISSING = object()  # a number a record does not have
 
 
 @dataclass
@@ -31,12 +32,14 @@ class Row:
     digits: int = 4
 
     def value(self, record):
-        if callable(self.metric):
-            try:
-                return self.metric(record)
-            except (KeyError, IndexError, TypeError):  # the record has no such number (e.g. fewer epochs)
-                return None
-        return record["metrics"].get(self.metric)
+        """The number in ``record``, None if it diverged (NaN is stored as null), ``MISSING`` if the
+        record has no such number (e.g. a run with fewer epochs)."""
+        if not callable(self.metric):
+            return record["metrics"].get(self.metric, MISSING)
+        try:
+            return self.metric(record)
+        except (KeyError, IndexError, TypeError):
+            return MISSING
 
 
 @dataclass
@@ -62,7 +65,8 @@ class Claim:
         out = {}
         for row in self.rows:
             name = runs.experiment_name(row.experiment, mode)
-            out[row.key] = [row.value(r) for r in records if r["experiment"] == name]
+            values = [row.value(r) for r in records if r["experiment"] == name]
+            out[row.key] = [v for v in values if v is not MISSING]
         return out
 
     def verdict(self, records, mode):
@@ -116,7 +120,7 @@ def print_judgement(claim, records, article, mode):
 def _cell(values, digits):
     finite = [v for v in values if v is not None]
     if not values:
-        return "not run"
+        return "not measured"
     if not finite:
         return "diverged"
     return f"{runs.format_mean_std(values, digits)} ({len(values)} seed{'s' if len(values) > 1 else ''})"
