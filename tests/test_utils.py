@@ -484,25 +484,26 @@ def _fake_record(root, experiment, seed, value, mode="full", command="python act
     runs.write_json_atomic(runs.result_path(root, "activations", experiment, seed), record)
 
 
+def _table_only(reference, results_md):
+    """`reproduce.py --table-only` over the records in ``reference``, writing ``results_md``."""
+    command = [
+        sys.executable,
+        str(REPO / "reproduce.py"),
+        "--table-only",
+        "--reference-dir",
+        str(reference),
+        "--results-md",
+        str(results_md),
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def test_results_md_is_a_table_over_the_reference_with_every_command(tmp_path):
     reference = tmp_path / "reference"
     _fake_record(reference, "mlp-relu", 0, 0.97)
     _fake_record(reference, "mlp-relu", 1, 0.99, command="python activations/train.py --seed 1 --seeds 1")
     out = tmp_path / "RESULTS.md"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "reproduce.py"),
-            "--table-only",
-            "--reference-dir",
-            str(reference),
-            "--results-md",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _table_only(reference, out)
     assert done.returncode == 0, done.stderr
     text = out.read_text(encoding="utf-8")
     assert (
@@ -513,20 +514,7 @@ def test_results_md_is_a_table_over_the_reference_with_every_command(tmp_path):
     assert "Blog column: src." in text and "No reference records yet." in text  # the other articles
 
     (reference / "activations" / "mlp-relu" / "seed1.json").write_text('{"article": ')
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "reproduce.py"),
-            "--table-only",
-            "--reference-dir",
-            str(reference),
-            "--results-md",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _table_only(reference, out)
     assert done.returncode != 0 and "mlp-relu/seed1.json: not a readable result record" in done.stderr
     assert "0.9800 ± 0.0141" in out.read_text(encoding="utf-8")  # the table was not rewritten
 
