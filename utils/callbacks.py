@@ -14,13 +14,19 @@ from utils.runs import write_bytes_atomic
 
 class EpochTimer(keras.callbacks.Callback):
     """Adds ``epoch_time_s`` (wall seconds of the epoch, validation and earlier callbacks included)
-    to the epoch's logs, so it lands in the history next to the loss."""
+    and ``train_time_s`` (the training part alone: up to the validation pass) to the epoch's logs, so
+    they land in the history next to the loss."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
+        self.start, self.train_s = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if getattr(self, "train_s", 0) is None:  # the epoch's validation pass starts: training is over
+            self.train_s = time.perf_counter() - self.start
 
     def on_epoch_end(self, epoch, logs=None):
         logs["epoch_time_s"] = time.perf_counter() - self.start
+        logs["train_time_s"] = logs["epoch_time_s"] if self.train_s is None else self.train_s
 
 
 class PrintEpoch(keras.callbacks.Callback):

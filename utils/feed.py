@@ -21,9 +21,10 @@ def arrays(x, y, *, batch_size, shuffle=False, seed=None):
         return {"x": x, "y": y, "batch_size": batch_size, "shuffle": shuffle}
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    dataset = tf.data.Dataset.from_tensor_slices((tuple(x) if isinstance(x, list) else x, y))
     if shuffle:
-        dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        n = len(x[0]) if isinstance(x, (tuple, list)) else len(x)  # several inputs: a tuple of arrays
+        dataset = dataset.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     options = tf.data.Options()
     options.autotune.enabled = False
     return {"x": dataset.batch(batch_size).with_options(options), "shuffle": False}  # it shuffles itself
