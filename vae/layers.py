@@ -46,8 +46,6 @@ importance-weighted bound (Burda et al., 2016) is a tighter estimate of log p(X)
 approaches log p(X) as the number of samples k grows.
 """
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
@@ -129,15 +127,21 @@ def check_images(x, name="images"):
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
-            f"{name}: value {values[where]!r} at index {where} is outside [0, 1] ({int(bad.sum())} such values); "
-            "the Bernoulli decoder reads pixels as probabilities: divide 8-bit images by 255"
+            f"{name}: value {float(values[where])!r} at index {where} is outside [0, 1] "
+            f"({int(bad.sum())} such values); the Bernoulli decoder reads pixels as probabilities: "
+            "divide 8-bit images by 255"
         )
     return x
 
 
 def _pair_shapes(layer, inputs, names):
-    if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, len(names)):
-        got = f"{len(inputs)} tensors" if isinstance(inputs, (list, tuple)) else "one tensor"
+    if (
+        not isinstance(inputs, (list, tuple))
+        or len(inputs) not in (2, len(names))
+        or not all(isinstance(s, (list, tuple)) for s in inputs)  # a single tensor's shape is a tuple of ints
+    ):
+        several = isinstance(inputs, (list, tuple)) and all(isinstance(s, (list, tuple)) for s in inputs)
+        got = f"{len(inputs)} tensors" if several else "one tensor"
         raise ValueError(f"{layer}: expects a list [{', '.join(names)}] (the last optional), got {got}")
     shapes = [tuple(s) for s in inputs]
     if shapes[0][-1:] != shapes[1][-1:] or len(shapes[0]) != len(shapes[1]):
@@ -191,6 +195,17 @@ class Sampling(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
 
+    # Keras saves a layer's weights but not its random generators' states; these two add it, so that
+    # a reloaded model goes on with the same draws.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store["seed_generator_state"] = ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store):
+        if "seed_generator_state" in store:
+            self.seed_generator.state.assign(store["seed_generator_state"])
+        super().load_own_variables({key: store[key] for key in store.keys() if key != "seed_generator_state"})
+
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
 
@@ -217,7 +232,7 @@ class KLDivergence(keras.layers.Layer):
 
     def __init__(self, weight=1.0, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 or weight == math.inf:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 or weight == np.inf:
             raise ValueError(f"KLDivergence: weight must be a finite float >= 0, got {weight!r}")
         self.weight = float(weight)
 
@@ -241,7 +256,7 @@ def gaussian_log_density(z, mean, log_var=None):
     z = _as_float(z)
     mean = ops.cast(mean, z.dtype)
     log_var = ops.zeros_like(z) if log_var is None else ops.cast(log_var, z.dtype)
-    terms = ops.square(z - mean) * ops.exp(-log_var) + log_var + math.log(2.0 * math.pi)
+    terms = ops.square(z - mean) * ops.exp(-log_var) + log_var + float(np.log(2.0 * np.pi))
     return -0.5 * ops.sum(terms, axis=-1)
 
 

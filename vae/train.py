@@ -166,30 +166,34 @@ def build_vae(arch, conditional, seed):
 """## 3. Evaluation: the ELBO, the importance-weighted bound, the latent map"""
 
 
+class LogWeights(keras.layers.Layer):
+    """``log_importance_weights`` as a layer, so that ``predict`` runs it compiled (XLA fuses the
+    per-pixel work): inputs [images, z_mean, z_log_var, prior_mean], outputs [log w, log p(X|Z)],
+    each (batch, k)."""
+
+    def __init__(self, decoder, k, seed, **kwargs):
+        super().__init__(**kwargs)
+        self.decoder, self.k = decoder, k
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs):
+        x, z_mean, z_log_var, prior = inputs
+        kwargs = {"prior_mean": prior, "seed": self.seed_generator, "return_log_px": True}
+        return list(log_importance_weights(self.decoder, x, z_mean, z_log_var, self.k, **kwargs))
+
+
 def test_bounds(parts, x, y_onehot, k, seed, chunk_draws=20_000):
     """Per test image: the reconstruction term (mean over k draws), the KL (closed form) and the
     importance-weighted estimate of log p(X) (the CVAE's: of log p(X|Y)), each a float64 array."""
     z_mean, z_log_var = apply(parts["encoder"], x)
-    prior = None if parts["class_means"] is None else apply(parts["class_means"], y_onehot)[0]
+    prior = np.zeros_like(z_mean) if parts["class_means"] is None else apply(parts["class_means"], y_onehot)[0]
     kl = keras.ops.convert_to_numpy(gaussian_kl(z_mean, z_log_var, prior)).astype("float64")
-    generator = keras.random.SeedGenerator(seed)
-    recon, iw = [], []
-    step = max(1, chunk_draws // k)
-    for i in range(0, len(x), step):
-        sl = slice(i, i + step)
-        log_w, log_px = log_importance_weights(
-            parts["decoder"],
-            x[sl],
-            z_mean[sl],
-            z_log_var[sl],
-            k,
-            prior_mean=None if prior is None else prior[sl],
-            seed=generator,
-            return_log_px=True,
-        )
-        recon.append(-np.mean(keras.ops.convert_to_numpy(log_px).astype("float64"), axis=1))
-        iw.append(iw_log_likelihood(log_w))
-    return np.concatenate(recon), kl, np.concatenate(iw)
+    inputs = [keras.Input(x.shape[1:]), *(keras.Input((LATENT_DIM,)) for _ in range(3))]
+    weights = keras.Model(inputs, LogWeights(parts["decoder"], k, seed)(inputs))
+    weights.compile(jit_compile=True if keras.backend.backend() == "tensorflow" else "auto")
+    log_w, log_px = weights.predict([x, z_mean, z_log_var, prior], batch_size=max(1, chunk_draws // k), verbose=0)
+    recon = -np.mean(log_px.astype("float64"), axis=1)
+    return recon, kl, iw_log_likelihood(log_w)
 
 
 def apply(model, x, batch_size=1000):
