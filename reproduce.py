@@ -58,6 +58,12 @@ ARTICLES = {
         "full": ["--variant", "article", "bmes", "strong", "strong_bd", "--ensembles", "strong", "all"],
         "quick_s": 100,
     },
+    "vae": {
+        "title": "变分自编码器（一）：原来是这么一回事 (Variational autoencoders (1): so that is what they are)",
+        "url": "https://kexue.fm/archives/5253",
+        "full": [],
+        "quick_s": 90,
+    },
 }
 
 

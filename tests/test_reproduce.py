@@ -127,6 +127,7 @@ def test_the_full_protocol_covers_and_reuses_every_reference_record():
     import attention.train as attention
     import capsule.train as capsule
     import crf.train as crf
+    import vae.train as vae
     from reproduce import ARTICLES
     from utils import cli
 
@@ -147,6 +148,7 @@ def test_the_full_protocol_covers_and_reuses_every_reference_record():
         "attention": attention.jobs(args(attention), list(attention.VARIANTS)),
         "capsule": capsule.jobs(full_capsule, list(capsule.MODELS), (None, two_digit_labels)),
         "crf": crf.jobs(full_crf, None),
+        "vae": vae.jobs(args(vae), list(vae.MODELS), pca_knn=None),
     }
     assert sorted(jobs) == sorted(ARTICLES)
     for article, article_jobs in jobs.items():

@@ -347,18 +347,14 @@ def test_bad_arguments_raise_clear_errors(make, message):
 
 
 @pytest.mark.layers
-def test_layers_py_runs_copied_alone(tmp_path):
-    script = (
-        "import numpy as np, keras\n"
-        "from layers import KLDivergence, Sampling, bernoulli_nll\n"
-        "x = keras.Input((6,)); h = keras.layers.Dense(8, activation='relu')(x)\n"
-        "m, v = KLDivergence()([keras.layers.Dense(2)(h), keras.layers.Dense(2)(h)])\n"
-        "out = keras.layers.Dense(6, activation='sigmoid')(Sampling(seed=0)([m, v]))\n"
-        "model = keras.Model(x, out); model.compile('rmsprop', loss=bernoulli_nll)\n"
-        "data = (np.random.default_rng(0).random((64, 6)) > 0.5).astype('float32')\n"
-        "print(np.isfinite(model.fit(data, data, epochs=1, verbose=0).history['loss'][0]))\n"
-    )
-    assert run_copied_alone(REPO / "vae" / "layers.py", script, tmp_path) == "True"
+def test_the_readme_snippet_runs_as_pasted_with_layers_py_alone(tmp_path):
+    """The "Use the layers" code of vae/README.md, run in an empty folder beside a copy of layers.py
+    alone (which must import only keras and numpy)."""
+    readme = (REPO / "vae" / "README.md").read_text(encoding="utf-8")
+    snippet = readme.split("## Use the layers", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    last = run_copied_alone(REPO / "vae" / "layers.py", snippet, tmp_path)
+    nll, elbo = (float(part.split("~ ")[1].split()[0].rstrip(",")) for part in last.split(", "))
+    assert 0 < nll <= elbo + 1.0, last  # the bound is the tighter one (up to the draws' noise)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -420,6 +416,21 @@ def test_smoke_run_records_resumes_and_refuses_other_settings(require_data, tmp_
         assert (tmp_path / "records" / "vae" / f"{name}.png").is_file()
     with pytest.raises(SystemExit, match="another setup"):
         train.main(["--smoke", "--out", str(tmp_path / "records"), "--epochs", "2", "--models", "vae"])
+
+
+@pytest.mark.data
+def test_a_seed_gives_the_same_numbers_again(require_data, tmp_path):
+    require_data("mnist/mnist.npz")
+    from vae import train
+
+    first, second = (train.main(["--smoke", "--models", "vae", "--out", str(tmp_path / k)])[0] for k in "ab")
+    timing = {"epoch_time_s", "train_time_s"}
+    assert {k: v for k, v in first["metrics"].items() if k not in timing} == {
+        k: v for k, v in second["metrics"].items() if k not in timing
+    }
+    assert first["history"]["loss"] == second["history"]["loss"]
+    third = train.main(["--smoke", "--models", "vae", "--seed", "1", "--out", str(tmp_path / "c")])[0]
+    assert third["history"]["loss"] != first["history"]["loss"]  # the control: another seed differs
 
 
 def test_claim_holds_on_the_reference_and_fails_when_reversed():

@@ -25,7 +25,7 @@ a 2-d PCA of the pixels as the control) and how smoothly the 15x15 grid changes.
 
 Run:  python vae/train.py                   (VAE, CVAE and the conv VAE, 3 seeds: about 45 minutes on 2 CPU cores)
       python vae/train.py --models vae --seeds 1
-      python vae/train.py --quick           (the VAE, 10 epochs, 1 seed: about a minute)
+      python vae/train.py --quick           (the VAE, 20 epochs, 1 seed: about 90 s)
       python vae/train.py --smoke           (seconds: checks that the script runs)
 Records go to runs/results/ and the figures to runs/results/vae/ (the committed reference: results/,
 written only with --reference).
@@ -70,7 +70,7 @@ MODELS = {
 MODES = {
     "full": {"train_size": None, "test_size": None, "epochs": None, "seeds": 3, "models": list(MODELS), "iw_k": None},
     # The article's VAE, long enough for the digits to separate in the latent and the grid to show them.
-    "quick": {"train_size": None, "test_size": None, "epochs": 10, "seeds": 1, "models": ["vae"], "iw_k": 100},
+    "quick": {"train_size": None, "test_size": None, "epochs": 20, "seeds": 1, "models": ["vae"], "iw_k": 100},
     # Seconds: the pipeline end to end.
     "smoke": {"train_size": 1000, "test_size": 500, "epochs": 1, "seeds": 1, "models": ["vae", "cvae"], "iw_k": 4},
 }
@@ -81,16 +81,17 @@ BLOG_SOURCE = "kexue.fm/archives/5253 publishes figures only, no numbers"
 CLAIM = report.Claim(
     statement="a VAE with a 2-d latent learns a map of the digits: the test digits' latent means cluster by "
     "digit, and images decoded over a grid of the prior change smoothly from one digit to the next",
-    criterion="the 5-nearest-neighbour accuracy of the test digits' latent means is at least 0.70 and at least "
-    "0.25 above a 2-d PCA of the pixels, and neighbouring cells of the decoded 15x15 grid are at most half as "
-    "far apart (mean pixel distance) as any two cells",
+    criterion="the test digits' latent means are classified by their 5 nearest neighbours (among 10,000 training "
+    "digits' means) at least 0.10 more accurately than on the best linear 2-d map, a PCA of the pixels; and "
+    "neighbouring cells of the decoded 15x15 grid are less than 0.45 times as far apart (mean pixel distance) as "
+    "any two cells (cells in random order: about 1)",
     rows=[
-        report.Row("knn", "vae", "knn_acc", "VAE: 5-NN accuracy of the test latent means"),
-        report.Row("pca", "vae", "knn_acc_pca", "control, a 2-d PCA of the pixels: 5-NN accuracy"),
-        report.Row("smooth", "vae", "grid_smoothness", "decoded grid: neighbours' distance / any two cells'"),
+        report.Row("knn", "vae", "knn_acc", "VAE: 5-NN accuracy of the test latent means", digits=3),
+        report.Row("pca", "vae", "knn_acc_pca", "control, a 2-d PCA of the pixels: 5-NN accuracy", digits=3),
+        report.Row("smooth", "vae", "grid_smoothness", "decoded grid: neighbours' distance / any two cells'", digits=3),
         report.Row("nelbo", "vae", "neg_elbo", "VAE: test negative ELBO (nats per image)", digits=2),
     ],
-    holds=lambda v: v["knn"] >= 0.70 and v["knn"] >= v["pca"] + 0.25 and v["smooth"] <= 0.5,
+    holds=lambda v: v["knn"] >= v["pca"] + 0.10 and v["smooth"] < 0.45,
     blog_source=BLOG_SOURCE,
 )
 
