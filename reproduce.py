@@ -62,7 +62,7 @@ ARTICLES = {
         "title": "变分自编码器（一）：原来是这么一回事 (Variational autoencoders (1): so that is what they are)",
         "url": "https://kexue.fm/archives/5253",
         "full": [],
-        "quick_s": 90,
+        "quick_s": 75,
     },
 }
 

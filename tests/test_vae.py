@@ -383,6 +383,7 @@ def test_grid_smoothness_is_small_for_a_smooth_map_and_near_one_when_shuffled():
     assert train.grid_smoothness(smooth) < 0.3
     shuffled = smooth.reshape(225, 28, 28)[rng.permutation(225)].reshape(15, 15, 28, 28)
     assert 0.8 < train.grid_smoothness(shuffled) < 1.2
+    assert train.grid_smoothness(np.full((15, 15, 28, 28), 0.3)) == 1.0  # one image repeated: no map
 
 
 def test_knn_accuracy_against_brute_force():
