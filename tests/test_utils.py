@@ -557,6 +557,25 @@ def test_feed_arrays_gives_every_sample_once_per_epoch_reshuffled_and_trains():
     assert len(history.history["val_loss"]) == 2
 
 
+def test_feed_arrays_shuffles_several_inputs_as_one_set():
+    """Two inputs (a list or tuple of arrays) shuffle together over the whole set: a buffer the size of
+    the tuple (2) would leave the order almost sorted."""
+    pytest.importorskip(BACKEND)
+    import keras
+
+    from utils import feed
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("feed.arrays hands the arrays to Keras unchanged on this backend")
+    a = np.arange(200, dtype="float32")[:, None]
+    for x in ([a, -a], (a, -a)):
+        batches = list(feed.arrays(x, a[:, 0], batch_size=50, shuffle=True, seed=0)["x"])
+        first = batches[0][0][0].numpy()[:, 0]
+        np.testing.assert_array_equal(batches[0][0][1].numpy()[:, 0], -first)  # the inputs stay paired
+        assert first.max() > 150  # drawn from the whole set
+        assert sorted(np.concatenate([b[0][0].numpy()[:, 0] for b in batches])) == list(range(200))
+
+
 # --------------------------------------------------------------------------------------------------
 # run_jobs and Checkpoint: one way to resume
 

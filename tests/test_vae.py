@@ -430,8 +430,7 @@ def test_a_seed_gives_the_same_numbers_again(require_data, tmp_path):
         k: v for k, v in second["metrics"].items() if k not in timing
     }
     assert first["history"]["loss"] == second["history"]["loss"]
-    third = train.main(["--smoke", "--models", "vae", "--seed", "1", "--out", str(tmp_path / "c")])[0]
-    assert third["history"]["loss"] != first["history"]["loss"]  # the control: another seed differs
+    # (that another seed draws otherwise is test_seeds_make_draws_repeat_and_different_seeds_differ)
 
 
 def test_claim_holds_on_the_reference_and_fails_when_reversed():
