@@ -57,7 +57,7 @@ def _as_float(x):
     """At least float32: log-variances and their exponentials are computed in float32 under float16
     policies."""
     x = ops.convert_to_tensor(x)
-    return x if x.dtype in ("float32", "float64") else ops.cast(x, "float32")
+    return x if keras.backend.standardize_dtype(x.dtype) in ("float32", "float64") else ops.cast(x, "float32")
 
 
 def gaussian_kl(mean, log_var, prior_mean=None):
@@ -121,7 +121,9 @@ def bernoulli_nll(x, x_decoded):
 def check_images(x, name="images"):
     """Raise a ValueError naming the first value outside [0, 1] (or NaN) in ``x``; return ``x``.
 
-    ``bernoulli_nll`` reads pixels as probabilities; call this on the data before ``fit``."""
+    ``bernoulli_nll`` reads pixels as probabilities; call this on the data before ``fit`` (a loss
+    cannot raise from inside a compiled training step: there it returns NaN). A check of host data,
+    so NumPy."""
     values = np.asarray(x)
     bad = ~((values >= 0) & (values <= 1))
     if bad.any():
@@ -142,7 +144,8 @@ def _pair_shapes(layer, inputs, names):
     ):
         several = isinstance(inputs, (list, tuple)) and all(isinstance(s, (list, tuple)) for s in inputs)
         got = f"{len(inputs)} tensors" if several else "one tensor"
-        raise ValueError(f"{layer}: expects a list [{', '.join(names)}] (the last optional), got {got}")
+        expected = f"[{', '.join(names)}]" if len(names) == 2 else f"[{', '.join(names[:2])}] or [{', '.join(names)}]"
+        raise ValueError(f"{layer}: expects a list {expected}, got {got}")
     shapes = [tuple(s) for s in inputs]
     if shapes[0][-1:] != shapes[1][-1:] or len(shapes[0]) != len(shapes[1]):
         raise ValueError(
@@ -232,7 +235,8 @@ class KLDivergence(keras.layers.Layer):
 
     def __init__(self, weight=1.0, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 or weight == np.inf:
+        number = isinstance(weight, (int, float, np.integer, np.floating)) and not isinstance(weight, bool)
+        if not number or not weight >= 0 or weight == np.inf:
             raise ValueError(f"KLDivergence: weight must be a finite float >= 0, got {weight!r}")
         self.weight = float(weight)
 
@@ -299,7 +303,8 @@ def log_importance_weights(decoder, x, z_mean, z_log_var, k, *, prior_mean=None,
 def iw_log_likelihood(log_weights):
     """The importance-weighted bound log (1/k) sum_j w_j per sample, from ``log_importance_weights``
     (shape (batch, k)); a NumPy float64 array of shape (batch,). It is at least the ELBO estimate
-    ``mean_j log w_j`` and grows towards log p(X) with k."""
+    ``mean_j log w_j`` and grows towards log p(X) with k. Computed on the host in float64 (a final
+    reduction of evaluation results, not part of a model)."""
     lw = np.asarray(keras.ops.convert_to_numpy(log_weights), dtype="float64")
     top = lw.max(axis=1, keepdims=True)
     return (top + np.log(np.mean(np.exp(lw - top), axis=1, keepdims=True)))[:, 0]

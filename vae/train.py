@@ -23,7 +23,7 @@ form), their sum (the negative ELBO, in nats per image) and the importance-weigh
 -log p(X) with k draws; the 5-nearest-neighbour accuracy of the test digits' latent means (against
 a 2-d PCA of the pixels as the control) and how smoothly the 15x15 grid changes.
 
-Run:  python vae/train.py                   (VAE, CVAE and the conv VAE, 3 seeds: about 45 minutes on 2 CPU cores)
+Run:  python vae/train.py                   (VAE, CVAE and the conv VAE, 3 seeds: about 65 minutes on 2 CPU cores)
       python vae/train.py --models vae --seeds 1
       python vae/train.py --quick           (the VAE, 20 epochs, 1 seed: about 90 s)
       python vae/train.py --smoke           (seconds: checks that the script runs)
@@ -83,7 +83,7 @@ CLAIM = report.Claim(
     statement="a VAE with a 2-d latent learns a map of the digits: the test digits' latent means cluster by "
     "digit, and images decoded over a grid of the prior change smoothly from one digit to the next",
     criterion="the test digits' latent means are classified by their 5 nearest neighbours (among 10,000 training "
-    "digits' means) at least 0.10 more accurately than on the best linear 2-d map, a PCA of the pixels; and "
+    "digits' means) at least 0.10 more accurately than on the pixels' first two principal components (PCA); and "
     "neighbouring cells of the decoded 15x15 grid are less than 0.45 times as far apart (mean pixel distance) as "
     "any two cells (cells in random order: about 1)",
     rows=[
@@ -171,7 +171,8 @@ def build_vae(arch, conditional, seed):
 class LogWeights(keras.layers.Layer):
     """``log_importance_weights`` as a layer, so that ``predict`` runs it compiled (XLA fuses the
     per-pixel work): inputs [images, z_mean, z_log_var, prior_mean], outputs [log w, log p(X|Z)],
-    each (batch, k)."""
+    each (batch, k). An evaluation device of this script, built and used once, never saved (so no
+    ``get_config``; the layers a user saves are in layers.py)."""
 
     def __init__(self, decoder, k, seed, **kwargs):
         super().__init__(**kwargs)
@@ -223,7 +224,7 @@ def knn_accuracy(reference, reference_labels, queries, labels, k=5):
 
 def pca_knn_accuracy(x, y, x_test, y_test):
     """The control: 5-NN accuracy of the test digits projected on the training set's first two
-    principal components (the best 2-d linear map of the pixels)."""
+    principal components (the linear 2-d map that keeps the most of the pixels' variance)."""
     flat = x.reshape(len(x), -1).astype("float64")
     mean = flat.mean(0)
     _, _, vt = np.linalg.svd(flat[:KNN_REFERENCE] - mean, full_matrices=False)
@@ -433,6 +434,13 @@ def draw_latent(z, labels, class_means, path, title):
     plt.close(fig)
 
 
+def tile(grid):
+    """The grid (15, 15, 28, 28) as one image: cell (i, j) at rows 28i.., columns 28j.., as the
+    article's ``figure[i * digit_size: ..., j * digit_size: ...] = digit``."""
+    rows, cols, h, w = grid.shape
+    return grid.transpose(0, 2, 1, 3).reshape(rows * h, cols * w)
+
+
 def draw_grid(grid, path, title, digit=None):
     """The article's second figure: the 15x15 decoded grid as one image."""
     import matplotlib
@@ -440,7 +448,7 @@ def draw_grid(grid, path, title, digit=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    image = grid.transpose(0, 2, 1, 3).reshape(GRID * 28, GRID * 28)
+    image = tile(grid)
     fig, ax = plt.subplots(figsize=(8, 8))
     ax.imshow(image, cmap="Greys_r")
     ax.set_xticks([])
