@@ -35,7 +35,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from capsule.layers import Capsule, CapsuleLength, margin_loss  # noqa: E402
-from utils import cli, data, feed, progress, report, runs  # noqa: E402
+from utils import cli, data, feed, plots, progress, report, runs  # noqa: E402
 from utils.callbacks import EpochTimer, PrintEpoch  # noqa: E402
 
 ARTICLE = "capsule"
@@ -318,13 +318,8 @@ def summary(records, out, mode, pairs):
 
 def draw_examples(by_model, pairs, path):
     """The first 8 two-digit images, each with every model's top-2 classes and scores (its first seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     images, labels = pairs
-    fig, axes = plt.subplots(1, 8, figsize=(16, 4.6))
+    fig, axes = plots.plt.subplots(1, 8, figsize=(16, 4.6))
     for k, ax in enumerate(axes):
         ax.imshow(images[k, :, :, 0], cmap="gray_r")
         ax.set_xticks([])
@@ -337,10 +332,7 @@ def draw_examples(by_model, pairs, path):
         ax.set_title("\n".join(lines), fontsize=7)
     fig.suptitle("Trained on single digits, tested on two: each model's top-2 classes (score), first seed")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 def main(argv=None):

@@ -42,8 +42,13 @@ def plot_curves(curves, path, *, ylabel, title, reference=None, xlabel="epoch"):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return save(fig, path)
+
+
+def save(fig, path, dpi=110):
+    """Write ``fig`` as a PNG at ``path`` (folders are created), close it, and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

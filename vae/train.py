@@ -42,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from utils import cli, data, feed, progress, report, runs  # noqa: E402
+from utils import cli, data, feed, plots, progress, report, runs  # noqa: E402
 from utils.callbacks import EpochTimer, PrintEpoch  # noqa: E402
 from vae.layers import (  # noqa: E402
     KLDivergence,
@@ -412,12 +412,7 @@ def summary(records):
 def draw_latent(z, labels, class_means, path, title):
     """The article's first figure: the test digits' latent means, coloured by digit (and, for the
     CVAE, each class's learned prior mean)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = plots.plt.subplots(figsize=(7, 6))
     points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=2, vmin=-0.5, vmax=9.5)
     fig.colorbar(points, ax=ax, ticks=range(10), label="digit")
     if class_means is not None:
@@ -429,9 +424,7 @@ def draw_latent(z, labels, class_means, path, title):
     marks = "" if class_means is None else " (x: class means)"
     ax.set_title(f"{title}: latent means of the {len(z):,} test digits{marks}")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path, dpi=100)
 
 
 def tile(grid):
@@ -443,22 +436,15 @@ def tile(grid):
 
 def draw_grid(grid, path, title, digit=None):
     """The article's second figure: the 15x15 decoded grid as one image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     image = tile(grid)
-    fig, ax = plt.subplots(figsize=(8, 8))
+    fig, ax = plots.plt.subplots(figsize=(8, 8))
     ax.imshow(image, cmap="Greys_r")
     ax.set_xticks([])
     ax.set_yticks([])
     where = "the prior's quantiles" if digit is None else f"the quantiles around the learned mean of {digit}"
     ax.set_title(f"{title}: decoded over {where}")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path, dpi=100)
 
 
 def main(argv=None):
