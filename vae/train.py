@@ -185,14 +185,13 @@ class LogWeights(keras.layers.Layer):
         return list(log_importance_weights(self.decoder, x, z_mean, z_log_var, self.k, **kwargs))
 
 
-def test_bounds(parts, x, y_onehot, k, seed, chunk_draws=20_000):
+def test_bounds(decoder, x, z_mean, z_log_var, prior, k, seed, chunk_draws=20_000):
     """Per test image: the reconstruction term (mean over k draws), the KL (closed form) and the
-    importance-weighted estimate of log p(X) (the CVAE's: of log p(X|Y)), each a float64 array."""
-    z_mean, z_log_var = apply(parts["encoder"], x)
-    prior = np.zeros_like(z_mean) if parts["class_means"] is None else apply(parts["class_means"], y_onehot)[0]
+    importance-weighted estimate of log p(X) (the CVAE's: of log p(X|Y), ``prior`` holding each
+    image's class mean; zeros for the VAE), each a float64 array."""
     kl = keras.ops.convert_to_numpy(gaussian_kl(z_mean, z_log_var, prior)).astype("float64")
     inputs = [keras.Input(x.shape[1:]), *(keras.Input((LATENT_DIM,)) for _ in range(3))]
-    weights = keras.Model(inputs, LogWeights(parts["decoder"], k, seed)(inputs))
+    weights = keras.Model(inputs, LogWeights(decoder, k, seed)(inputs))
     weights.compile(jit_compile=True if keras.backend.backend() == "tensorflow" else "auto")
     log_w, log_px = weights.predict([x, z_mean, z_log_var, prior], batch_size=max(1, chunk_draws // k), verbose=0)
     recon = -np.mean(log_px.astype("float64"), axis=1)
@@ -294,11 +293,12 @@ def train_seed(job, checkpoint):
     if not np.isfinite(history["loss"][-1]):
         return {"neg_elbo": None, "val_loss": None}, history
 
-    draws = 20_000 if cfg["arch"] == "mlp" else 2_000  # decoded images per call (memory)
-    recon, kl, iw = test_bounds(parts, x_test, y1h_test, cfg["iw_k"], seed=job.seed, chunk_draws=draws)
-    z_test = apply(parts["encoder"], x_test)[0]
+    z_test, z_log_var_test = apply(parts["encoder"], x_test)
     z_ref = apply(parts["encoder"], x[:KNN_REFERENCE])[0]
     class_means = None if parts["class_means"] is None else apply(parts["class_means"], np.eye(10, dtype="float32"))[0]
+    prior = np.zeros_like(z_test) if class_means is None else class_means[y_test]
+    draws = 20_000 if cfg["arch"] == "mlp" else 2_000  # decoded images per call (memory)
+    recon, kl, iw = test_bounds(parts["decoder"], x_test, z_test, z_log_var_test, prior, cfg["iw_k"], job.seed, draws)
     center = (0.0, 0.0) if class_means is None else tuple(class_means[CVAE_DIGIT])
     grid = decode_grid(parts["decoder"], center)
     n = len(x_test)
