@@ -11,6 +11,13 @@ from conftest import BACKEND, REPO
 from utils import report, runs
 
 
+def _reproduce(*argv, timeout=300):
+    """``python reproduce.py ARGV`` in the repository, output captured."""
+    return subprocess.run(
+        [sys.executable, "reproduce.py", *map(str, argv)], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def _fingerprint(folder):
     return {
         p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -35,24 +42,7 @@ def test_main_job_runs_into_its_own_folder_and_reports_a_verdict_per_article(tmp
         require_data(f"icwb2/{part}")
     before, results_md = _fingerprint(runs.REFERENCE), (REPO / "RESULTS.md").read_bytes()
     out, report_md = tmp_path / "records", tmp_path / "report.md"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "reproduce.py",
-            "--smoke",
-            "--only",
-            "attention",
-            "crf",
-            "--out",
-            str(out),
-            "--report",
-            str(report_md),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    done = _reproduce("--smoke", "--only", "attention", "crf", "--out", out, "--report", report_md, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "=== [1/2] attention: attention/train.py --smoke" in done.stdout
     assert "=== [2/2] crf: crf/train.py --smoke" in done.stdout and "so far" in done.stdout
@@ -72,33 +62,13 @@ def test_main_job_runs_into_its_own_folder_and_reports_a_verdict_per_article(tmp
 
 
 def test_main_job_refuses_a_smoke_reference_and_names_a_doubled_record(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "reproduce.py", "--smoke", "--reference"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _reproduce("--smoke", "--reference")
     assert done.returncode == 2 and "the reference holds the full protocol: use --full --reference" in done.stderr
     reference = tmp_path / "reference"
     record = {"article": "crf", "experiment": "article-pku", "seed": 0, "metrics": {}, "config": {}}
     runs.write_json_atomic(reference / "crf" / "article-pku" / "seed0.json", record)
     runs.write_json_atomic(reference / "crf" / "article-pku-backup" / "seed0.json", record)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "reproduce.py",
-            "--table-only",
-            "--reference-dir",
-            str(reference),
-            "--results-md",
-            str(tmp_path / "R.md"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _reproduce("--table-only", "--reference-dir", reference, "--results-md", tmp_path / "R.md")
     assert done.returncode == 1 and not (tmp_path / "R.md").exists()
     assert (
         "article-pku/seed0.json and " in done.stderr and "article-pku-backup/seed0.json are both records" in done.stderr
@@ -166,23 +136,7 @@ def test_the_full_protocol_covers_and_reuses_every_reference_record():
 
 
 def test_report_only_judges_the_records_there_without_training(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "reproduce.py",
-            "--report-only",
-            "--only",
-            "crf",
-            "--out",
-            str(tmp_path / "r"),
-            "--report",
-            str(tmp_path / "report.md"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _reproduce("--report-only", "--only", "crf", "--out", tmp_path / "r", "--report", tmp_path / "report.md")
     assert done.returncode == 0, done.stderr[-2000:]
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "=== " not in done.stdout and "- crf: incomplete" in text and "| not measured |" in text
