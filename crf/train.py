@@ -475,16 +475,6 @@ def summary(records):
         )
 
 
-def default_save(out):
-    """Models are never committed: a user's go to runs/crf/ (where crf/segment.py's examples look), the
-    reference's to runs/crf-reference/, those of any other records folder inside it."""
-    if out == runs.USER_RUNS:
-        return runs.REPO / "runs" / "crf"
-    if out == runs.REFERENCE:
-        return runs.REPO / "runs" / "crf-reference"
-    return out / "models"
-
-
 def main(argv=None):
     p = cli.parser(__doc__)
     p.add_argument(
@@ -513,7 +503,7 @@ def main(argv=None):
         "else <out>/models/)",
     )
     args = cli.parse(p, argv)
-    args.save = args.save or default_save(args.out)
+    args.save = args.save or runs.models_dir(args.out, ARTICLE)
     if args.heldout is not None and args.heldout < 0:
         p.error(f"--heldout must be 0 or more, got {args.heldout}")
     corpus_data = load_corpus(args.corpus)

@@ -26,6 +26,7 @@ download.
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -287,3 +288,71 @@ def tang_poems():
         with open(path, encoding="utf-8") as f:
             out.extend(json.load(f))
     return out
+
+
+# The article's unit (vae_shi.py, kexue.fm/archives/5332): a poem whose text opens with a
+# five-character couplet (5 characters, '，', 5 characters, '。') is cut at every '。', and each piece
+# of 5 characters + '，' + 5 characters becomes one 10-character sample, the comma dropped.
+_HAN = "\u4e00-\u9fff"  # the CJK Unified Ideographs block: what the corpus's poems are written in
+_OPENS_FIVE = re.compile(f"^[{_HAN}]{{5}}，[{_HAN}]{{5}}。")
+_COUPLET = re.compile(f"^([{_HAN}]{{5}})，([{_HAN}]{{5}})$")
+
+
+def couplets(poem):
+    """The article's 10-character samples from one poem (a dict from ``tang_poems``, or its text).
+
+    A poem qualifies when its text opens with a five-character couplet; its text is then cut at every
+    ``。`` and each piece made of 5 CJK characters, ``，`` and 5 CJK characters gives one sample with
+    the comma dropped. Other pieces (seven-character lines, ``？`` or ``！`` inside, missing
+    punctuation) are skipped, as the article's ``len(s) == 11`` skipped them; the article did not
+    check that the 10 characters are Chinese, this does. Returns a list of 10-character strings.
+    """
+    text = "".join(poem["paragraphs"]) if isinstance(poem, dict) else str(poem)
+    if not _OPENS_FIVE.match(text):
+        return []
+    return [m[1] + m[2] for piece in text.split("。") if (m := _COUPLET.match(piece))]
+
+
+def quatrain(poem):
+    """The 20-character quatrain of a five-character jueju (五言绝句): a poem of exactly four
+    five-character lines, ``XXXXX，XXXXX。XXXXX，XXXXX。``; None for any other poem."""
+    text = "".join(poem["paragraphs"]) if isinstance(poem, dict) else str(poem)
+    pieces = text.split("。")
+    if len(pieces) != 3 or pieces[2] != "":
+        return None
+    halves = [_COUPLET.match(piece) for piece in pieces[:2]]
+    return "".join(m[1] + m[2] for m in halves) if all(halves) else None
+
+
+def split_poems(n, heldout=0.05, seed=5332):
+    """Indices ``(train, heldout)`` of ``n`` poems, a fixed random split (the same for every training
+    seed): whole poems are held out, so no poem has couplets on both sides. ``heldout`` is a fraction
+    in (0, 1)."""
+    if not 0 < heldout < 1:
+        raise ValueError(f"split_poems: heldout must be a fraction in (0, 1), got {heldout!r}")
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(n * heldout))
+    return np.sort(order[cut:]), np.sort(order[:cut])
+
+
+UNKNOWN_CHAR = "<unk>"
+
+
+def char_vocabulary(texts):
+    """The characters of ``texts`` by falling frequency (ties by code point), after ``"<unk>"`` at
+    id 0, which stands for every character outside the list: a list, index = id."""
+    counts = {}
+    for text in texts:
+        for ch in text:
+            counts[ch] = counts.get(ch, 0) + 1
+    return [UNKNOWN_CHAR, *sorted(counts, key=lambda ch: (-counts[ch], ch))]
+
+
+def encode_chars(texts, vocabulary):
+    """Equal-length ``texts`` as an int32 array (len(texts), length) of ids in ``vocabulary`` (0 for
+    a character outside it)."""
+    index = {ch: i for i, ch in enumerate(vocabulary)}
+    lengths = {len(t) for t in texts}
+    if len(lengths) > 1:
+        raise ValueError(f"encode_chars: texts must have one length, got lengths {sorted(lengths)}")
+    return np.array([[index.get(ch, 0) for ch in text] for text in texts], dtype="int32").reshape(len(texts), -1)

@@ -385,6 +385,17 @@ class Job:
     spec: dict = field(default_factory=dict)
 
 
+def models_dir(out, article):
+    """Where an article's trained models go; models are never committed. A user's (``runs/results/``)
+    go to ``runs/<article>/`` (where the articles' examples look), the reference's to
+    ``runs/<article>-reference/``, those of any other records folder to ``<out>/models/``."""
+    if Path(out) == USER_RUNS:
+        return REPO / "runs" / article
+    if Path(out) == REFERENCE:
+        return REPO / "runs" / f"{article}-reference"
+    return Path(out) / "models"
+
+
 def checkpoint_path(out, article, experiment, seed):
     """Where an unfinished seed's checkpoint lives: beside the records, in a hidden folder that no
     table reads (and git ignores)."""

@@ -224,7 +224,14 @@ class KLDivergence(keras.layers.Layer):
 
     Args:
         weight: the KL's weight in the loss (the article's 1; below 1 gives a beta-VAE, 0 an
-            autoencoder with noise). A float >= 0.
+            autoencoder with noise). A float >= 0. It is kept in a non-trainable variable,
+            ``kl_weight``, so that a callback may change it during training (KL annealing:
+            ``layer.kl_weight.assign(w)``); compiled steps read the current value.
+        free_bits: lambda >= 0, nats per latent dimension (Kingma et al. 2016, "Improved variational
+            inference with inverse autoregressive flow"): the loss counts each dimension's
+            batch-mean KL as at least lambda, sum_i max(lambda, mean_batch KL_i), so the optimiser
+            gains nothing by pushing a dimension's KL below lambda (against posterior collapse). 0 (the
+            default) is the plain KL. The KL itself is unchanged: evaluate it with ``gaussian_kl``.
 
     Call arguments:
         inputs: ``[z_mean, z_log_var]`` or ``[z_mean, z_log_var, prior_mean]``, each (batch, d).
@@ -233,26 +240,37 @@ class KLDivergence(keras.layers.Layer):
         The inputs, unchanged, as a list.
     """
 
-    def __init__(self, weight=1.0, **kwargs):
+    def __init__(self, weight=1.0, free_bits=0.0, **kwargs):
         super().__init__(**kwargs)
-        number = isinstance(weight, (int, float, np.integer, np.floating)) and not isinstance(weight, bool)
-        if not number or not weight >= 0 or weight == np.inf:
-            raise ValueError(f"KLDivergence: weight must be a finite float >= 0, got {weight!r}")
-        self.weight = float(weight)
+        for name, value in (("weight", weight), ("free_bits", free_bits)):
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if not number or not value >= 0 or value == np.inf:
+                raise ValueError(f"KLDivergence: {name} must be a finite float >= 0, got {value!r}")
+        self.weight, self.free_bits = float(weight), float(free_bits)
 
     def build(self, input_shape):
         _pair_shapes("KLDivergence", input_shape, ("z_mean", "z_log_var", "prior_mean"))
+        self.kl_weight = self.add_weight(
+            name="kl_weight", shape=(), initializer=keras.initializers.Constant(self.weight), trainable=False
+        )
 
     def call(self, inputs):
-        kl = gaussian_kl(inputs[0], inputs[1], inputs[2] if len(inputs) == 3 else None)
-        self.add_loss(self.weight * ops.mean(kl))
+        mean, log_var = _as_float(inputs[0]), _as_float(inputs[1])
+        if len(inputs) == 3:
+            mean = mean - ops.cast(inputs[2], mean.dtype)
+        if self.free_bits > 0:  # per dimension, batch mean, floored at lambda
+            per_dim = ops.mean(0.5 * (ops.square(mean) + ops.exp(log_var) - log_var - 1.0), axis=0)
+            kl = ops.sum(ops.maximum(per_dim, self.free_bits))
+        else:
+            kl = ops.mean(gaussian_kl(mean, log_var))
+        self.add_loss(ops.cast(self.kl_weight, kl.dtype) * kl)
         return list(inputs)
 
     def compute_output_shape(self, input_shape):
         return [tuple(s) for s in input_shape]
 
     def get_config(self):
-        return {**super().get_config(), "weight": self.weight}
+        return {**super().get_config(), "weight": self.weight, "free_bits": self.free_bits}
 
 
 def gaussian_log_density(z, mean, log_var=None):

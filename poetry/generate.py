@@ -1,0 +1,172 @@
+"""Print new five-character couplets (or quatrains) from a poem generator that poetry/train.py saved.
+
+Each poem is decoded from a draw z ~ N(0, I) of the VAE's prior. Greedy decoding (the default, the
+article's) takes the most likely character at every position; --temperature and --top-k sample each
+position from the decoder's distribution instead (a temperature below 1 sharpens it; top-k keeps the
+k likeliest characters). The same --seed prints the same poems.
+
+Examples:
+    python poetry/generate.py runs/poetry/article-seed0                  10 couplets, greedy
+    python poetry/generate.py runs/poetry/article-seed0 -n 5 --seed 7
+    python poetry/generate.py runs/poetry/article-seed0 --temperature 0.8 --top-k 20
+    python poetry/generate.py runs/poetry/quatrain-seed0 -n 3            quatrains, from the quatrain model
+
+A model folder holds generator.keras (z -> one distribution over the characters per position) and
+vocab.json (the characters, index = id); poetry/train.py writes one per trained seed, under
+runs/poetry/ by default.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+class Poet:
+    """A trained generator and its vocabulary: ``Poet.load(folder).write(10, seed=0)``.
+
+    Args:
+        generator: a Keras model, z (batch, latent) -> logits (batch, length, vocabulary).
+        vocab: the characters, index = id (id 0 is ``<unk>``).
+    """
+
+    def __init__(self, generator, vocab):
+        self.generator, self.vocab = generator, list(vocab)
+        self.latent_dim = int(generator.input_shape[-1])
+        self.length = int(generator.output_shape[1])
+        if generator.output_shape[-1] != len(self.vocab):
+            raise ValueError(
+                f"the generator gives {generator.output_shape[-1]} characters per position but the vocabulary has "
+                f"{len(self.vocab)}: generator.keras and vocab.json are from different models"
+            )
+
+    @classmethod
+    def load(cls, folder):
+        """Read ``folder/generator.keras`` and ``folder/vocab.json``."""
+        import keras
+
+        from poetry import layers  # noqa: F401  (registers GCNN for deserialisation)
+
+        folder = Path(folder)
+        for name in ("generator.keras", "vocab.json"):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(
+                    f"{folder / name} not found: a model folder holds generator.keras and vocab.json "
+                    "(python poetry/train.py writes one per trained seed, under runs/poetry/)"
+                )
+        try:
+            with open(folder / "vocab.json", encoding="utf-8") as f:
+                vocab = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"{folder / 'vocab.json'}: not a readable vocabulary ({err}); train the model again"
+            ) from None
+        try:
+            generator = keras.saving.load_model(folder / "generator.keras", compile=False)
+        except Exception as err:  # a truncated zip, a foreign file: Keras's errors name neither
+            raise ValueError(
+                f"{folder / 'generator.keras'}: not a readable Keras model ({type(err).__name__}: {err}); "
+                "train the model again"
+            ) from None
+        return cls(generator, vocab)
+
+    def save(self, folder):
+        """Write ``generator.keras`` and ``vocab.json`` into ``folder`` (each replaced atomically)."""
+        from utils.runs import write_text_atomic
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".generator.tmp.keras"
+        self.generator.save(tmp)
+        os.replace(tmp, folder / "generator.keras")
+        write_text_atomic(folder / "vocab.json", json.dumps(self.vocab, ensure_ascii=False))
+
+    def logits(self, z, batch_size=1000):
+        """The generator on latents ``z`` (n, latent), in batches: (n, length, vocabulary) float32."""
+        import keras
+
+        out = [
+            keras.ops.convert_to_numpy(self.generator(z[i : i + batch_size], training=False))
+            for i in range(0, len(z), batch_size)
+        ]
+        return np.concatenate(out).astype("float32")
+
+    def decode(self, logits, temperature=None, top_k=None, rng=None):
+        """Characters from logits: the argmax at every position (``temperature`` None), or a draw from
+        softmax(logits / temperature) restricted to the ``top_k`` likeliest. Returns strings."""
+        if temperature is None:
+            ids = logits.argmax(-1)
+        else:
+            scaled = logits.astype("float64") / temperature
+            if top_k is not None and top_k < scaled.shape[-1]:
+                kth = np.partition(scaled, -top_k, axis=-1)[..., -top_k][..., None]
+                scaled = np.where(scaled >= kth, scaled, -np.inf)
+            scaled -= scaled.max(-1, keepdims=True)
+            p = np.exp(scaled)
+            p /= p.sum(-1, keepdims=True)
+            u = rng.random(p.shape[:-1] + (1,))
+            ids = np.minimum((p.cumsum(-1) < u).sum(-1), p.shape[-1] - 1)  # inverse-CDF draw per position
+        return ["".join(self.vocab[i] for i in row) for row in ids]
+
+    def write(self, n, seed=0, temperature=None, top_k=None):
+        """``n`` poems decoded from z ~ N(0, I) (drawn with NumPy's generator seeded by ``seed``)."""
+        check_options(n, temperature, top_k)
+        rng = np.random.default_rng(seed)
+        z = rng.standard_normal((n, self.latent_dim)).astype("float32")
+        return self.decode(self.logits(z), temperature, top_k, rng)
+
+
+def check_options(n, temperature, top_k):
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"the number of poems must be 1 or more, got {n!r}")
+    if temperature is not None and not (temperature > 0 and np.isfinite(temperature)):
+        raise ValueError(
+            f"the temperature must be a finite number above 0, got {temperature!r} (for the most likely "
+            "characters, leave it out: greedy decoding)"
+        )
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top-k must be 1 or more, got {top_k!r}")
+    if top_k is not None and temperature is None:
+        raise ValueError("top-k applies to sampling: give --temperature too (1 samples from the model as it is)")
+
+
+def punctuate(text):
+    """A couplet or quatrain with its punctuation: 'XXXXX，XXXXX。' per couplet."""
+    return "".join(f"{text[i : i + 5]}，{text[i + 5 : i + 10]}。" for i in range(0, len(text), 10))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="poetry/generate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("model", type=Path, help="a model folder written by poetry/train.py")
+    p.add_argument("-n", type=int, default=10, help="how many poems (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="the random seed: the same seed prints the same poems")
+    p.add_argument("--temperature", type=float, default=None, help="sample at this temperature (> 0) instead of greedy")
+    p.add_argument("--top-k", type=int, default=None, help="with --temperature: sample among the k likeliest")
+    p.add_argument(
+        "--plain", action="store_true", help="no punctuation: the 10 (or 20) characters as the model gives them"
+    )
+    args = p.parse_args(argv)
+    try:
+        check_options(args.n, args.temperature, args.top_k)
+    except ValueError as err:
+        p.error(str(err))
+    if args.seed < 0:
+        p.error(f"--seed must be 0 or more, got {args.seed}")
+    try:
+        poet = Poet.load(args.model)
+    except (FileNotFoundError, ValueError) as err:
+        p.exit(2, f"{p.prog}: error: {err}\n")
+    for poem in poet.write(args.n, args.seed, args.temperature, args.top_k):
+        print(poem if args.plain else punctuate(poem))
+
+
+if __name__ == "__main__":
+    main()
