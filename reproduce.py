@@ -64,6 +64,13 @@ ARTICLES = {
         "full": [],
         "quick_s": 75,
     },
+    "poetry": {
+        "title": "基于CNN和VAE的作诗机器人：随机成诗 (A poem generator from a CNN and a VAE)",
+        "url": "https://kexue.fm/archives/5332",
+        # the variants and the quatrain model of poetry/README.md, besides the article's recipe
+        "full": ["--variants", "article", "anneal", "free_bits", "deeper", "wide", "quatrain"],
+        "quick_s": 240,
+    },
 }
 
 

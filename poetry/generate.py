@@ -99,11 +99,17 @@ class Poet:
 
     def decode(self, logits, temperature=None, top_k=None, rng=None):
         """Characters from logits: the argmax at every position (``temperature`` None), or a draw from
-        softmax(logits / temperature) restricted to the ``top_k`` likeliest. Returns strings."""
+        softmax(logits / temperature) restricted to the ``top_k`` likeliest. Returns strings.
+
+        Id 0, ``<unk>``, is never chosen: it stands for characters unseen in training (so that held-out
+        poems can be encoded), it is no character to write, and the article's model has no such class.
+        """
+        logits = np.array(logits, dtype="float64")
+        logits[..., 0] = -np.inf
         if temperature is None:
             ids = logits.argmax(-1)
         else:
-            scaled = logits.astype("float64") / temperature
+            scaled = logits / temperature
             if top_k is not None and top_k < scaled.shape[-1]:
                 kth = np.partition(scaled, -top_k, axis=-1)[..., -top_k][..., None]
                 scaled = np.where(scaled >= kth, scaled, -np.inf)
@@ -119,7 +125,12 @@ class Poet:
         check_options(n, temperature, top_k)
         rng = np.random.default_rng(seed)
         z = rng.standard_normal((n, self.latent_dim)).astype("float32")
-        return self.decode(self.logits(z), temperature, top_k, rng)
+        chunk = 250  # poems decoded at a time: the float64 softmax of 250 x 10 x 7,000 is 140 MB
+        return [
+            poem
+            for i in range(0, n, chunk)
+            for poem in self.decode(self.logits(z[i : i + chunk]), temperature, top_k, rng)
+        ]
 
 
 def check_options(n, temperature, top_k):

@@ -151,6 +151,20 @@ class AnnealKL(keras.callbacks.Callback):
         self.layer.kl_weight.assign(min(1.0, step / self.steps))
 
 
+class HeldOutScores(keras.callbacks.Callback):
+    """After each epoch, the held-out reconstruction accuracy and KL (``heldout_scores``) go into the
+    logs, so the history shows when the latent starts to carry the couplet."""
+
+    def __init__(self, encoder, decoder, x, seed):
+        super().__init__()
+        self.encoder, self.decoder, self.x, self.seed = encoder, decoder, x, seed
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = heldout_scores(self.encoder, self.decoder, self.x, self.seed)
+        if logs is not None:
+            logs.update({k: scores[k] for k in ("heldout_recon_acc", "heldout_kl")})
+
+
 class PrintCouplet(keras.callbacks.Callback):
     """The article's ``Evaluate``: one greedy couplet from a fixed draw of the prior after each epoch."""
 
@@ -232,7 +246,13 @@ def train_seed(job, checkpoint):
         initial_epoch = checkpoint.restore(vae)
     if spec["summary"]:
         vae.summary()
-    callbacks = [EpochTimer(), PrintEpoch(keys=("loss", "val_loss")), keras.callbacks.TerminateOnNaN(), checkpoint]
+    callbacks = [
+        EpochTimer(),
+        HeldOutScores(encoder, decoder, x_held, job.seed),
+        PrintEpoch(keys=("loss", "val_loss", "heldout_kl", "heldout_recon_acc")),
+        keras.callbacks.TerminateOnNaN(),
+        checkpoint,
+    ]
     if cfg["anneal"]:
         steps = cfg["anneal"] * cfg["epochs"] * -(-len(x) // BATCH_SIZE)
         callbacks.insert(0, AnnealKL(vae.get_layer("kl"), steps))
