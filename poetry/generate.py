@@ -109,15 +109,18 @@ class Poet:
         if temperature is None:
             ids = logits.argmax(-1)
         else:
-            scaled = logits / temperature
+            rng = rng if rng is not None else np.random.default_rng()
+            # shifted by the maximum before the division, so that no temperature overflows
+            scaled = (logits - logits.max(-1, keepdims=True)) / temperature
             if top_k is not None and top_k < scaled.shape[-1]:
-                kth = np.partition(scaled, -top_k, axis=-1)[..., -top_k][..., None]
-                scaled = np.where(scaled >= kth, scaled, -np.inf)
-            scaled -= scaled.max(-1, keepdims=True)
-            p = np.exp(scaled)
-            p /= p.sum(-1, keepdims=True)
-            u = rng.random(p.shape[:-1] + (1,))
-            ids = np.minimum((p.cumsum(-1) < u).sum(-1), p.shape[-1] - 1)  # inverse-CDF draw per position
+                keep = np.argpartition(-scaled, top_k - 1, axis=-1)[..., :top_k]  # exactly k, ties or not
+                kept = np.full_like(scaled, -np.inf)
+                np.put_along_axis(kept, keep, np.take_along_axis(scaled, keep, -1), -1)
+                scaled = kept
+            cdf = np.exp(scaled).cumsum(-1)
+            u = rng.random(cdf.shape[:-1] + (1,)) * cdf[..., -1:]
+            # the first id whose cumulative mass exceeds u: an id of probability 0 is never drawn
+            ids = (cdf <= u).sum(-1)
         return ["".join(self.vocab[i] for i in row) for row in ids]
 
     def write(self, n, seed=0, temperature=None, top_k=None):

@@ -80,7 +80,9 @@ class GCNN(keras.layers.Layer):
 
     def call(self, inputs):
         # [A | B] = conv1d(X, W); GCNN(X) = A * sigmoid(B)
-        h = ops.conv(inputs, ops.cast(self.kernel, inputs.dtype), strides=1, padding="same")
+        h = ops.conv(
+            inputs, ops.cast(self.kernel, inputs.dtype), strides=1, padding="same", data_format="channels_last"
+        )
         out = h[..., : self.units] * ops.sigmoid(h[..., self.units :])
         return out + inputs if self.residual else out
 

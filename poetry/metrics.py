@@ -12,7 +12,8 @@ Every measure takes a list of texts without punctuation: 10 characters for a cou
   (the 1st and 3rd are free: 一三不论) that comes to three rules: in each line the 2nd and 4th
   characters differ in tone (二四分明); the two lines differ at the 2nd (对); the second line ends on
   a level tone (平, the rhyme). A quatrain also needs its 3rd line to follow the 2nd at position 2
-  (粘). A character read in both tones may take either; 孤平 and the first line's rhyme are not judged.
+  (粘) and to end oblique (it does not rhyme). A character read in both tones may take either; 孤平
+  and whether the first line rhymes are not judged.
 - ``rhymes``: the line ends of a couplet (the 5th and 10th characters), or of a quatrain's 2nd and
   4th lines, fall in the same rhyme group.
 
@@ -148,8 +149,8 @@ class Prosody:
             pos2, pos4, pos5 = choice[0::3], choice[1::3], choice[2::3]
             ok = all(a != b for a, b in zip(pos2, pos4))  # 二四分明
             ok = ok and all(pos2[i] != pos2[i + 1] and pos5[i + 1] == LEVEL for i in (0, 2)[: len(verse) // 2])
-            if len(verse) == 4:
-                ok = ok and pos2[2] == pos2[1]  # 粘: the 3rd line follows the 2nd
+            if len(verse) == 4:  # 粘: the 3rd line follows the 2nd; it does not rhyme, so it ends oblique
+                ok = ok and pos2[2] == pos2[1] and pos5[2] == OBLIQUE
             if ok:
                 return True
         return False

@@ -101,18 +101,34 @@ CLAIM = report.Claim(
 
 
 def load_corpus(unit, poems_limit=None):
-    """Training and held-out texts of one unit, the vocabulary of the training texts, and the Tang
-    poems (for the tone table). Whole poems are held out (``utils.data.split_poems``)."""
-    poems = data.tang_poems()
-    used = poems[:poems_limit]
+    """The texts of one unit, split by whole poems (``utils.data.split_poems``):
+
+    - ``train``, ``heldout``: the training and held-out texts. A held-out text that also occurs in a
+      training poem is dropped (the corpus repeats some poems under another title or author, and
+      some couplets recur), so that no held-out text was seen in training;
+    - ``vocab``: the training texts' characters (``utils.data.char_vocabulary``);
+    - ``lines``: every five-character line of the training poems, whatever their form (what a
+      novel line must not be);
+    - ``train_poems``: the training poems (for the tone table), and ``dropped``: how many held-out
+      texts were dropped."""
+    poems = data.tang_poems()[:poems_limit]
     if unit == "couplet":
-        per_poem = [data.couplets(p) for p in used]
+        per_poem = [data.couplets(p) for p in poems]
     else:
-        per_poem = [[q] if (q := data.quatrain(p)) else [] for p in used]
-    train_idx, heldout_idx = data.split_poems(len(used), HELDOUT)
+        per_poem = [[q] if (q := data.quatrain(p)) else [] for p in poems]
+    train_idx, heldout_idx = data.split_poems(len(poems), HELDOUT)
     train = [t for i in train_idx for t in per_poem[i]]
+    seen = set(train)
     heldout = [t for i in heldout_idx for t in per_poem[i]]
-    return train, heldout, data.char_vocabulary(train), poems
+    kept = [t for t in heldout if t not in seen]
+    return {
+        "train": train,
+        "heldout": kept,
+        "dropped": len(heldout) - len(kept),
+        "vocab": data.char_vocabulary(train),
+        "lines": {line for i in train_idx for line in data.five_char_lines(poems[i])},
+        "train_poems": [poems[i] for i in train_idx],
+    }
 
 
 """## 2. The model"""
@@ -246,7 +262,8 @@ def train_seed(job, checkpoint):
     train, heldout, vocab = corpus["train"], corpus["heldout"], corpus["vocab"]
     x, x_held = data.encode_chars(train, vocab), data.encode_chars(heldout, vocab)
     print(
-        f"    {len(train):,} training {cfg['unit']}s, {len(heldout):,} held out, {len(vocab):,} characters",
+        f"    {len(train):,} training {cfg['unit']}s, {len(heldout):,} held out ({corpus['dropped']:,} more held-out "
+        f"ones occur in training poems and are left out), {len(vocab):,} characters",
         flush=True,
     )
     with cli.distribution(spec["args"]):
@@ -404,16 +421,16 @@ def main(argv=None):
     print(f"backend {keras.backend.backend()}, mode {args.mode}, variants {variants}, records in {args.out}")
     corpus, prosody = {}, None
     for unit in sorted({VARIANTS[v]["unit"] for v in variants}):
-        train, heldout, vocab, poems = load_corpus(unit, mode["poems"])
-        prosody = prosody or metrics.Prosody.from_poems(poems)
-        lines = {line for text in train for line in metrics.lines(text)}
-        baselines = frequency_baselines(data.encode_chars(train, vocab), data.encode_chars(heldout, vocab), len(vocab))
+        texts = load_corpus(unit, mode["poems"])
+        prosody = prosody or metrics.Prosody.from_poems(texts["train_poems"])  # the same split for both units
+        x, x_held = (data.encode_chars(texts[k], texts["vocab"]) for k in ("train", "heldout"))
         corpus[unit] = {
-            "train": train,
-            "heldout": heldout,
-            "vocab": vocab,
-            "lines": lines,
-            "real": {**real_scores(heldout, prosody, lines, LENGTH[unit]), **baselines},
+            **texts,
+            "real": {
+                **real_scores(texts["heldout"], prosody, texts["lines"], LENGTH[unit]),
+                **frequency_baselines(x, x_held, len(texts["vocab"])),
+                "heldout_dropped": texts["dropped"],
+            },
         }
     records = runs.run_jobs(ARTICLE, jobs(args, variants, corpus, prosody), args, train_seed)
     summary(records)

@@ -187,6 +187,13 @@ def test_the_split_holds_out_whole_poems_the_same_way_every_time():
     assert np.array_equal(held, again_held) and not np.array_equal(held, data.split_poems(1000, 0.05, seed=1)[1])
     with pytest.raises(ValueError, match=r"heldout must be a fraction in \(0, 1\), got 0"):
         data.split_poems(10, 0)
+    with pytest.raises(ValueError, match="holding out 0.05 of 8 poems leaves nothing held out"):
+        data.split_poems(8, 0.05)
+
+
+def test_five_character_lines_of_any_poem():
+    text = "秦川雄帝宅，函谷壮皇居。黄河远上白云间，一片孤城万仞山？春眠不觉晓！"
+    assert data.five_char_lines(text) == ["秦川雄帝宅", "函谷壮皇居", "春眠不觉晓"]
 
 
 def test_vocabulary_is_by_frequency_after_unknown_and_unseen_characters_map_to_it():
@@ -230,6 +237,8 @@ def test_tone_table_thresholds_and_the_modern_fallback():
         ("国看山河在城春草木深", True),  # 看 takes either tone
         ("国破山河在城春草木深国破山河在城春草木深", False),  # 粘 broken: line 3 must follow line 2
         ("国破山河在城春草木深城春草木在国破山河深", True),  # 仄仄平平仄 平平仄仄平 平平仄仄仄 仄仄平平平
+        ("国破山河在城春草木深城春草木在国破山河在", False),  # only the 2nd couplet breaks: line 4 ends oblique
+        ("国破山河在城春草木深城春草木深国破山河深", False),  # line 3 ends level (it must not rhyme)
     ],
 )
 def test_tone_rules_on_couplets_and_quatrains(text, conforms):
@@ -244,6 +253,10 @@ def test_rhyme_groups_follow_the_modern_table():
     assert TABLE.rhyme_group("知") == "支" and TABLE.rhyme_group("西") == "齐"  # zhi vs xi
     assert not rhymes("春眠不觉知处处闻啼西")
     assert rhymes("一二三四五六七八九乡一二三四五六七八九光")  # quatrain: lines 2 and 4, xiang / guang
+    assert (
+        rhymes("一二三四女六七八九西") and rhymes("一二三四军六七八九门") and rhymes("一二三四远六七八九山")
+    )  # v, vn, van
+    assert not rhymes("一二三四远六七八九军") and not rhymes("一二三四五六七八九乡一二三四五六七八九军")
     with pytest.raises(ValueError, match="expects 10 or 20 characters, got 9"):
         rhymes("春眠不觉晓处处闻啼")
 
@@ -257,6 +270,8 @@ def test_form_novelty_and_variety_shares():
         "<unk>不觉晓处处闻啼",
     ]
     assert metrics.well_formed(texts) == pytest.approx(2 / 5)
+    assert metrics.well_formed(["<unk>觉晓处处闻啼", "春<unk>觉晓处处闻啼"], length=10, unknown="<unk>") == 0
+    assert metrics.well_formed(["春眠觉晓处处闻啼乡里"], length=10) == 1
     assert metrics.distinct(texts) == pytest.approx(4 / 5)
     assert metrics.novel(["春眠不觉晓夜来风雨声", "白日依山尽黄河入海流"], {"春眠不觉晓"}) == 0.5
     scores = metrics.score(texts[:2], TABLE, set())
@@ -315,6 +330,22 @@ def test_generation_after_training_is_well_formed_and_learns_the_structure():
     assert poet.write(5, seed=3) == poet.write(5, seed=3) != poet.write(5, seed=4)
 
 
+@pytest.mark.layers
+def test_kl_annealing_raises_the_weight_with_the_steps_inside_fit():
+    from poetry import train
+
+    texts = synthetic_couplets(64)
+    vocab = data.char_vocabulary(texts)
+    x = data.encode_chars(texts, vocab)
+    vae, _, _ = train.build_vae(len(vocab), 10, 4, 1, 1, 0.0, 0)
+    vae.compile(keras.optimizers.Adam(), loss=sequence_nll, steps_per_execution=1)
+    kl = vae.get_layer("kl")
+    vae.fit(x, x, batch_size=8, epochs=1, verbose=0, callbacks=[train.AnnealKL(kl, 16)])
+    assert float(np_(kl.kl_weight)) == pytest.approx(7 / 16)  # set before each of the 8 steps: 0/16 .. 7/16
+    vae.fit(x, x, batch_size=8, epochs=2, verbose=0, callbacks=[train.AnnealKL(kl, 16)])
+    assert float(np_(kl.kl_weight)) == 1.0  # step 16 onwards
+
+
 def test_decoding_never_writes_unknown_and_top_k_restricts_the_draws():
     poet = Poet.__new__(Poet)
     poet.vocab = ["<unk>", "a", "b", "c"]
@@ -322,6 +353,11 @@ def test_decoding_never_writes_unknown_and_top_k_restricts_the_draws():
     assert poet.decode(logits) == ["a"] * 400  # <unk> is the argmax but never written
     draws = Counter(poet.decode(logits + np.log([1, 1, 3, 6]), 1.0, 2, np.random.default_rng(0)))
     assert set(draws) == {"b", "c"} and 0.55 < draws["c"] / 400 < 0.8  # 6 / (3 + 6) = 0.67
+    cold = Counter(poet.decode(logits + np.log([1, 1, 3, 6]), 0.25, None, np.random.default_rng(0)))
+    assert cold["c"] / 400 > 0.9  # (6/3)^4 = 16 to 1 against b: a low temperature sharpens
+    assert poet.decode(logits + np.log([1, 1, 3, 6]), 1e-300) == ["c"] * 400  # no overflow, no <unk>
+    ties = np.zeros((400, 1, 4))
+    assert set(poet.decode(ties, 1.0, 1, np.random.default_rng(0))) == {"a"}  # top-1 of tied logits: one id
 
 
 @pytest.mark.backends
@@ -392,15 +428,17 @@ def test_smoke_run_records_resumes_and_refuses_other_settings(require_data, tmp_
 
 
 @pytest.mark.data
-def test_the_corpus_gives_the_documented_counts(require_data):
+def test_the_corpus_gives_the_documented_counts_and_no_held_out_text_is_in_training(require_data):
     require_data("chinese_poetry/poet.tang.zhCN.tar.xz")
     from poetry import train
 
-    couplets, heldout, vocab, poems = train.load_corpus("couplet")
-    assert len(poems) == 57_591 and len(couplets) + len(heldout) == 153_294
-    assert couplets[0] == "秦川雄帝宅函谷壮皇居" and vocab[0] == "<unk>"
-    quatrains, held_q, _, _ = train.load_corpus("quatrain")
-    assert all(len(q) == 20 for q in quatrains) and 3_000 < len(quatrains) + len(held_q) < 5_000
+    corpus = train.load_corpus("couplet")
+    assert len(corpus["train"]) + len(corpus["heldout"]) + corpus["dropped"] == 153_294
+    assert corpus["train"][0] == "秦川雄帝宅函谷壮皇居" and corpus["vocab"][0] == "<unk>"
+    assert not set(corpus["heldout"]) & set(corpus["train"]) and corpus["dropped"] > 0
+    assert {t[:5] for t in corpus["train"]} <= corpus["lines"] and len(corpus["lines"]) > len(corpus["train"])
+    quatrains = train.load_corpus("quatrain")
+    assert all(len(q) == 20 for q in quatrains["train"]) and 3_000 < len(quatrains["train"]) < 5_000
 
 
 def test_claim_needs_well_formed_novel_distinct_couplets_and_a_model_better_than_frequencies():

@@ -813,3 +813,12 @@ def test_claim_judges_one_run_against_the_reference():
     assert any(
         line.startswith("Code of this run's records: 0000000, ") and "--force reruns them" in line for line in lines
     )
+
+
+def test_models_go_beside_their_records_and_never_into_the_reference(tmp_path):
+    from utils import runs
+
+    assert runs.models_dir(runs.USER_RUNS, "poetry") == runs.REPO / "runs" / "poetry"
+    assert runs.models_dir(runs.REFERENCE, "crf") == runs.REPO / "runs" / "crf-reference"
+    assert runs.models_dir(tmp_path, "poetry") == tmp_path / "models"
+    assert not str(runs.models_dir(runs.REFERENCE, "crf")).startswith(str(runs.REFERENCE))

@@ -332,7 +332,22 @@ def split_poems(n, heldout=0.05, seed=5332):
         raise ValueError(f"split_poems: heldout must be a fraction in (0, 1), got {heldout!r}")
     order = np.random.default_rng(seed).permutation(n)
     cut = int(round(n * heldout))
+    if cut == 0 or cut == n:
+        raise ValueError(
+            f"split_poems: holding out {heldout} of {n} poems leaves "
+            f"{'nothing held out' if cut == 0 else 'nothing to train'}; use more poems or another fraction"
+        )
     return np.sort(order[cut:]), np.sort(order[:cut])
+
+
+_LINE = re.compile(f"(?<![{_HAN}])[{_HAN}]{{5}}(?![{_HAN}])")
+
+
+def five_char_lines(poem):
+    """Every run of exactly 5 CJK characters between punctuation in a poem (dict or text): its
+    five-character lines, whatever the poem's form."""
+    text = "".join(poem["paragraphs"]) if isinstance(poem, dict) else str(poem)
+    return _LINE.findall(text)
 
 
 UNKNOWN_CHAR = "<unk>"

@@ -269,6 +269,11 @@ class KLDivergence(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return [tuple(s) for s in input_shape]
 
+    def load_own_variables(self, store):
+        if len(store.keys()) == 0:  # saved before the layer had ``kl_weight``: it starts at ``weight``
+            return
+        super().load_own_variables(store)
+
     def get_config(self):
         return {**super().get_config(), "weight": self.weight, "free_bits": self.free_bits}
 
