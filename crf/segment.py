@@ -194,13 +194,10 @@ class Segmenter:
         return cls(keras.saving.load_model(path / "tagger.keras", compile=False), vocab, jit_compile, host_decode)
 
     def save(self, path):
-        from utils.runs import write_text_atomic
+        from utils.runs import save_model_atomic, write_text_atomic
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / ".tagger.keras.tmp.keras"
-        self.tagger.save(tmp)
-        os.replace(tmp, path / "tagger.keras")
+        save_model_atomic(self.tagger, path / "tagger.keras")
         write_text_atomic(path / "vocab.json", json.dumps(self.vocab, ensure_ascii=False))
 
     def tag(self, texts, batch_size=256, max_chars=16384, progress=None):

@@ -78,14 +78,10 @@ class Poet:
 
     def save(self, folder):
         """Write ``generator.keras`` and ``vocab.json`` into ``folder`` (each replaced atomically)."""
-        from utils.runs import write_text_atomic
+        from utils.runs import save_model_atomic, write_text_atomic
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".generator.tmp.keras"
-        self.generator.save(tmp)
-        os.replace(tmp, folder / "generator.keras")
-        write_text_atomic(folder / "vocab.json", json.dumps(self.vocab, ensure_ascii=False))
+        save_model_atomic(self.generator, Path(folder) / "generator.keras")
+        write_text_atomic(Path(folder) / "vocab.json", json.dumps(self.vocab, ensure_ascii=False))
 
     def logits(self, z, batch_size=1000):
         """The generator on latents ``z`` (n, latent), in batches: (n, length, vocabulary) float32."""

@@ -29,7 +29,7 @@ Run:  python poetry/train.py                          (the article's recipe, 100
                                                        4 hours per seed on 2 CPU cores; minutes on a GPU)
       python poetry/train.py --variants anneal free_bits deeper wide quatrain
       python poetry/train.py --epochs 8               (what the committed reference ran here)
-      python poetry/train.py --quick                  (1 epoch, 1 seed: about 4 minutes)
+      python poetry/train.py --quick                  (1 epoch, 1 seed: about 4 minutes on 2 CPU cores)
       python poetry/train.py --smoke                  (seconds: checks that the script runs)
       python poetry/generate.py runs/poetry/article-seed0     (couplets from a trained seed)
 Records go to runs/results/poetry/, the models to runs/poetry/ (the reference: results/ with

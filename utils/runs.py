@@ -189,6 +189,16 @@ def write_json_atomic(path, obj):
     return write_text_atomic(path, text + "\n")
 
 
+def save_model_atomic(model, path):
+    """``model.save(path)`` through a temporary file beside it, so that a kill mid-write leaves the
+    old file (or none), never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
 def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
