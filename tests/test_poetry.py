@@ -465,3 +465,14 @@ def test_frequency_baselines_against_a_hand_count():
     out = train.frequency_baselines(x, held, 3)
     assert out["unigram_nll"] == pytest.approx(-np.log(4 / 7) - np.log(2 / 7))
     assert out["position_unigram_nll"] == pytest.approx(-np.log(3 / 5) - np.log(2 / 5))
+
+
+def test_claim_holds_on_the_reference_and_fails_for_a_model_no_better_than_frequencies():
+    from poetry import train
+    from utils import report, runs
+
+    reference = runs.load_results(runs.REFERENCE, "poetry")
+    assert train.CLAIM.verdict(reference, "full") == report.REPRODUCED
+    # the control: held-out -ELBO of the characters' frequencies in place of the model's
+    swapped = [{**r, "metrics": {**r["metrics"], "heldout_neg_elbo": r["metrics"]["unigram_nll"]}} for r in reference]
+    assert train.CLAIM.verdict(swapped, "full") == report.NOT_REPRODUCED

@@ -97,13 +97,14 @@ def test_the_full_protocol_covers_and_reuses_every_reference_record():
     import attention.train as attention
     import capsule.train as capsule
     import crf.train as crf
+    import poetry.train as poetry
     import vae.train as vae
     from reproduce import ARTICLES
     from utils import cli
 
     def args(module, extra=()):
         p = cli.parser("")
-        for option in ("--variant", "--ensembles"):
+        for option in ("--variant", "--variants", "--ensembles"):
             if option in ARTICLES[module.ARTICLE]["full"]:
                 p.add_argument(option, nargs="+")
         return cli.parse(p, [*ARTICLES[module.ARTICLE]["full"], "--reference", *extra])
@@ -119,6 +120,7 @@ def test_the_full_protocol_covers_and_reuses_every_reference_record():
         "capsule": capsule.jobs(full_capsule, list(capsule.MODELS), (None, two_digit_labels)),
         "crf": crf.jobs(full_crf, None),
         "vae": vae.jobs(args(vae), list(vae.MODELS), pca_knn=None),
+        "poetry": poetry.jobs(args(poetry), list(poetry.VARIANTS), corpus=None, prosody=None),
     }
     assert sorted(jobs) == sorted(ARTICLES)
     for article, article_jobs in jobs.items():
