@@ -23,6 +23,7 @@ the same arrays in a differently written ``.npz`` fail that function's hash chec
 download.
 """
 
+import functools
 import io
 import json
 import os
@@ -260,8 +261,15 @@ def tang_poems():
     """The 57,591 Tang poems of chinese-poetry-zhCN (simplified characters), in corpus order.
 
     Each poem is a dict with ``author``, ``title``, ``paragraphs`` (list of lines, usually one couplet
-    each, with ``，`` and ``。``) and ``strains`` (tone patterns).
+    each, with ``，`` and ``。``) and ``strains`` (tone patterns). The poems are read once per process
+    and data folder (reading the archive takes seconds); each call returns a new list of the same
+    dicts, which callers must not change.
     """
+    return list(_read_tang_poems(str(data_dir())))
+
+
+@functools.lru_cache(maxsize=1)
+def _read_tang_poems(_folder):
     root = data_dir()
     archive = root / "chinese_poetry/poet.tang.zhCN.tar.xz" if root is not None else None
     if archive is not None and archive.is_file():
