@@ -166,14 +166,17 @@ class Prosody:
     def tone_rate(self, texts):
         """Share of texts whose tones conform (``tone_conforms``); texts of another length count as not."""
         _check_texts(texts, "tone_rate")
-        return sum(len(t) in (10, 20) and _HAN.match(t) is not None and self.tone_conforms(t) for t in texts) / len(
-            texts
-        )
+        return sum(_judgeable(t) and self.tone_conforms(t) for t in texts) / len(texts)
 
     def rhyme_rate(self, texts):
         """Share of texts whose line ends rhyme (``rhymes``)."""
         _check_texts(texts, "rhyme_rate")
-        return sum(len(t) in (10, 20) and _HAN.match(t) is not None and self.rhymes(t) for t in texts) / len(texts)
+        return sum(_judgeable(t) and self.rhymes(t) for t in texts) / len(texts)
+
+
+def _judgeable(text):
+    """A couplet or quatrain of CJK characters only: what the tone and rhyme rules can judge."""
+    return len(text) in (10, 20) and _HAN.match(text) is not None
 
 
 def _modern_tone(ch):

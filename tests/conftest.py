@@ -42,7 +42,8 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def data_dir():
-    """The data folder: $KEXUE_DATA, else ../shared/data beside the repository."""
+    """The data folder: $KEXUE_DATA, else the folder CI puts beside the clone (``shared/data``; tests
+    and CI only: a user sets KEXUE_DATA or lets the loaders download)."""
     from utils.data import DATA_ENV
 
     path = Path(os.environ.get(DATA_ENV) or REPO.parent / "shared" / "data")

@@ -75,7 +75,12 @@ def gaussian_kl(mean, log_var, prior_mean=None):
     """
     mean, log_var = _as_float(mean), _as_float(log_var)
     diff = mean if prior_mean is None else mean - ops.cast(prior_mean, mean.dtype)
-    return 0.5 * ops.sum(ops.square(diff) + ops.exp(log_var) - log_var - 1.0, axis=-1)
+    return ops.sum(_kl_per_dimension(diff, log_var), axis=-1)
+
+
+def _kl_per_dimension(diff, log_var):
+    """1/2 ((mean - prior_mean)^2 + exp(log_var) - log_var - 1), each latent dimension apart."""
+    return 0.5 * (ops.square(diff) + ops.exp(log_var) - log_var - 1.0)
 
 
 @keras.saving.register_keras_serializable(package="kexue")
@@ -259,7 +264,7 @@ class KLDivergence(keras.layers.Layer):
         if len(inputs) == 3:
             mean = mean - ops.cast(inputs[2], mean.dtype)
         if self.free_bits > 0:  # per dimension, batch mean, floored at lambda
-            per_dim = ops.mean(0.5 * (ops.square(mean) + ops.exp(log_var) - log_var - 1.0), axis=0)
+            per_dim = ops.mean(_kl_per_dimension(mean, log_var), axis=0)
             kl = ops.sum(ops.maximum(per_dim, self.free_bits))
         else:
             kl = ops.mean(gaussian_kl(mean, log_var))
