@@ -26,11 +26,36 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["CRF", "ZeroMasked", "allowed_transitions"]
+__all__ = ["CRF", "ZeroMasked", "allowed_transitions", "build_tagger"]
 
-# Score of a forbidden transition. Finite, so nothing turns into NaN, and far below any real path
-# score (|emission| <= 1e4 and 1e4 tokens give |score| <= 1e8 << 1e30 < float32 max 3.4e38).
-FORBIDDEN = -1e30
+# Score of a forbidden transition, start or end: -inf, so no finite emission, however large, can
+# make a forbidden path win or count in Z. The recursions use ``_logsumexp``, whose value and
+# gradient stay exact when every term is -inf (an unreachable tag).
+FORBIDDEN = float("-inf")
+
+
+def _logsumexp(x, axis):
+    """log(sum(exp(x))) over ``axis``: -inf with a zero gradient (not NaN) when every term is -inf."""
+    top = ops.max(x, axis=axis, keepdims=True)
+    top = ops.stop_gradient(ops.where(ops.isfinite(top), top, 0.0))
+    total = ops.sum(ops.exp(x - top), axis=axis)
+    empty = total <= 0.0
+    return ops.where(empty, FORBIDDEN, ops.log(ops.where(empty, 1.0, total)) + ops.squeeze(top, axis))
+
+
+def _shift(x, axes):
+    """``x`` minus its maximum over ``axes`` (kept finite: 0 where every entry is -inf), and that
+    maximum: renormalising a recursion's state each step keeps it far from float32 overflow."""
+    top = ops.max(x, axis=axes, keepdims=True)
+    top = ops.where(ops.isfinite(top), top, 0.0)
+    return x - top, ops.reshape(top, (-1,))
+
+
+def _count(name, value):
+    """``value`` as a positive int, or a ValueError naming it (no silent rounding of 2.5 or True)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _loop(body, state, n):
@@ -116,9 +141,7 @@ class CRF(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if int(num_tags) < 1:
-            raise ValueError(f"CRF: num_tags must be a positive integer, got {num_tags!r}")
-        self.num_tags = int(num_tags)
+        self.num_tags = _count("CRF: num_tags", num_tags)
         self.boundary = bool(boundary)
         self.ignore_last_label = bool(ignore_last_label)
         self.allowed = self._check_allowed("allowed", allowed, (self.num_tags, self.num_tags))
@@ -142,13 +165,7 @@ class CRF(keras.layers.Layer):
         return array
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        expected = self.num_tags + (1 if self.ignore_last_label else 0)
-        if channels is not None and channels != expected:
-            raise ValueError(
-                f"CRF: emissions must have {expected} channels (num_tags={self.num_tags}"
-                f"{' + 1 padding tag' if self.ignore_last_label else ''}), got shape {tuple(input_shape)}"
-            )
+        self._check_emissions(input_shape)
         k = self.num_tags
         self.transitions = self.add_weight(name="transitions", shape=(k, k), initializer=self.transitions_initializer)
         if self.boundary:
@@ -181,34 +198,69 @@ class CRF(keras.layers.Layer):
         (crf/segment.py decodes on the host with them)."""
         return self._scores()
 
+    # ---- inputs ------------------------------------------------------------------------------------
+
+    def _check_emissions(self, shape):
+        """Emissions are (batch, T, K); with ``ignore_last_label`` K + 1 (the last ignored) or K."""
+        shape, k = tuple(shape), self.num_tags
+        widths = (None, k + 1, k) if self.ignore_last_label else (None, k)
+        if len(shape) != 3 or shape[-1] not in widths:
+            raise ValueError(
+                f"CRF: emissions must have shape (batch, T, {widths[1]}) (num_tags={k}"
+                f"{' + 1 padding tag, or K without it' if self.ignore_last_label else ''}), got shape {shape}"
+            )
+
+    @staticmethod
+    def _check_steps(name, x, emissions):
+        """``x`` (a mask or tags) must be (batch, T), the emissions' first two sizes."""
+        shape, steps = tuple(x.shape), tuple(emissions.shape[:2])
+        if len(shape) != 2 or any(a is not None and b is not None and a != b for a, b in zip(shape, steps)):
+            raise ValueError(f"CRF: {name} must have shape (batch, T) = {steps} like the emissions, got {shape}")
+
     def _prepare(self, emissions, mask):
-        """float32 emissions (batch, T, K) and a boolean mask, left-aligned. Masked emissions are 0."""
+        """Left-aligned float32 emissions (batch, T, K) and boolean mask, the order and its inverse,
+        and ``broken`` (batch,): rows with NaN or +inf at a real position, whose results are NaN.
+        Masked and broken entries become 0 here; -inf (a tag impossible at that step) stays."""
+        emissions = ops.convert_to_tensor(emissions)
+        self._check_emissions(emissions.shape)
         if not self.built:
             self.build(emissions.shape)
         emissions = ops.cast(emissions, "float32")
         if self.ignore_last_label:
             emissions = emissions[..., : self.num_tags]
-        if len(emissions.shape) != 3:
-            raise ValueError(f"CRF: emissions must have shape (batch, T, num_tags), got {tuple(emissions.shape)}")
-        if mask is None:  # the padding that call() marked with -inf, if any
-            mask = ops.any(emissions > float("-inf"), axis=-1)
+        if mask is None:  # the padding that call() marked: steps whose every score is -inf
+            mask = ops.any(ops.not_equal(emissions, FORBIDDEN), axis=-1)
         else:
+            mask = ops.convert_to_tensor(mask)
+            self._check_steps("mask", mask, emissions)
             mask = ops.cast(mask, "bool")
-            if len(mask.shape) != 2:
-                raise ValueError(f"CRF: mask must have shape (batch, T), got {tuple(mask.shape)}")
         order, inverse = _left_align(mask)
         mask = _take(mask, order)
-        emissions = ops.where(mask[:, :, None], _take(emissions, order), 0.0)
-        return emissions, mask, order, inverse
+        emissions = _take(emissions, order)
+        bad = ops.isnan(emissions) | ops.equal(emissions, float("inf"))
+        broken = ops.any(bad & mask[:, :, None], axis=(1, 2))
+        emissions = ops.where(mask[:, :, None] & ops.logical_not(bad), emissions, 0.0)
+        return emissions, mask, order, inverse, broken
+
+    def _tag_ids(self, tags, ok=None):
+        """int32 tag ids (batch, T), and where they are valid: whole numbers in [0, K) (and ``ok``)."""
+        tags = ops.convert_to_tensor(tags)
+        valid = (tags >= 0) & (tags < self.num_tags)
+        if "float" in keras.backend.standardize_dtype(tags.dtype):
+            valid = valid & ops.equal(tags, ops.floor(tags))
+        valid = valid if ok is None else valid & ok
+        return ops.cast(ops.where(valid, tags, 0), "int32"), valid
 
     # ---- Keras layer API ---------------------------------------------------------------------------
 
     def call(self, inputs, mask=None, decode=False):
         if decode:
             return self.decode(inputs, mask)[0]
+        self._check_emissions(inputs.shape)
         outputs = ops.cast(inputs, "float32")
         if mask is not None:
-            outputs = ops.where(ops.cast(mask, "bool")[:, :, None], outputs, float("-inf"))
+            self._check_steps("mask", mask, outputs)
+            outputs = ops.where(ops.cast(mask, "bool")[:, :, None], outputs, FORBIDDEN)
         return outputs
 
     def compute_output_shape(self, input_shape, decode=False):
@@ -239,84 +291,130 @@ class CRF(keras.layers.Layer):
 
     # ---- scores ------------------------------------------------------------------------------------
 
-    def _path_score(self, emissions, tags, mask):
-        """score(tags) on left-aligned inputs: emissions picked by the tags ("the prediction dotted
-        with the one-hot target"), plus transitions between consecutive real tokens, plus boundary."""
+    def _gold(self, emissions, tags, mask):
+        """The pieces of the tagged path on left-aligned inputs: its emission at each step and the
+        score of the move into each step (the start score at step 0), both (batch, T) and 0 on
+        padding; its end score (batch,); and whether the path is possible (every piece above -inf)."""
         trans, start, end = self._scores()
         k = self.num_tags
-        tags = ops.clip(tags, 0, k - 1)  # padded positions may hold anything; they are masked below
-        maskf = ops.cast(mask, "float32")
-        emitted = ops.sum(ops.take_along_axis(emissions, tags[:, :, None], axis=2)[:, :, 0] * maskf, axis=1)
-        pairs = ops.take(ops.reshape(trans, (-1,)), tags[:, :-1] * k + tags[:, 1:])
-        moved = ops.sum(pairs * maskf[:, 1:], axis=1)
+        emitted = ops.take_along_axis(emissions, tags[:, :, None], axis=2)[:, :, 0]
+        moves = ops.take(ops.reshape(trans, (-1,)), tags[:, :-1] * k + tags[:, 1:])
+        into = ops.concatenate([ops.take(start, tags[:, :1]), moves], axis=1)
         length = ops.sum(ops.cast(mask, "int32"), axis=1)
-        last = ops.take_along_axis(tags, ops.maximum(length - 1, 0)[:, None], axis=1)[:, 0]
-        bounds = ops.where(length > 0, ops.take(start, tags[:, 0]) + ops.take(end, last), 0.0)
-        return emitted + moved + bounds
+        closing = ops.take(end, ops.take_along_axis(tags, ops.maximum(length - 1, 0)[:, None], axis=1)[:, 0])
+        finite = ops.isfinite(emitted) & ops.isfinite(into)
+        possible = ops.all(finite | ops.logical_not(mask), axis=1) & (ops.isfinite(closing) | (length == 0))
+        keep = mask & finite
+        return (
+            ops.where(keep, emitted, 0.0),
+            ops.where(keep, into, 0.0),
+            ops.where(ops.isfinite(closing), closing, 0.0),
+            possible,
+        )
 
-    def _log_partition(self, emissions, mask):
-        """log Z by the forward recursion on left-aligned inputs; the state is carried over padding."""
+    def _forward(self, emissions, mask, gold=None):
+        """The forward recursion on left-aligned inputs, the state carried over padding: log Z; or,
+        given the tagged path's pieces (``_gold``), log Z - score(path), each step's scores taken
+        relative to the path's, so the numbers stay small and the result is accurate (and not below
+        0) whatever the scale of the emissions."""
         trans, start, end = self._scores()
+        zeros = ops.zeros(ops.shape(mask), "float32")
+        emitted, into, closing = gold if gold is not None else (zeros, zeros, zeros[:, 0])
+        emissions = emissions - emitted[:, :, None]
 
         def step(t, alpha):
-            x_t = _at(emissions, t)
-            new = ops.logsumexp(alpha[:, :, None] + trans[None], axis=1) + x_t
+            new = _logsumexp(alpha[:, :, None] + trans[None], 1) + _at(emissions, t) - _at(into, t)[:, None]
             return ops.where(_at(mask, t)[:, None], new, alpha)
 
-        alpha = _loop(lambda t, a: step(t + 1, a), start[None, :] + emissions[:, 0], ops.shape(emissions)[1] - 1)
-        log_z = ops.logsumexp(alpha + end[None, :], axis=1)
-        return ops.where(ops.any(mask, axis=1), log_z, 0.0)
+        alpha = start[None, :] + emissions[:, 0] - into[:, :1]
+        alpha = _loop(lambda t, a: step(t + 1, a), alpha, ops.shape(emissions)[1] - 1)
+        total = _logsumexp(alpha + end[None, :], 1) - closing
+        return ops.where(ops.any(mask, axis=1), total, 0.0)
+
+    def _nll(self, emissions, tags, mask, ok=None):
+        """-log p(tags | emissions), (batch,): NaN for a row with an invalid tag (not a whole number
+        in [0, K)) or a NaN / +inf emission at a real step; +inf for a path the constraints forbid."""
+        tags = ops.convert_to_tensor(tags)
+        self._check_steps("tags", tags, emissions)
+        emissions, mask, order, _, broken = self._prepare(emissions, mask)
+        if 0 in emissions.shape[:2]:  # no step or no row: nothing to compute
+            return ops.zeros(ops.shape(mask)[:1], "float32")
+        tags, valid = self._tag_ids(tags, ok)
+        tags, valid = _take(tags, order), _take(valid, order)
+        valid = ops.all(valid | ops.logical_not(mask), axis=1) & ops.logical_not(broken)
+        *gold, possible = self._gold(emissions, tags, mask)
+        nll = self._forward(emissions, mask, gold)
+        return ops.where(valid, ops.where(possible, nll, float("inf")), float("nan"))
 
     def log_likelihood(self, emissions, tags, mask=None):
-        """log p(tags | emissions), shape (batch,). ``tags`` are int (batch, T); ``mask`` boolean
-        (batch, T), True on real tokens (default: every position not marked -inf by ``call``). A row
-        with no real token has log-likelihood 0."""
-        tags = ops.convert_to_tensor(tags)
-        if len(tags.shape) != 2:
-            raise ValueError(f"CRF: tags must be integers of shape (batch, T), got shape {tuple(tags.shape)}")
-        emissions, mask, order, _ = self._prepare(emissions, mask)
-        tags = _take(ops.cast(tags, "int32"), order)
-        return self._path_score(emissions, tags, mask) - self._log_partition(emissions, mask)
+        """log p(tags | emissions), shape (batch,). ``tags``: (batch, T) whole numbers in [0, K) at
+        real steps (padded steps may hold anything); ``mask`` boolean (batch, T), True on real tokens
+        (default: every step not marked -inf by ``call``). A row with no real token has log-likelihood
+        0; a path the constraints forbid, -inf; a row with an invalid tag or a NaN / +inf emission at
+        a real step, NaN."""
+        return -self._nll(emissions, tags, mask)
 
     # ---- training: loss and metric for model.compile -----------------------------------------------
 
     def _labels(self, y_true):
-        """Sparse tags and mask from the labels: int (batch, T), or the article's one-hot with a last
-        padding tag (``ignore_last_label``)."""
+        """(tags, where they are valid, mask or None) from the labels: tag ids (batch, T) or
+        (batch, T, 1), or one-hot (batch, T, K); with ``ignore_last_label``, one-hot over K + 1 tags
+        whose last marks padding (the article's format). A one-hot row at a real step must hold a
+        single 1 and zeros."""
         y_true = ops.convert_to_tensor(y_true)
-        if len(y_true.shape) == 3:
-            if not self.ignore_last_label:
-                return ops.argmax(y_true, axis=-1), None
-            padding = y_true[..., -1] > 0.5
-            return ops.argmax(y_true[..., : self.num_tags], axis=-1), ops.logical_not(padding)
-        return ops.cast(y_true, "int32"), None
+        shape, k = tuple(y_true.shape), self.num_tags
+        width = k + 1 if self.ignore_last_label else k
+        if len(shape) == 2:
+            return y_true, None, None
+        if len(shape) == 3 and shape[-1] == 1:
+            return y_true[..., 0], None, None
+        if len(shape) != 3 or shape[-1] != width:
+            raise ValueError(
+                f"CRF: labels must be tag ids of shape (batch, T) or (batch, T, 1), or one-hot of shape "
+                f"(batch, T, {width}){' (the last tag marks padding)' if self.ignore_last_label else ''}, "
+                f"got shape {shape}"
+            )
+        hot = ops.cast(y_true, "float32")
+        mask = None
+        if self.ignore_last_label:
+            mask = ops.logical_not(hot[..., -1] > 0.5)
+            hot = hot[..., :k]
+        one = (ops.max(hot, axis=-1) == 1.0) & (ops.sum(hot, axis=-1) == 1.0) & (ops.min(hot, axis=-1) >= 0.0)
+        return ops.argmax(hot, axis=-1), one, mask
 
     def loss(self, y_true, y_pred):
-        """Negative log-likelihood per sequence: ``model.compile(loss=crf.loss)``."""
-        tags, mask = self._labels(y_true)
-        return -self.log_likelihood(y_pred, tags, mask)
+        """Negative log-likelihood per sequence: ``model.compile(loss=crf.loss)``. Invalid labels
+        (a tag outside [0, K) or a malformed one-hot row at a real step) give NaN for their
+        sequence, so the epoch's loss shows them; labels of a path the constraints forbid give +inf."""
+        tags, ok, mask = self._labels(y_true)
+        return self._nll(y_pred, tags, mask, ok)
 
     def accuracy(self, y_true, y_pred):
         """Share of real tokens whose highest-scoring emission is the gold tag, per sequence, as the
         article's metric: ``metrics=[crf.accuracy]``. It reads no weights (JAX's trainer computes
         metrics without the model's variables) and so ignores transitions; use ``decode`` for the
-        Viterbi path."""
-        tags, mask = self._labels(y_true)
+        Viterbi path. NaN for a sequence with invalid labels or a NaN / +inf emission."""
+        tags, ok, mask = self._labels(y_true)
+        tags, valid = self._tag_ids(tags, ok)
         emissions = ops.cast(y_pred, "float32")[..., : self.num_tags]
-        real = ops.any(emissions > float("-inf"), axis=-1) if mask is None else ops.cast(mask, "bool")
-        right = (ops.cast(ops.argmax(emissions, axis=-1), "int32") == ops.cast(tags, "int32")) & real
-        return ops.sum(ops.cast(right, "float32"), axis=1) / ops.maximum(
+        real = ops.any(ops.not_equal(emissions, FORBIDDEN), axis=-1) if mask is None else ops.cast(mask, "bool")
+        broken = ops.any(ops.isnan(emissions) | ops.equal(emissions, float("inf")), axis=-1)
+        right = (ops.cast(ops.argmax(emissions, axis=-1), "int32") == tags) & real
+        share = ops.sum(ops.cast(right, "float32"), axis=1) / ops.maximum(
             ops.sum(ops.cast(real, "float32"), axis=1), 1.0
         )
+        wrong = ops.any((broken | ops.logical_not(valid)) & real, axis=1)
+        return ops.where(wrong, float("nan"), share)
 
     # ---- decoding ----------------------------------------------------------------------------------
 
     def _viterbi(self, emissions, mask, k):
         """The k best paths on left-aligned inputs: tags (batch, k, T) and scores (batch, k).
 
-        The state keeps, for each tag j, the k best scores of paths ending in j (batch, K, k);
-        each step takes the k best of the K * k extensions (i, rank) -> j, remembering where each
-        came from; padding steps keep the state and point back to themselves.
+        The state keeps, for each tag j, the k best scores of paths ending in j (batch, K, k), less
+        its maximum (added to ``offset``), so it cannot overflow whatever the emissions; each step
+        takes the k best of the K * k extensions (i, rank) -> j, remembering where each came from;
+        padding steps keep the state and point back to themselves.
         """
         trans, start, end = self._scores()
         num, steps = self.num_tags, ops.shape(emissions)[1]
@@ -324,24 +422,27 @@ class CRF(keras.layers.Layer):
         rank0 = ops.concatenate(
             [ops.zeros((1,), "float32"), ops.full((k - 1,), FORBIDDEN, "float32")]
         )  # one path so far
-        score = (start[None, :] + emissions[:, 0])[:, :, None] + rank0[None, None, :]
+        score, offset = _shift((start[None, :] + emissions[:, 0])[:, :, None] + rank0[None, None, :], (1, 2))
         stay = ops.reshape(ops.arange(num * k, dtype="int32"), (1, num, k))
         pointers = ops.zeros((batch, steps, num, k), "int32")
 
         def forward(t, state):
-            score, pointers = state
+            score, offset, pointers = state
             # extensions[b, j, i * k + r] = score[b, i, r] + trans[i, j]
             extensions = ops.reshape(
                 ops.transpose(score[:, :, :, None] + trans[None, :, None, :], (0, 3, 1, 2)), (-1, num, num * k)
             )
             best, came_from = ops.top_k(extensions, k)
-            new = best + _at(emissions, t)[:, :, None]
-            real = _at(mask, t)[:, None, None]
-            score = ops.where(real, new, score)
-            here = ops.where(real, ops.cast(came_from, "int32"), ops.broadcast_to(stay, ops.shape(came_from)))
-            return score, ops.slice_update(pointers, (0, t, 0, 0), here[:, None])
+            new, top = _shift(best + _at(emissions, t)[:, :, None], (1, 2))
+            real = _at(mask, t)
+            score = ops.where(real[:, None, None], new, score)
+            offset = ops.where(real, offset + top, offset)
+            here = ops.where(
+                real[:, None, None], ops.cast(came_from, "int32"), ops.broadcast_to(stay, ops.shape(came_from))
+            )
+            return score, offset, ops.slice_update(pointers, (0, t, 0, 0), here[:, None])
 
-        score, pointers = _loop(lambda t, s: forward(t + 1, s), (score, pointers), steps - 1)
+        score, offset, pointers = _loop(lambda t, s: forward(t + 1, s), (score, offset, pointers), steps - 1)
         final, last = ops.top_k(ops.reshape(score + end[None, :, None], (-1, num * k)), k)  # (batch, k)
         last = ops.cast(last, "int32")
         tags = ops.zeros((batch, k, steps), "int32")
@@ -354,7 +455,7 @@ class CRF(keras.layers.Layer):
             return ops.where(t > 0, back, cursor), tags
 
         _, tags = _loop(backward, (last, tags), steps)
-        return tags, final
+        return tags, final + offset[:, None]
 
     def decode(self, emissions, mask=None, top_k=None):
         """Viterbi decoding.
@@ -362,38 +463,55 @@ class CRF(keras.layers.Layer):
         Returns ``(tags, scores)``: int32 tags (batch, T) and their path scores (batch,); with
         ``top_k=k``, the k best paths, best first: tags (batch, k, T), scores (batch, k). Scores are
         unnormalised (subtract ``log_partition`` for log-probabilities). Positions outside the mask get
-        tag -1; a row with no real token gets score 0. If fewer than k paths are allowed, the extra
-        ones have scores near ``FORBIDDEN``.
+        tag -1; a row with no real token gets score 0. A path the constraints forbid is never returned:
+        if fewer than k paths are possible, the missing ones have score -inf and tags -1. A row with a
+        NaN or +inf emission at a real step gets score NaN and tags -1. Decoding is inference: the
+        outputs carry no gradient.
         """
-        k = 1 if top_k is None else int(top_k)
-        if k < 1:
-            raise ValueError(f"CRF.decode: top_k must be a positive integer, got {top_k!r}")
-        emissions, mask, _, inverse = self._prepare(emissions, mask)
-        tags, scores = self._viterbi(emissions, mask, k)
-        real = _take(mask, inverse)
-        tags = ops.stack([ops.where(real, _take(tags[:, r], inverse), -1) for r in range(k)], axis=1)
-        scores = ops.where(ops.any(mask, axis=1)[:, None], scores, 0.0)
+        k = 1 if top_k is None else _count("CRF.decode: top_k", top_k)
+        emissions, mask, _, inverse, broken = self._prepare(emissions, mask)
+        batch, steps = ops.shape(mask)[0], emissions.shape[1]
+        if 0 in emissions.shape[:2]:  # no step or no row: nothing to compute
+            tags, scores = ops.zeros((batch, k, steps), "int32"), ops.zeros((batch, k), "float32")
+        else:
+            tags, scores = self._viterbi(emissions, mask, k)
+            scores = ops.where(ops.any(mask, axis=1)[:, None], scores, 0.0)
+            scores = ops.where(broken[:, None], float("nan"), scores)
+            found = ops.logical_not(broken[:, None] | ops.equal(scores, FORBIDDEN))  # (batch, k)
+            real = _take(mask, inverse)
+            tags = ops.stack(
+                [ops.where(real & found[:, r : r + 1], _take(tags[:, r], inverse), -1) for r in range(k)], axis=1
+            )
+        tags, scores = ops.stop_gradient(tags), ops.stop_gradient(scores)
         return (tags[:, 0], scores[:, 0]) if top_k is None else (tags, scores)
 
     def log_partition(self, emissions, mask=None):
-        """log Z, shape (batch,)."""
-        emissions, mask, _, _ = self._prepare(emissions, mask)
-        return self._log_partition(emissions, mask)
+        """log Z, shape (batch,): 0 for a row with no real token, NaN for a row with a NaN or +inf
+        emission at a real step."""
+        emissions, mask, _, _, broken = self._prepare(emissions, mask)
+        if 0 in emissions.shape[:2]:  # no step or no row: nothing to compute
+            return ops.zeros(ops.shape(mask)[:1], "float32")
+        return ops.where(broken, float("nan"), self._forward(emissions, mask))
 
     def marginals(self, emissions, mask=None):
-        """p(y_t = j | emissions) by forward-backward, shape (batch, T, K); rows of padding are 0."""
-        emissions, mask, _, inverse = self._prepare(emissions, mask)
+        """p(y_t = j | emissions) by forward-backward, shape (batch, T, K); rows of padding are 0, a
+        row with a NaN or +inf emission at a real step is NaN. Each step's probabilities are
+        normalised on their own (the forward and backward states too), so they sum to 1 whatever the
+        scale of the emissions."""
+        emissions, mask, _, inverse, broken = self._prepare(emissions, mask)
         trans, start, end = self._scores()
         batch, steps = ops.shape(emissions)[0], ops.shape(emissions)[1]
+        if 0 in emissions.shape[:2]:  # no step or no row: nothing to compute
+            return ops.zeros((batch, steps, self.num_tags), "float32")
         zeros = ops.zeros((batch, steps, self.num_tags), "float32")
 
         def forward(t, state):
             alpha, alphas = state
-            new = ops.logsumexp(alpha[:, :, None] + trans[None], axis=1) + _at(emissions, t)
+            new, _ = _shift(_logsumexp(alpha[:, :, None] + trans[None], 1) + _at(emissions, t), 1)
             alpha = ops.where(_at(mask, t)[:, None], new, alpha)
             return alpha, ops.slice_update(alphas, (0, t, 0), alpha[:, None])
 
-        first = start[None, :] + emissions[:, 0]
+        first, _ = _shift(start[None, :] + emissions[:, 0], 1)
         _, alphas = _loop(
             lambda t, s: forward(t + 1, s), (first, ops.slice_update(zeros, (0, 0, 0), first[:, None])), steps - 1
         )
@@ -404,16 +522,39 @@ class CRF(keras.layers.Layer):
             t = steps - 2 - i
             beta, betas = state
             ahead = _at(emissions, t + 1) + beta
-            new = ops.logsumexp(trans[None] + ahead[:, None, :], axis=2)
+            new, _ = _shift(_logsumexp(trans[None] + ahead[:, None, :], 2), 1)
             beta = ops.where(_at(mask, t + 1)[:, None], new, beta)
             return beta, ops.slice_update(betas, (0, t, 0), beta[:, None])
 
         last = ops.broadcast_to(end[None, :], ops.shape(first))
         _, betas = _loop(backward, (last, ops.slice_update(zeros, (0, steps - 1, 0), last[:, None])), steps - 1)
-        log_z = ops.logsumexp(alphas[:, -1] + end[None, :], axis=1)
-        probs = ops.exp(alphas + betas - log_z[:, None, None])
+        scores = alphas + betas
+        top = ops.max(scores, axis=2, keepdims=True)
+        probs = ops.exp(scores - top)
+        probs = probs / ops.sum(probs, axis=2, keepdims=True)
         probs = ops.where(mask[:, :, None], probs, 0.0)
+        probs = ops.where(broken[:, None, None], float("nan"), probs)
         return _take(probs, inverse)
+
+
+def build_tagger(model):
+    """The tagging model of a CRF model: the same inputs, and the Viterbi tags of the CRF layer whose
+    emissions are the model's output (int32 (batch, T), -1 on padding), as ``crf(emissions,
+    decode=True)`` gives. The way back to a tagger from a training model loaded from a file, which
+    keeps only its own graph::
+
+        model = keras.saving.load_model("model.keras", compile=False)
+        tagger = build_tagger(model)
+    """
+    for layer in model.layers:
+        for node in getattr(layer, "_inbound_nodes", []) if isinstance(layer, CRF) else []:
+            if any(out is output for out in node.outputs for output in model.outputs):
+                arguments = node.arguments
+                return keras.Model(model.inputs, layer(*arguments.args, **{**arguments.kwargs, "decode": True}))
+    raise ValueError(
+        f"build_tagger: the output of model {model.name!r} is not made by a CRF layer; build the tagger "
+        "from the emissions yourself: keras.Model(inputs, crf(emissions, decode=True))"
+    )
 
 
 # ---- padding-blind convolutions ----------------------------------------------------------------------
