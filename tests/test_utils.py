@@ -209,14 +209,6 @@ def test_non_utf8_line_names_file_and_line(tmp_path, monkeypatch):
         data.icwb2("pku", "gold")
 
 
-def test_empty_corpus_file_gives_empty_lists(tmp_path, monkeypatch):
-    for member in ("training/pku_training.utf8", "testing/pku_test.utf8"):
-        (tmp_path / "icwb2" / member).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "icwb2" / member).write_bytes(b"")
-    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
-    assert data.icwb2("pku", "train") == [] and data.icwb2("pku", "test") == []
-
-
 # ---- results ---------------------------------------------------------------------------------------
 
 

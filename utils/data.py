@@ -21,14 +21,25 @@ Layout of ``$KEXUE_DATA``::
 MNIST and IMDB are read with ``np.load`` rather than ``keras.datasets.*.load_data()``: copies that hold
 the same arrays in a differently written ``.npz`` fail that function's hash check, which then tries to
 download.
+
+A file that is found but cannot be used (truncated, corrupt, an HTML page saved by a failed download, a
+folder, arrays of the wrong shape, labels out of range, fewer lines or poems than the dataset has)
+raises ``DatasetError`` (a ``ValueError``; ``CorpusFormatError`` for text files) naming the file, what
+is wrong, and what to do. Each loader checks what it read against the dataset's documented counts, so a
+damaged copy never trains a model silently.
 """
 
 import functools
 import io
 import json
+import lzma
 import os
+import pickle
 import re
 import tarfile
+import unicodedata
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +59,14 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset file is neither in the data folder nor in the cache, and could not be downloaded."""
 
 
-class CorpusFormatError(ValueError):
-    """A corpus file has a line that cannot be read; the message names the file and line."""
+class DatasetError(ValueError):
+    """A dataset file is there but cannot be used (corrupt, truncated, not the data it should hold);
+    the message names the file, what is wrong and what to do."""
+
+
+class CorpusFormatError(DatasetError):
+    """A text file has a line that cannot be read, or is not the corpus it should be; the message
+    names the file and line."""
 
 
 def data_dir():
@@ -63,6 +80,59 @@ def _cache_dir():
     return Path(home) / "datasets"
 
 
+def _fix(path):
+    """What to do about a bad dataset file at ``path``: where it lives decides how it comes back."""
+    root, cache, path = data_dir(), Path(os.path.abspath(_cache_dir())), Path(os.path.abspath(path))
+    if root is not None and path.is_relative_to(os.path.abspath(root)):
+        return (
+            f"It is in the data folder ({DATA_ENV}={root}): replace it with a good copy, or remove it to let the "
+            f"loader download it again; and check that {DATA_ENV} names the folder you mean."
+        )
+    if path.is_relative_to(cache) and path != cache:
+        top = cache / path.relative_to(cache).parts[0]
+        if top.name.endswith("_extracted"):  # a member of an archive that get_file unpacked
+            archives = sorted(str(p) for p in cache.glob(top.name[: -len("_extracted")] + ".*"))
+            return f"Delete {top} and the archive it came from ({', '.join(archives) or 'none left'}) and run again."
+        return "Delete it and run again: the loader downloads it again."
+    return "Replace it with a good copy."
+
+
+def _bad(path, problem):
+    """A DatasetError for ``path``: the file, the problem, the fix."""
+    return DatasetError(f"{path}: {problem}.\n{_fix(path)}")
+
+
+def _usable(path):
+    """True if ``path`` is a regular file, False if nothing is there; a DatasetError if something is
+    there that cannot be read as the file (a folder, a broken link)."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            return True
+    except OSError as err:  # e.g. a folder on the way that may not be listed
+        raise _bad(path, f"cannot be checked ({err.strerror or err})") from err
+    if path.is_symlink() and not path.exists():
+        raise _bad(path, f"is a broken symbolic link (to {os.readlink(path)})")
+    if path.exists():
+        raise _bad(path, "is a folder (or another non-file), not the dataset file")
+    return False
+
+
+def _not_a(path, kind, otherwise=None):
+    """Why the file at ``path`` is not ``kind``, from its first bytes (called only once reading it
+    failed): empty, an HTML page, or else ``otherwise`` (default: what it starts with)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if not head:
+        return "is empty"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return f"is an HTML page, not {kind} (what a failed or redirected download saves)"
+    return otherwise or f"is not {kind} (it starts with {head[:16]!r})"
+
+
 def locate(relpath, url, *, cache_name=None, file_hash=None, archive_member=None):
     """Return a local path for ``relpath`` (a path inside the data folder layout).
 
@@ -73,9 +143,12 @@ def locate(relpath, url, *, cache_name=None, file_hash=None, archive_member=None
         file_hash: sha256 or md5 of the download, checked by ``get_file``.
         archive_member: when ``url`` is an archive, the member's path inside it (``get_file``
             extracts the archive into the cache and this member is returned).
+
+    Something at the expected path that is not a file (a folder, a broken link) raises
+    ``DatasetError`` rather than being passed over.
     """
     root = data_dir()
-    if root is not None and (root / relpath).is_file():
+    if root is not None and _usable(root / relpath):
         return root / relpath
 
     cache_name = cache_name or Path(relpath).name
@@ -83,7 +156,7 @@ def locate(relpath, url, *, cache_name=None, file_hash=None, archive_member=None
         cached = _cache_dir() / cache_name
     else:  # get_file extracts "name.zip" into "name_extracted/"
         cached = _cache_dir() / f"{cache_name.split('.')[0]}_extracted" / archive_member
-    if cached.is_file():
+    if _usable(cached):
         return cached
 
     import keras  # imported late: reading the data folder must not need a backend
@@ -104,26 +177,116 @@ def locate(relpath, url, *, cache_name=None, file_hash=None, archive_member=None
         return Path(got)
     if (Path(got) / archive_member).is_file():
         return Path(got) / archive_member
-    raise DatasetNotFoundError(f"{url} was downloaded to {got} but has no member {archive_member!r}")
+    raise DatasetNotFoundError(
+        f"{url} was downloaded to {got} but has no member {archive_member!r}; the download may be incomplete: "
+        f"delete {got} and {_cache_dir() / cache_name} and run again"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # MNIST and IMDB (Keras layouts)
+
+# What reading a damaged .npz can raise, from zipfile, zlib, numpy's header parser and, for object
+# arrays, pickle.
+_NPZ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    zipfile.BadZipFile,
+    zlib.error,
+    pickle.UnpicklingError,
+    AttributeError,
+    ImportError,
+)
+
+
+def _read_npz(path, keys, allow_pickle=False):
+    """The arrays ``keys`` of the .npz file at ``path``, as a dict; a file that is not a whole .npz
+    with those arrays is a DatasetError naming it. (A non-zip file is refused before ``np.load``,
+    which would otherwise try to unpickle it.)"""
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+    except OSError as err:
+        raise _bad(path, f"cannot be read ({err.strerror or err})") from err
+    if not is_zip:
+        raise _bad(path, _not_a(path, "a .npz (zip) archive"))
+    try:
+        with np.load(path, allow_pickle=allow_pickle) as f:
+            missing = [key for key in keys if key not in f.files]
+            if missing:
+                raise _bad(path, f"has no array {missing[0]!r} (it holds {sorted(f.files)})")
+            return {key: f[key] for key in keys}
+    except DatasetError:
+        raise
+    except _NPZ_ERRORS as err:
+        raise _bad(
+            path, f"cannot be read as a .npz archive, it is truncated or corrupt ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _check_array(path, name, array, shape, dtype=None):
+    """``array`` (read as ``name`` from ``path``) has ``shape`` and, if given, ``dtype`` (a NumPy dtype
+    or ``"integer"``)."""
+    if array.shape != shape:
+        raise _bad(path, f"{name} has shape {array.shape}, expected {shape}")
+    if dtype == "integer" and not np.issubdtype(array.dtype, np.integer):
+        raise _bad(path, f"{name} has dtype {array.dtype}, expected integer labels")
+    if dtype not in (None, "integer") and array.dtype != dtype:
+        raise _bad(path, f"{name} has dtype {array.dtype}, expected {np.dtype(dtype)}")
+
+
+def _check_labels(path, name, labels, allowed):
+    """Every label is in ``allowed`` (a range); the first one that is not is named with its index."""
+    outside = (labels < allowed.start) | (labels >= allowed.stop)
+    count = int(outside.sum())
+    if count:
+        i = int(np.flatnonzero(outside)[0])
+        raise _bad(
+            path,
+            f"{name}[{i}] = {labels[i]} is not a label in {allowed.start}..{allowed.stop - 1} "
+            f"({count} such label{'s' * (count > 1)})",
+        )
 
 
 def mnist():
     """MNIST as Keras gives it: ``(x_train, y_train), (x_test, y_test)``.
 
     Shapes and dtypes: x_train (60000, 28, 28) uint8, y_train (60000,) uint8, x_test (10000, 28, 28)
-    uint8, y_test (10000,) uint8.
+    uint8, y_test (10000,) uint8. The file is checked for exactly these, and for labels 0-9.
     """
     path = locate(
         "mnist/mnist.npz",
         f"{_KERAS_DATASETS}/mnist.npz",
         file_hash="731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1",
     )
-    with np.load(path) as f:
-        return (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
+    arrays = _read_npz(path, ("x_train", "y_train", "x_test", "y_test"))
+    for split, n in (("train", 60000), ("test", 10000)):
+        _check_array(path, f"x_{split}", arrays[f"x_{split}"], (n, 28, 28), "uint8")
+        _check_array(path, f"y_{split}", arrays[f"y_{split}"], (n,), "integer")
+        _check_labels(path, f"y_{split}", arrays[f"y_{split}"], range(10))
+    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+
+
+_IMDB_WORDS = 88584  # words in Keras's imdb_word_index.json: the reviews' ranks are 1..88584
+
+
+def _check_reviews(path, name, reviews):
+    """``reviews`` is 25,000 non-empty lists of word ranks in 1..88584, as in Keras's imdb.npz; returns
+    the highest rank."""
+    _check_array(path, name, reviews, (25000,))
+    bad = next((i for i, r in enumerate(reviews) if type(r) is not list or not r), None)
+    if bad is not None:
+        raise _bad(path, f"{name}[{bad}] is {reviews[bad]!r:.60}, expected a non-empty list of word ranks")
+    try:
+        low, high = min(map(min, reviews)), max(map(max, reviews))
+    except TypeError as err:  # a list mixing numbers and other things
+        raise _bad(path, f"{name} holds something other than word ranks ({err})") from err
+    integers = (int, np.integer)
+    if not (isinstance(low, integers) and isinstance(high, integers) and 1 <= low <= high <= _IMDB_WORDS):
+        raise _bad(path, f"{name} holds word ranks {low!r}..{high!r}, expected integers in 1..{_IMDB_WORDS}")
+    return high
 
 
 def imdb(num_words=None, seed=113, start_char=1, oov_char=2, index_from=3):
@@ -134,15 +297,21 @@ def imdb(num_words=None, seed=113, start_char=1, oov_char=2, index_from=3):
     when ``oov_char`` is None. Train and test are shuffled with ``seed`` as Keras does. Returns
     ``(x_train, y_train), (x_test, y_test)``: x arrays of shape (25000,) holding Python lists of ints,
     y int64 arrays of shape (25000,), 1 = positive. (Keras's ``skip_top`` and ``maxlen`` filters are
-    not offered; truncate with ``keras.utils.pad_sequences``.)
+    not offered; truncate with ``keras.utils.pad_sequences``.) The file is checked for 25,000 reviews
+    on each side, ranks 1..88584 and labels 0/1.
     """
     path = locate(
         "imdb/imdb.npz",
         f"{_KERAS_DATASETS}/imdb.npz",
         file_hash="69664113be75683a8fe16e3ed0ab59fda8886cb3cd7ada244f7d9544e4676b9f",
     )
-    with np.load(path, allow_pickle=True) as f:
-        x_train, y_train, x_test, y_test = f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+    arrays = _read_npz(path, ("x_train", "y_train", "x_test", "y_test"), allow_pickle=True)
+    highest = 0
+    for split in ("train", "test"):
+        highest = max(highest, _check_reviews(path, f"x_{split}", arrays[f"x_{split}"]))
+        _check_array(path, f"y_{split}", arrays[f"y_{split}"], (25000,), "integer")
+        _check_labels(path, f"y_{split}", arrays[f"y_{split}"], range(2))
+    x_train, y_train, x_test, y_test = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
 
     # One generator for both shuffles, train first: this is what makes Keras's order.
     rng = np.random.RandomState(seed)
@@ -153,15 +322,19 @@ def imdb(num_words=None, seed=113, start_char=1, oov_char=2, index_from=3):
     rng.shuffle(order)
     x_test, y_test = x_test[order], y_test[order]
 
-    start = [] if start_char is None else [start_char]
-    reviews = [start + [w + index_from for w in review] for review in (*x_train, *x_test)]
-    # Keras's default vocabulary is "every id seen", and its test is ``id < num_words``, so even then
-    # the single largest id becomes ``oov_char``.
-    num_words = num_words or max(max(r) for r in reviews)
-    if oov_char is None:
-        reviews = [[w for w in r if w < num_words] for r in reviews]
+    # Keras's default vocabulary is "every id seen" (start_char included), and its test is
+    # ``id < num_words``, so even then the single largest id becomes ``oov_char``. Ids are shifted and
+    # tested in one pass: rank ``w`` is kept when ``w + index_from < num_words``, i.e. ``w < limit``.
+    num_words = num_words or max(highest + index_from, start_char or 0)
+    limit = num_words - index_from
+    if start_char is None or (start_char >= num_words and oov_char is None):
+        start = []
     else:
-        reviews = [[w if w < num_words else oov_char for w in r] for r in reviews]
+        start = [start_char if start_char < num_words else oov_char]
+    if oov_char is None:
+        reviews = [start + [w + index_from for w in r if w < limit] for r in (*x_train, *x_test)]
+    else:
+        reviews = [start + [w + index_from if w < limit else oov_char for w in r] for r in (*x_train, *x_test)]
 
     def as_objects(lists):  # a 1-D array of lists, as Keras returns, whatever the lengths
         out = np.empty(len(lists), dtype=object)
@@ -174,14 +347,40 @@ def imdb(num_words=None, seed=113, start_char=1, oov_char=2, index_from=3):
 
 
 def imdb_word_index():
-    """Keras's IMDB word index: word -> rank (1 = most frequent), before ``index_from`` shifts it."""
+    """Keras's IMDB word index: word -> rank (1 = most frequent), before ``index_from`` shifts it.
+    The file is checked to rank 88,584 words 1..88584, each rank once."""
     path = locate(
         "imdb/imdb_word_index.json",
         f"{_KERAS_DATASETS}/imdb_word_index.json",
         file_hash="bfafd718b763782e994055a2d397834f",
     )
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    index = _read_json(path)
+    ranks = list(index.values()) if isinstance(index, dict) else None
+    if ranks is None or not all(type(rank) is int for rank in ranks):
+        raise _bad(path, "is not a JSON object mapping words to integer ranks")
+    if len(ranks) != _IMDB_WORDS or min(ranks) != 1 or max(ranks) != _IMDB_WORDS or len(set(ranks)) != _IMDB_WORDS:
+        raise _bad(path, f"ranks {len(index):,} words, expected the {_IMDB_WORDS:,} words ranked 1..{_IMDB_WORDS}")
+    return index
+
+
+def _read_json(path, stream=None, member=None):
+    """The JSON value in the file at ``path``, or in ``stream``, the binary stream of the archive
+    ``path``'s ``member``; anything but whole UTF-8 JSON is a DatasetError naming the file (and member)."""
+    what = f"member {member} " if member else ""
+    try:
+        if stream is not None:
+            return json.load(io.TextIOWrapper(stream, "utf-8"))
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as err:
+        raise _bad(path, f"{what}cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start : err.end]
+        raise _bad(path, f"{what}is not UTF-8 text (bytes {bad!r} at byte {err.start})") from err
+    except json.JSONDecodeError as err:
+        corrupt = "is not valid JSON: truncated or corrupt"
+        what += corrupt if stream is not None else _not_a(path, "JSON", otherwise=corrupt)
+        raise _bad(path, f"{what} (line {err.lineno}, column {err.colno}: {err.msg})") from err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,18 +394,54 @@ _ICWB2_PARTS = {
 }
 
 
+# Characters refused in the bakeoff's files, where words are separated by whitespace and any of these
+# would end up inside a word, invisibly: C0 and C1 controls but the tab (a CR is one when it does not
+# end a line), line and paragraph separators, a BOM after the start of the file, the invisible format
+# characters (soft hyphen, zero-width space and joiners, direction marks, word joiner...) and U+FFFD,
+# the mark of text decoded with errors replaced. (``read_lines`` itself refuses none: the text a user
+# segments is theirs.)
+_NOT_IN_WORDS = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffd]"
+)
+_CHAR_NAMES = {"\ufeff": "byte-order mark", "\r": "carriage return", "\x00": "NUL"}
+
+
+def _refused(path, number, ch, column):
+    """The error for character ``ch`` at ``column`` of line ``number``: code point, name and why."""
+    name = _CHAR_NAMES.get(ch) or unicodedata.name(ch, "").lower() or "control character"
+    if ch == "\ufeff":
+        why = "a BOM belongs only at the very start of a file (one inside is left by joining files)"
+    elif ch == "\r":
+        why = "only LF and CRLF end a line, and a lone CR would stay inside the text"
+    else:
+        why = "an invisible control or format character, not text (it would hide inside a word)"
+    return CorpusFormatError(f"{path}:{number}: U+{ord(ch):04X} ({name}) at column {column}: {why}")
+
+
 def read_lines(path):
     """Yield ``(line_number, text)`` for each line of a UTF-8 file (a path, or a binary stream such
     as ``sys.stdin.buffer``), without the line end.
 
     A line that is not valid UTF-8 raises ``CorpusFormatError`` naming the file, the line and the
-    offending bytes. A BOM at the start is dropped; CRLF and LF endings are both accepted, and only
-    they end a line.
+    offending bytes, as does a file that cannot be read (a folder, no permission); a missing file
+    raises ``FileNotFoundError``. A BOM at the start is dropped; CRLF and LF endings are both
+    accepted, and only they end a line.
     """
+    yield from _read_lines(path)
+
+
+def _read_lines(path, refused=None):
+    """``read_lines``; a character that the compiled pattern ``refused`` matches raises
+    ``CorpusFormatError`` naming the file, line and column."""
     if hasattr(path, "read"):
         stream, path = path, getattr(path, "name", "<stream>")
     else:
-        stream = open(path, "rb")
+        try:
+            stream = open(path, "rb")
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise CorpusFormatError(f"{path}: cannot be read ({err.strerror or err})") from err
     with stream as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -214,11 +449,34 @@ def read_lines(path):
             except UnicodeDecodeError as err:
                 bad = raw[err.start : err.end]
                 raise CorpusFormatError(
-                    f"{path}:{number}: not valid UTF-8 (bytes {bad!r} at column {err.start + 1})"
-                ) from None
-            if number == 1:
-                text = text.lstrip("\ufeff")
-            yield number, text.rstrip("\r\n")
+                    f"{path}:{number}: not valid UTF-8 (bytes {bad!r} at column {err.start + 1}); "
+                    f"the file must be UTF-8 text"
+                ) from err
+            text = text.rstrip("\r\n")
+            if number == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            if refused is not None and (found := refused.search(text)):
+                column = found.start() + 1 + (number == 1 and raw.startswith(b"\xef\xbb\xbf"))
+                raise _refused(path, number, found[0], column)
+            yield number, text
+
+
+# Lines of the bakeoff's fixed files (the data folder's README); the training files differ by release
+# (PKU: 19,056 lines in the bakeoff's, 19,484 in the People's Daily reconstruction) and are not counted.
+_ICWB2_LINES = {
+    ("pku", "test"): 1945,
+    ("pku", "gold"): 1945,
+    ("pku", "words"): 55303,
+    ("msr", "test"): 3985,
+    ("msr", "gold"): 3985,
+    ("msr", "words"): 88119,
+}
+
+
+def _ends_with_newline(path):
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def icwb2(corpus="pku", part="train"):
@@ -234,6 +492,11 @@ def icwb2(corpus="pku", part="train"):
       - ``"words"``: the official training-word list, a set of strings (what the bakeoff scorer
         counts as in-vocabulary).
 
+    ``CorpusFormatError`` (naming the file, and the line where there is one) for a file that is empty,
+    an HTML page, not UTF-8, cut short (no line end after its last line), or holds a character that
+    would hide inside a word (controls, a BOM after the start, zero-width and other invisible format
+    characters, U+FFFD); and for a test, gold or word-list file without the bakeoff's line count.
+
     Note: on the project's offline machines ``pku_training.utf8`` is a reconstruction from the
     People's Daily 1998-01 corpus, not the bakeoff's own file (see the data folder's README).
     """
@@ -243,14 +506,30 @@ def icwb2(corpus="pku", part="train"):
         raise ValueError(f"icwb2 part must be one of {sorted(_ICWB2_PARTS)}, got {part!r}")
     member = _ICWB2_PARTS[part].format(corpus)
     path = locate(f"icwb2/{member}", _ICWB2_URL, cache_name="icwb2-data.zip", archive_member=f"icwb2-data/{member}")
-    lines = read_lines(path)
+    try:
+        lines = [line for _, line in _read_lines(path, _NOT_IN_WORDS)]
+    except CorpusFormatError as err:
+        raise CorpusFormatError(f"{err}.\n{_fix(path)}") from err
+    expected = _ICWB2_LINES.get((corpus, part))
+    problem = None
+    if not lines or lines[0].lstrip().lower().startswith(("<!doctype html", "<html")):
+        problem = _not_a(path, f"the bakeoff's {member}")
+    elif not any(map(str.strip, lines)):
+        problem = "has only blank lines"
+    elif expected is not None and len(lines) != expected:
+        found = f"{len(lines):,} line{'s' * (len(lines) > 1)}"
+        problem = f"has {found}, expected {expected:,} (the bakeoff's {member}): it is cut short or another file"
+    elif not _ends_with_newline(path):
+        problem = f"has no line end after its last line ({len(lines):,}): the file looks cut short"
+    if problem:
+        raise CorpusFormatError(f"{path}: {problem}.\n{_fix(path)}")
     if part == "train":
-        return [words for _, line in lines if (words := line.split())]
+        return [words for line in lines if (words := line.split())]
     if part == "gold":
-        return [line.split() for _, line in lines]
+        return [line.split() for line in lines]
     if part == "test":
-        return [line.strip() for _, line in lines]
-    return {line.strip() for _, line in lines if line.strip()}
+        return [line.strip() for line in lines]
+    return {line.strip() for line in lines if line.strip()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,23 +542,69 @@ def tang_poems():
     Each poem is a dict with ``author``, ``title``, ``paragraphs`` (list of lines, usually one couplet
     each, with ``，`` and ``。``) and ``strains`` (tone patterns). The poems are read once per process
     and data folder (reading the archive takes seconds); each call returns a new list of the same
-    dicts, which callers must not change.
+    dicts, which callers must not change. The archive (or each downloaded file) is checked for all 58
+    files and their documented poem counts (1000 each, 591 in the last).
     """
     return list(_read_tang_poems(str(data_dir())))
+
+
+_POEMS_PER_FILE = {n: 591 if n == 57000 else 1000 for n in _POETRY_FILES}  # 57,591 in all
+_POEM_FILE = re.compile(r"poet\.tang\.(\d+)\.json")
+# What an archive read can raise when the file is truncated, corrupt or not a .tar.xz at all.
+_TAR_ERRORS = (tarfile.TarError, lzma.LZMAError, EOFError, OSError, zlib.error)
+
+
+def _check_poems(path, poems, n, member=None):
+    """``poems`` (read from ``path``, or its ``member``) is poet.tang.<n>.json: the documented number of
+    poems, each a dict of author and title (strings), paragraphs and strains (lists of strings)."""
+    what = f"member {member} " if member else ""
+    if type(poems) is not list:
+        raise _bad(path, f"{what}is not a JSON list of poems")
+    if len(poems) != _POEMS_PER_FILE[n]:
+        raise _bad(path, f"{what}holds {len(poems):,} poems, expected {_POEMS_PER_FILE[n]:,}")
+    for i, poem in enumerate(poems):
+        if not (
+            type(poem) is dict
+            and len(poem) == 4
+            and type(poem.get("author")) is str
+            and type(poem.get("title")) is str
+            and type(poem.get("paragraphs")) is list
+            and type(poem.get("strains")) is list
+            and all(type(line) is str for line in poem["paragraphs"])
+        ):
+            raise _bad(path, f"{what}poem {i} is not a dict of author, title, paragraphs, strains: {poem!r:.100}")
+    return poems
 
 
 @functools.lru_cache(maxsize=1)
 def _read_tang_poems(_folder):
     root = data_dir()
     archive = root / "chinese_poetry/poet.tang.zhCN.tar.xz" if root is not None else None
-    if archive is not None and archive.is_file():
-        poems = {}
-        with tarfile.open(archive, "r:xz") as tar:
-            for member in tar.getmembers():
-                name = Path(member.name).name
-                if name.startswith("poet.tang.") and name.endswith(".json"):
-                    poems[int(name.split(".")[2])] = json.load(io.TextIOWrapper(tar.extractfile(member), "utf-8"))
-        return [poem for key in sorted(poems) for poem in poems[key]]
+    if archive is not None and _usable(archive):
+        files = {}
+        try:
+            with tarfile.open(archive, "r:xz") as tar:
+                for member in tar:  # one pass, reading each member as it comes: no seeking back
+                    found = _POEM_FILE.fullmatch(Path(member.name).name)
+                    if not found or not member.isfile():
+                        continue
+                    n = int(found[1])
+                    if n not in _POEMS_PER_FILE or n in files:
+                        again = "a second" if n in files else "an unexpected"
+                        raise _bad(archive, f"has {again} member {member.name} (another release of the corpus?)")
+                    poems = _read_json(archive, tar.extractfile(member), member.name)
+                    files[n] = _check_poems(archive, poems, n, member.name)
+        except _TAR_ERRORS as err:
+            corrupt = f"cannot be read as a .tar.xz archive, it is truncated or corrupt ({type(err).__name__}: {err})"
+            raise _bad(archive, _not_a(archive, "a .tar.xz archive", otherwise=corrupt)) from err
+        missing = [f"poet.tang.{n}.json" for n in _POETRY_FILES if n not in files]
+        if missing:
+            raise _bad(
+                archive,
+                f"has no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} ({len(missing)} of the 58 "
+                f"poem files missing; expected poet.tang.0.json ... poet.tang.57000.json, 57,591 poems)",
+            )
+        return [poem for n in _POETRY_FILES for poem in files[n]]
     # No local archive: fetch the 58 JSON files one by one into the Keras cache.
     out = []
     for n in _POETRY_FILES:
@@ -293,8 +618,7 @@ def _read_tang_poems(_folder):
                 f"Tang poems not found.\n  looked for the archive: {expected}\n"
                 f"  then tried to download poet.tang.{n}.json: {err}"
             ) from err
-        with open(path, encoding="utf-8") as f:
-            out.extend(json.load(f))
+        out.extend(_check_poems(path, _read_json(path), n))
     return out
 
 
