@@ -16,7 +16,9 @@ Each article's train.py runs in its own process (a clean Keras state) with the s
 the committed results/ are the reference and are only written with --reference. Afterwards the job
 prints, per article, its claim and criterion, the blog's numbers, the reference, this run's numbers
 and a verdict (does this run reproduce the claim?), and writes the same as runs/report.md.
-Anything else on the command line goes to every train.py (e.g. --seeds 2, --force).
+Anything else on the command line goes to every train.py (e.g. --seeds 2, --force); every article's
+command line is checked before any runs, and the records the report reads too, so a bad option or a
+damaged record stops the job at once rather than after hours.
 """
 
 import argparse
@@ -89,11 +91,28 @@ def expected_seconds(name, mode):
     return None
 
 
+def train_args(name, mode, extra):
+    """The command line of an article's train.py in this job."""
+    return [*(ARTICLES[name]["full"] if mode == "full" else [f"--{mode}"]), *extra]
+
+
+def check_train_args(names, mode, extra):
+    """The first article whose train.py would refuse its command line, with the reason; None if every
+    one accepts it. Checked before anything runs: a bad option must not cost the articles before it."""
+    from utils import cli
+
+    for name in names:
+        problem = cli.check(importlib.import_module(f"{name}.train").parser(), train_args(name, mode, extra))
+        if problem:
+            return name, problem
+    return None
+
+
 def run_article(name, mode, extra, position, names, started, spent):
     """Run one article's train.py; print where the job is and an estimate of what remains (the
     expected times of the articles left, scaled by how this machine did on those done)."""
     script = f"{name}/train.py"
-    command = [sys.executable, script, *(ARTICLES[name]["full"] if mode == "full" else [f"--{mode}"]), *extra]
+    command = [sys.executable, script, *train_args(name, mode, extra)]
     elapsed = time.time() - started
     expected = [expected_seconds(n, mode) for n in names]
     estimate = ""
@@ -191,6 +210,17 @@ def main(argv=None):
     mode = "full" if args.full else "smoke" if args.smoke else "quick"
     if args.reference and mode != "full":
         p.error("the reference holds the full protocol: use --full --reference")
+    trains = not (args.table_only or args.report_only)
+    if extra and not trains:
+        which = "--table-only" if args.table_only else "--report-only"
+        p.error(f"{' '.join(extra)}: not an option of reproduce.py, and {which} runs no train.py to pass it to")
+    for option, path in (("--report", args.report), ("--results-md", args.results_md)):
+        if path.is_dir():
+            p.error(f"{option} {path} is a folder: give a file name")
+    if not args.reference_dir.is_dir():
+        p.error(f"--reference-dir {args.reference_dir} is not a folder (the reference records are in results/)")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file, not a folder")
 
     try:
         if args.table_only:
@@ -199,6 +229,13 @@ def main(argv=None):
             return
         out = runs.REFERENCE if args.reference else (args.out or runs.USER_RUNS).resolve()
         extra += ["--reference"] if args.reference else (["--out", str(out)] if args.out else [])
+        refused = check_train_args(names, mode, extra) if trains else None
+        if refused:
+            p.error(f"{refused[0]}/train.py would refuse its command line ({refused[1]}); nothing was run")
+        for name in names:  # the report reads these at the end: a record it cannot read stops the job now
+            runs.load_results(args.reference_dir, name)
+            if "--force" not in extra:  # (with --force, train.py replaces its own unreadable records)
+                runs.load_results(out, name)
         failed, spent, started = [], {}, time.time()
         for position, name in enumerate([] if args.report_only else names):
             if run_article(name, mode, extra, position, names, started, spent) != 0:

@@ -293,9 +293,15 @@ def summary(records, out, mode):
     print("\nfigures: " + ", ".join(str(f) for f in figures))
 
 
+def parser():
+    """The command line (reproduce.py checks it before running anything)."""
+    return cli.parser(__doc__)
+
+
 def main(argv=None):
-    args = cli.parse(cli.parser(__doc__), argv)
+    args = cli.parse(parser(), argv)
     print(f"backend {keras.backend.backend()}, mode {args.mode}, records in {args.out}")
+    todo = jobs(args)  # built first: a seed out of range stops the run before it writes anything
 
     errors = rounding_demo()
     runs.write_json_atomic(
@@ -308,11 +314,11 @@ def main(argv=None):
     )
 
     print("\n2-3. Training (each seed writes its record as it finishes):")
-    records = runs.run_jobs(ARTICLE, jobs(args), args, train_seed)
+    records = runs.run_jobs(ARTICLE, todo, args, train_seed)
     summary(records, args.out, args.mode)
     report.print_judgement(CLAIM, records, ARTICLE, args.mode)
     return records
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -271,7 +271,8 @@ def summary(records, out, mode):
     print("\nfigures: " + ", ".join(str(f) for f in figures))
 
 
-def main(argv=None):
+def parser():
+    """The command line (reproduce.py checks it before running anything)."""
     p = cli.parser(__doc__)
     p.add_argument(
         "--variants",
@@ -280,7 +281,11 @@ def main(argv=None):
         default=None,
         help="which runs (default: all in full mode, pe and no_pe, the article's, in quick mode)",
     )
-    args = cli.parse(p, argv)
+    return p
+
+
+def main(argv=None):
+    args = cli.parse(parser(), argv)
     variants = args.variants or MODES[args.mode]["variants"]
     print(f"backend {keras.backend.backend()}, mode {args.mode}, variants {variants}, records in {args.out}")
     records = runs.run_jobs(ARTICLE, jobs(args, variants), args, train_seed)
@@ -290,4 +295,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -335,7 +335,8 @@ def draw_examples(by_model, pairs, path):
     return plots.save(fig, path)
 
 
-def main(argv=None):
+def parser():
+    """The command line (reproduce.py checks it before running anything)."""
     p = cli.parser(__doc__)
     p.add_argument(
         "--models",
@@ -351,7 +352,11 @@ def main(argv=None):
         help="auto (default: mixed_bfloat16 where the hardware has bfloat16, else float32), "
         "mixed_bfloat16 (bfloat16 convolutions, float32 heads) or float32",
     )
-    args = cli.parse(p, argv)
+    return p
+
+
+def main(argv=None):
+    args = cli.parse(parser(), argv)
     if args.precision == "auto":
         args.precision = auto_precision()
     models = args.models or MODES[args.mode]["models"]
@@ -370,4 +375,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from crf.segment import Ensemble, Segmenter  # noqa: E402
 from crf.train import ARTICLE, HEADLINE, evaluate, load_corpus  # noqa: E402
-from utils import runs  # noqa: E402
+from utils import cli, runs  # noqa: E402
 
 
 def main(argv=None):
@@ -36,10 +36,14 @@ def main(argv=None):
         default=runs.USER_RUNS,
         help="records folder (default runs/results/; results/ is the reference)",
     )
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options before, between or after the model folders
+    if args.name is not None and (not args.name or Path(args.name).name != args.name or args.name in (".", "..")):
+        p.error(f"--name {args.name!r} must be a plain name (it names a folder of records), without a path")
+    if args.name and args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file, not a folder")
     try:
         segmenter = Ensemble.load(args.models) if len(args.models) > 1 else Segmenter.load(args.models[0])
-    except FileNotFoundError as err:
+    except (FileNotFoundError, runs.ModelFileError) as err:
         p.error(str(err))
     started = time.time()
     _, test, gold, training_words = load_corpus(args.corpus)
@@ -73,4 +77,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -5,6 +5,9 @@
     cat in.txt | python crf/segment.py MODEL_DIR             # stdin -> stdout
     python crf/segment.py MODEL_DIR --input in.txt --ensemble MODEL_DIR2 MODEL_DIR3   # several models
 
+Options may come before, between or after the text (``--ensemble`` takes every folder after it: put
+it last). Give text arguments or ``--input``, not both; the text must be UTF-8.
+
 Output: one line per input line, words separated by single spaces. Rules on top of the model:
 spaces in the input are word boundaries, no boundary falls inside a run of ASCII letters and digits
 such as ``Keras3`` or ``3.14`` (the model decides its edges: ``2001年`` stays one word), ASCII is read
@@ -177,21 +180,37 @@ class Segmenter:
 
     @classmethod
     def load(cls, path, jit_compile=False, host_decode=True):
-        """Load ``path/tagger.keras`` and ``path/vocab.json`` (what crf/train.py saves)."""
-        import keras
-
+        """Load ``path/tagger.keras`` and ``path/vocab.json`` (what crf/train.py saves). A missing file
+        raises ``FileNotFoundError``; a file that is there but corrupt, or a vocabulary that is not the
+        tagger's, raises ``utils.runs.ModelFileError``; both name the file."""
         from crf import layers  # noqa: F401  (registers CRF for deserialization)
+        from utils.runs import ModelFileError, load_json_file, load_model_file
 
         path = Path(path)
+        remedy = "train the model again (python crf/train.py writes tagger.keras and vocab.json into each model folder)"
         for name in ("tagger.keras", "vocab.json"):
             if not (path / name).is_file():
-                raise FileNotFoundError(
-                    f"{path / name} not found: a model folder holds tagger.keras and vocab.json "
-                    "(python crf/train.py writes them)"
-                )
-        with open(path / "vocab.json", encoding="utf-8") as f:
-            vocab = json.load(f)
-        return cls(keras.saving.load_model(path / "tagger.keras", compile=False), vocab, jit_compile, host_decode)
+                raise FileNotFoundError(f"{path / name} not found: {remedy}")
+        vocab = load_json_file(path / "vocab.json", remedy)
+        if not _is_vocab(vocab):
+            raise ModelFileError(
+                f'{path / "vocab.json"}: not a segmenter\'s vocabulary (expected {{"chars": {{character: id}}, '
+                f'"bigrams": {{bigram: id}} or null}}); {remedy}'
+            )
+        tagger = load_model_file(path / "tagger.keras", remedy)
+        problems, inputs, made = [], len(getattr(tagger, "inputs", None) or [None]), 1 + bool(vocab.get("bigrams"))
+        if inputs != made:  # characters, and bigrams when the vocabulary has them (features())
+            problems.append(f"the model reads {inputs} input(s), the vocabulary makes {made}")
+        for layer, table in (("embedding", vocab["chars"]), ("bigram_embedding", vocab.get("bigrams"))):
+            rows = _embedding_rows(tagger, layer)
+            if rows is not None and table and max(table.values()) >= rows:
+                problems.append(f"its {layer} has {rows} rows, the vocabulary has ids up to {max(table.values())}")
+        if problems:
+            raise ModelFileError(
+                f"{path / 'vocab.json'} does not fit {path / 'tagger.keras'} ({'; '.join(problems)}): the two "
+                f"files are from different models; {remedy}"
+            )
+        return cls(tagger, vocab, jit_compile, host_decode)
 
     def save(self, path):
         from utils.runs import save_model_atomic, write_text_atomic
@@ -293,6 +312,23 @@ class Ensemble(Segmenter):
         return sum(m._emission_scores(texts, length) for m in self.members)
 
 
+def _is_vocab(vocab):
+    """Whether ``vocab`` has the shape ``build_vocab`` gives (ids from 2; id 0 is padding, 1 unknown)."""
+    tables = [vocab.get("chars"), vocab.get("bigrams") or {}] if isinstance(vocab, dict) else [None]
+    return all(
+        isinstance(t, dict) and all(isinstance(k, str) and type(i) is int and i >= 2 for k, i in t.items())
+        for t in tables
+    )
+
+
+def _embedding_rows(tagger, name):
+    """Rows of the tagger's embedding table ``name`` (as crf/train.py names them), None without one."""
+    try:
+        return int(tagger.get_layer(name).input_dim)
+    except (ValueError, AttributeError):
+        return None
+
+
 def padded_length(length):
     """Padded length for a batch whose longest text has ``length`` characters: rounded up to a step
     of 8 below 64, then a quarter of the power of two below (64, 80, 96, 112, 128, 160, ...), so
@@ -370,19 +406,47 @@ def main(argv=None):
         metavar="MODEL",
         help="more model folders: their scores are added to MODEL's (slower, usually more accurate)",
     )
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options before, between or after the text
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.text and args.input:
+        p.error(f"text arguments and --input {args.input} are two inputs: give one (the text, or the file)")
+    for number, text in enumerate(args.text, start=1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # bytes that were not UTF-8 reach argv as surrogate escapes
+            bad = os.fsencode(text[err.start : err.end])
+            p.error(
+                f"text argument {number} is not valid UTF-8 (bytes {bad!r} at character {err.start + 1}): give "
+                "UTF-8 text, or convert it to a UTF-8 file and pass --input (iconv -f GBK -t UTF-8, ...)"
+            )
+    if args.input and not args.input.is_file():
+        p.error(
+            f"--input {args.input} is a folder, not a file"
+            if args.input.is_dir()
+            else f"--input {args.input}: no such file"
+        )
+    if args.output and args.output.is_dir():
+        p.error(f"--output {args.output} is a folder: give a file name")
+    if args.output and not args.output.parent.is_dir():
+        p.error(f"--output {args.output}: the folder {args.output.parent} does not exist; create it first")
+    for folder in args.ensemble:
+        if not folder.is_dir():
+            p.error(
+                f"--ensemble {folder}: no such model folder (--ensemble takes every argument after it: "
+                "give the text before --ensemble)"
+            )
     from utils.data import CorpusFormatError, read_lines
+    from utils.runs import ModelFileError
 
     try:
-        segmenter = Ensemble.load([args.model, *args.ensemble]) if args.ensemble else Segmenter.load(args.model)
         if args.text:
             lines = args.text
         else:
             source = args.input if args.input else sys.stdin.buffer
             lines = [line for _, line in read_lines(source)]
-    except (FileNotFoundError, CorpusFormatError) as err:
+        segmenter = Ensemble.load([args.model, *args.ensemble]) if args.ensemble else Segmenter.load(args.model)
+    except (FileNotFoundError, CorpusFormatError, ModelFileError) as err:
         p.error(str(err))
     words = segmenter.cut_lines(lines, args.batch_size, progress=f"segmenting {len(lines):,} lines")
     out = "".join(" ".join(line) + "\n" for line in words)

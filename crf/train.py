@@ -375,6 +375,13 @@ def score_ensemble(job, checkpoint):
     return {f"test_{k}": v for k, v in scores.items()}, {}
 
 
+def ensemble_models(args, name, seeds):
+    """(variant, model folder name) of each member of the ensemble ``name``."""
+    return [
+        (v, f"{runs.experiment_name(f'{v}-{args.corpus}', args.mode)}-seed{s}") for v in ENSEMBLES[name] for s in seeds
+    ]
+
+
 def jobs(args, corpus_data):
     """jieba first, then every variant and seed, then the ensembles asked for."""
     mode, corpus = MODES[args.mode], args.corpus
@@ -398,9 +405,7 @@ def jobs(args, corpus_data):
     ]
     epochs = args.epochs or mode["epochs"]
     for variant in args.variant:
-        heldout = (
-            args.heldout if args.heldout is not None else mode.get("heldout", VARIANTS[variant].get("heldout", HELDOUT))
-        )
+        heldout = heldout_size(args, variant)
         config = {
             "mode": args.mode,
             "variant": variant,
@@ -436,7 +441,7 @@ def jobs(args, corpus_data):
             for seed in seeds
         ]
     for name in args.ensembles:
-        models = [f"{runs.experiment_name(f'{v}-{corpus}', args.mode)}-seed{s}" for v in ENSEMBLES[name] for s in seeds]
+        models = [model for _, model in ensemble_models(args, name, seeds)]
         label = (
             f"{HEADLINE['label']}; {len(models)} trained models as one ensemble (ensembles were compared "
             "on this test set, see crf/README.md)"
@@ -475,7 +480,8 @@ def summary(records):
         )
 
 
-def main(argv=None):
+def parser():
+    """The command line (reproduce.py checks it before running anything)."""
     p = cli.parser(__doc__)
     p.add_argument(
         "--variant", choices=sorted(VARIANTS), nargs="+", default=["article"], help="model variants to train"
@@ -491,7 +497,7 @@ def main(argv=None):
     p.add_argument("--corpus", choices=["pku", "msr"], default="pku", help="bakeoff corpus (default pku)")
     p.add_argument(
         "--heldout",
-        type=int,
+        type=cli.at_least(0),
         default=None,
         help=f"training sentences held out (default {HELDOUT}; the strong variants' 1000; quick mode 1000)",
     )
@@ -502,20 +508,51 @@ def main(argv=None):
         help="where trained models go (default: runs/crf/ for runs/results/, runs/crf-reference/ for the reference, "
         "else <out>/models/)",
     )
+    return p
+
+
+def heldout_size(args, variant):
+    """Training sentences a variant holds out: ``--heldout``, else the mode's, else the variant's."""
+    if args.heldout is not None:
+        return args.heldout
+    return MODES[args.mode].get("heldout", VARIANTS[variant].get("heldout", HELDOUT))
+
+
+def main(argv=None):
+    p = parser()
     args = cli.parse(p, argv)
     args.save = args.save or runs.models_dir(args.out, ARTICLE)
-    if args.heldout is not None and args.heldout < 0:
-        p.error(f"--heldout must be 0 or more, got {args.heldout}")
-    corpus_data = load_corpus(args.corpus)
+    if args.save.exists() and not args.save.is_dir():
+        p.error(f"--save {args.save} is a file, not a folder: models go into folders inside it")
+    seeds = cli.seeds(args, MODES[args.mode]["seeds"])
+    for name in args.ensembles:  # members that this run does not train must be there already
+        missing = [
+            str(args.save / model)
+            for v, model in ensemble_models(args, name, seeds)
+            if v not in args.variant and not (args.save / model / "tagger.keras").is_file()
+        ]
+        if missing:
+            absent = sorted({v for v in ENSEMBLES[name] if v not in args.variant})
+            p.error(
+                f"--ensembles {name} needs trained models that are not there: {', '.join(missing)}; "
+                f"add --variant {' '.join(absent)} to train them in this run (or pass --save where they are)"
+            )
+    train_all = data.icwb2(args.corpus, "train")  # the only part the checks need: before the others
+    for variant in args.variant:
+        heldout = heldout_size(args, variant)
+        if heldout >= len(train_all):
+            option = (
+                f"--heldout {heldout}" if args.heldout is not None else f"the {variant} variant's {heldout} held out"
+            )
+            p.error(
+                f"{option} leaves nothing to train on: the {args.corpus} training set has "
+                f"{len(train_all)} sentences; pass a smaller --heldout"
+            )
+    corpus_data = (train_all, *(data.icwb2(args.corpus, part) for part in ("test", "gold", "words")))
     test_lines = MODES[args.mode].get("test_lines")
     if test_lines:
         train_all, test, gold, training_words = corpus_data
         corpus_data = (train_all, test[:test_lines], gold[:test_lines], training_words)
-    if args.heldout is not None and args.heldout >= len(corpus_data[0]):
-        p.error(
-            f"--heldout {args.heldout} leaves nothing to train on: the {args.corpus} training set has "
-            f"{len(corpus_data[0])} sentences"
-        )
     print(
         f"backend {keras.backend.backend()}, mode {args.mode}, corpus {args.corpus}, variants {args.variant}, "
         f"records in {args.out}"
@@ -527,4 +564,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -48,32 +48,25 @@ class Poet:
 
     @classmethod
     def load(cls, folder):
-        """Read ``folder/generator.keras`` and ``folder/vocab.json``."""
-        import keras
-
+        """Read ``folder/generator.keras`` and ``folder/vocab.json``. A missing file raises
+        ``FileNotFoundError``, a corrupt one ``utils.runs.ModelFileError`` (a ``ValueError``); both name it."""
         from poetry import layers  # noqa: F401  (registers GCNN for deserialisation)
+        from utils.runs import ModelFileError, load_json_file, load_model_file
 
         folder = Path(folder)
+        remedy = "train the model again (python poetry/train.py writes one per trained seed, under runs/poetry/)"
         for name in ("generator.keras", "vocab.json"):
             if not (folder / name).is_file():
                 raise FileNotFoundError(
-                    f"{folder / name} not found: a model folder holds generator.keras and vocab.json "
-                    "(python poetry/train.py writes one per trained seed, under runs/poetry/)"
+                    f"{folder / name} not found: a model folder holds generator.keras and vocab.json; {remedy}"
                 )
-        try:
-            with open(folder / "vocab.json", encoding="utf-8") as f:
-                vocab = json.load(f)
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"{folder / 'vocab.json'}: not a readable vocabulary ({err}); train the model again"
-            ) from None
-        try:
-            generator = keras.saving.load_model(folder / "generator.keras", compile=False)
-        except Exception as err:  # a truncated zip, a foreign file: Keras's errors name neither
-            raise ValueError(
-                f"{folder / 'generator.keras'}: not a readable Keras model ({type(err).__name__}: {err}); "
-                "train the model again"
-            ) from None
+        vocab = load_json_file(folder / "vocab.json", remedy)
+        if not (isinstance(vocab, list) and all(isinstance(c, str) for c in vocab)):
+            raise ModelFileError(
+                f"{folder / 'vocab.json'}: not a poem generator's vocabulary (expected a JSON list of characters, "
+                f"got {type(vocab).__name__}); {remedy}"
+            )
+        generator = load_model_file(folder / "generator.keras", remedy)
         return cls(generator, vocab)
 
     def save(self, folder):
@@ -163,7 +156,7 @@ def main(argv=None):
     p.add_argument(
         "--plain", action="store_true", help="no punctuation: the 10 (or 20) characters as the model gives them"
     )
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options before or after the model folder
     try:
         check_options(args.n, args.temperature, args.top_k)
     except ValueError as err:

@@ -410,7 +410,8 @@ def summary(records):
         )
 
 
-def main(argv=None):
+def parser():
+    """The command line (reproduce.py checks it before running anything)."""
     p = cli.parser(__doc__)
     p.add_argument(
         "--variants",
@@ -419,7 +420,11 @@ def main(argv=None):
         default=None,
         help="which variants (default: the article's recipe)",
     )
-    args = cli.parse(p, argv)
+    return p
+
+
+def main(argv=None):
+    args = cli.parse(parser(), argv)
     mode = MODES[args.mode]
     variants = args.variants or mode["variants"]
     print(f"backend {keras.backend.backend()}, mode {args.mode}, variants {variants}, records in {args.out}")
@@ -443,4 +448,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

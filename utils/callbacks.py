@@ -1,6 +1,7 @@
 """Keras callbacks the train scripts share: epoch times, the one line per epoch, and the checkpoint
 that lets a killed seed resume at its last finished epoch."""
 
+import contextlib
 import io
 import json
 import time
@@ -116,17 +117,18 @@ class Checkpoint(keras.callbacks.Callback):
         Call after ``compile`` and before ``fit(..., initial_epoch=...)``."""
         if not self.path.is_file():
             return 0
-        with self._open(self.path) as saved:
+        with self._open(self.path) as saved, _unreadable(self.path):
             state = json.loads(str(saved["state"]))
+            epochs_done, history = int(state["epochs_done"]), dict(state["history"])
             model.optimizer.build(model.trainable_variables)
             _assign(self.path, "model", model.variables, saved)
             _assign(self.path, "optimizer", model.optimizer.variables, saved)
-        self.history, self.stopped = state["history"], state.get("stopped", False)
+        self.history, self.stopped = history, state.get("stopped", False)
         best = self.best_epoch()
-        if best is not None and best == state["epochs_done"] and self._saved_best() != best:
+        if best is not None and best == epochs_done and self._saved_best() != best:
             self._save(self.best_path, epoch=np.array(best), **_arrays("model", model.variables))
-        print(f"    resuming after epoch {state['epochs_done']} ({self.path})", flush=True)
-        return state["epochs_done"]
+        print(f"    resuming after epoch {epochs_done} ({self.path})", flush=True)
+        return epochs_done
 
     def restore_best(self, model):
         """Load the best epoch's variables (needs ``monitor``); returns that epoch (1-based)."""
@@ -134,7 +136,7 @@ class Checkpoint(keras.callbacks.Callback):
         for path in (self.best_path, self.path):
             if not path.is_file():
                 continue
-            with self._open(path) as saved:
+            with self._open(path) as saved, _unreadable(path):
                 epoch = int(saved["epoch"]) if "epoch" in saved else json.loads(str(saved["state"]))["epochs_done"]
                 if epoch == best:
                     _assign(path, "model", model.variables, saved)
@@ -147,7 +149,7 @@ class Checkpoint(keras.callbacks.Callback):
     def _saved_best(self):
         if not self.best_path.is_file():
             return None
-        with self._open(self.best_path) as saved:
+        with self._open(self.best_path) as saved, _unreadable(self.best_path):
             return int(saved["epoch"])
 
     def _open(self, path):
@@ -155,10 +157,7 @@ class Checkpoint(keras.callbacks.Callback):
             saved = np.load(path)
             identity = str(saved["identity"])
         except Exception as err:  # a truncated or foreign file: zipfile, pickle, key or OS errors
-            raise SystemExit(
-                f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); "
-                "delete it (or pass --force) to train this seed from the start"
-            ) from None
+            raise _unreadable_error(path, err) from None
         if identity != self.identity:
             saved.close()
             raise SystemExit(f"{path} is from another setup of this run; pass --force to start over")
@@ -168,6 +167,24 @@ class Checkpoint(keras.callbacks.Callback):
         """Delete the checkpoint and the best epoch's file (the seed is finished, or restarts)."""
         self.path.unlink(missing_ok=True)
         self.best_path.unlink(missing_ok=True)
+
+
+def _unreadable_error(path, err):
+    return SystemExit(
+        f"{path}: not a readable checkpoint (corrupt: {type(err).__name__}: {err}); "
+        "delete it (or pass --force) to train this seed from the start"
+    )
+
+
+@contextlib.contextmanager
+def _unreadable(path):
+    """Reading a checkpoint's contents: a damaged member or a missing key stops the run naming the file."""
+    try:
+        yield
+    except SystemExit:
+        raise
+    except Exception as err:
+        raise _unreadable_error(path, err) from None
 
 
 def _arrays(prefix, variables):

@@ -199,6 +199,48 @@ def save_model_atomic(model, path):
     os.replace(tmp, path)
 
 
+class ModelFileError(ValueError):
+    """A saved model's file (``.keras``, vocabulary) that exists but cannot be read; the message
+    names it and what to do."""
+
+
+def load_model_file(path, remedy):
+    """``keras.saving.load_model(path, compile=False)``, or a ``ModelFileError`` that names the file,
+    says what is wrong with it and ``remedy`` (what to do). Keras reports a truncated ``.keras`` file
+    as "File not found"; here a file that is there is never called missing."""
+    import zipfile
+
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; {remedy}")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"{path}: not a readable Keras model: the file is corrupt (not a zip archive, as a .keras "
+            f"file is; truncated?); {remedy}"
+        )
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:  # a damaged archive member, a foreign zip, an unknown layer: Keras's errors name no file
+        raise ModelFileError(
+            f"{path}: not a readable Keras model: the file is corrupt or not a model "
+            f"({type(err).__name__}: {str(err)[:300]}); {remedy}"
+        ) from None
+
+
+def load_json_file(path, remedy):
+    """The JSON in ``path``, or a ``ModelFileError`` naming the file, the problem and ``remedy``."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found; {remedy}") from None
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelFileError(f"{path}: corrupt, not readable JSON ({type(err).__name__}: {err}); {remedy}") from None
+
+
 def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -224,6 +266,8 @@ def load_result(path):
     """The record at ``path``, or None if there is none yet. A file that is not a record raises
     ``RecordError`` naming it (and what to do), rather than a JSON traceback."""
     path = Path(path)
+    if path.is_dir():
+        raise RecordError(f"{path} is a folder, not a result record; move it out of the results folder")
     if not path.is_file():
         return None
     try:
@@ -249,7 +293,9 @@ def reusable(path, config, force=False):
     setup stops the run with a message naming what differs: resuming must not mix setups."""
     import keras
 
-    if force:
+    if Path(path).is_dir():  # not even --force can write a record there
+        raise SystemExit(f"{path} is a folder where the record of this seed goes; move it away")
+    if force:  # a record that cannot be read is replaced too
         return None
     try:
         done = load_result(path)
@@ -423,6 +469,13 @@ def run_jobs(article, jobs, args, train):
     """
     from utils.callbacks import Checkpoint
 
+    if Path(args.out).resolve() != REFERENCE:
+        # the run ends by judging its records against the reference: a reference record that cannot
+        # be read would stop it there, after all the training, so it stops now
+        try:
+            load_results(REFERENCE, article)
+        except RecordError as err:
+            raise SystemExit(f"{err}\n(the run is judged against these at its end: fix them first)") from None
     started_all, trained_s, trained, records = time.time(), 0.0, 0, []
     for index, job in enumerate(jobs):
         path = result_path(args.out, article, job.experiment, job.seed)

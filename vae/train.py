@@ -447,7 +447,8 @@ def draw_grid(grid, path, title, digit=None):
     plots.save(fig, path, dpi=100)
 
 
-def main(argv=None):
+def parser():
+    """The command line (reproduce.py checks it before running anything)."""
     p = cli.parser(__doc__)
     p.add_argument(
         "--models",
@@ -456,7 +457,11 @@ def main(argv=None):
         default=None,
         help="which models (default: all three; quick mode: vae)",
     )
-    args = cli.parse(p, argv)
+    return p
+
+
+def main(argv=None):
+    args = cli.parse(parser(), argv)
     models = args.models or MODES[args.mode]["models"]
     print(f"backend {keras.backend.backend()}, mode {args.mode}, models {models}, records in {args.out}")
     mode = MODES[args.mode]
@@ -470,4 +475,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
