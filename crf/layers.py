@@ -582,9 +582,14 @@ class ZeroMasked(keras.layers.Layer):
     def call(self, inputs, mask=None):
         if mask is None:
             return inputs
-        if len(inputs.shape) != 3 or len(mask.shape) != 2:
+        steps = tuple(inputs.shape[:2])
+        if (
+            len(inputs.shape) != 3
+            or len(mask.shape) != 2
+            or any(a is not None and b is not None and a != b for a, b in zip(mask.shape, steps))
+        ):
             raise ValueError(
-                f"ZeroMasked: inputs must be (batch, T, d) and the mask (batch, T), got "
+                f"ZeroMasked: inputs must be (batch, T, d) and the mask (batch, T), the same batch and T, got "
                 f"{tuple(inputs.shape)} and {tuple(mask.shape)}"
             )
         return ops.where(self._keep(mask)[:, :, None], inputs, ops.zeros_like(inputs))

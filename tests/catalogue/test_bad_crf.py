@@ -19,7 +19,7 @@ from conftest import BACKEND, grad
 pytest.importorskip(BACKEND, reason=f"KERAS_BACKEND={BACKEND} but {BACKEND} is not installed")
 import keras  # noqa: E402
 
-from crf.layers import CRF, allowed_transitions, build_tagger  # noqa: E402
+from crf.layers import CRF, ZeroMasked, allowed_transitions, build_tagger  # noqa: E402
 
 pytestmark = pytest.mark.layers
 np_ = keras.ops.convert_to_numpy
@@ -371,3 +371,11 @@ def test_build_tagger_on_a_model_without_a_crf_output_says_how_to_build_one():
     for model in (keras.Model(tokens, emissions), inner):
         with pytest.raises(ValueError, match=r"is not made by a CRF layer.*crf\(emissions, decode=True\)"):
             build_tagger(model)
+
+
+@pytest.mark.parametrize("mask_shape", [(2, 4), (2, 6), (3, 5), (2, 5, 1)], ids=str)
+def test_zero_masked_with_a_mask_of_another_shape_raises_naming_both(mask_shape):
+    x = np.ones((2, 5, 3), "float32")
+    with pytest.raises(ValueError, match=r"ZeroMasked: .*the same batch and T, got \(2, 5, 3\) and " + re.escape(str(mask_shape))):
+        ZeroMasked()(x, mask=np.ones(mask_shape, bool))
+    np.testing.assert_array_equal(np_(ZeroMasked()(x, mask=np.array([[1, 1, 0, 0, 0]] * 2))).sum(), 12)  # control
