@@ -37,9 +37,19 @@ def _floating(x):
 
 @keras.saving.register_keras_serializable(package="kexue_activations")
 def swish(x, beta=1.0):
-    """``x * sigmoid(beta * x)`` (Ramachandran et al. 2017; beta = 1 is SiLU)."""
+    """``x * sigmoid(beta * x)`` (Ramachandran et al. 2017; beta = 1 is SiLU).
+
+    At ``x = +-inf`` it gives its limit (for beta > 0: 0 at -inf, +inf at +inf), with the limit's
+    gradient (0 and 1), where the plain product would give ``inf * 0 = NaN``; NaN stays NaN.
+    """
     x = _floating(x)
-    return x * ops.sigmoid(beta * x)
+    finite = ops.isfinite(x)
+    x_finite = ops.where(finite, x, ops.zeros_like(x))  # the product below never sees an infinity
+    inner = x_finite * ops.sigmoid(beta * x_finite)
+    # at x = +-inf the gate is 0 or 1 by the sign of beta * x, 1/2 at beta = 0 (where beta * x is NaN): flat
+    gate = ops.stop_gradient((ops.sign(beta * ops.sign(x)) + 1.0) / 2.0)
+    limit = ops.where(gate == 0, ops.zeros_like(x), x * gate)
+    return ops.where(finite, inner, limit)
 
 
 @keras.saving.register_keras_serializable(package="kexue_activations")
@@ -47,10 +57,15 @@ def x_min_exp(x):
     """The article's ``x * min(1, e^x)``: identity for x >= 0, ``x * e^x`` for x < 0.
 
     Computed as ``x * exp(min(x, 0))``: the exponent is <= 0, so nothing overflows, and the gradient
-    ``exp(min(x, 0)) * (1 + x * [x < 0])`` is finite for every finite input, in float16 too.
+    ``exp(min(x, 0)) * (1 + x * [x < 0])`` is finite for every finite input, in float16 too. At
+    ``x = +-inf`` it gives the limits, +inf (gradient 1) and 0 (gradient 0), where the product would give
+    ``-inf * 0 = NaN``; NaN stays NaN.
     """
     x = _floating(x)
-    return x * ops.exp(ops.minimum(x, 0))
+    finite = ops.isfinite(x)
+    x_finite = ops.where(finite, x, ops.zeros_like(x))
+    inner = x_finite * ops.exp(ops.minimum(x_finite, 0))
+    return ops.where(finite, inner, ops.where(x < 0, ops.zeros_like(x), x))
 
 
 @keras.saving.register_keras_serializable(package="kexue_activations")
@@ -67,6 +82,12 @@ class Swish(keras.layers.Layer):
 
     def __init__(self, beta=1.0, trainable_beta=False, **kwargs):
         super().__init__(**kwargs)
+        if (
+            isinstance(beta, bool)
+            or not isinstance(beta, (int, float, np.integer, np.floating))
+            or not np.isfinite(beta)
+        ):
+            raise ValueError(f"Swish: beta must be a finite number, got {beta!r}")
         self.beta_init = float(beta)
         self.trainable_beta = bool(trainable_beta)
         self.supports_masking = True

@@ -17,7 +17,10 @@ Its position embedding is the Transformer's sinusoid, laid out all cosines first
 
 for positions p = 0, 1, ..., n - 1, added to (or concatenated with) the word embeddings. The paper
 interleaves the two (``PE(p)[2i] = sin``, ``PE(p)[2i+1] = cos``); the article notes the order of the
-channels does not matter to a model, and both layouts are offered.
+channels does not matter to a model, and both layouts are offered. Positions count from the first step
+of the padded sequence, as in the article, so padding at the front shifts a sentence's positions;
+``count_from="first_token"`` counts from each row's first real token instead (read from the Keras mask).
+``MaskedGlobalAveragePooling1D`` averages over the real steps and gives 0, not NaN, for a row of padding.
 
 This file imports only keras and numpy, uses ``keras.ops``, and runs on TensorFlow (with or without
 XLA), JAX and PyTorch.
@@ -27,7 +30,13 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["Attention", "PositionEmbedding", "TrainablePositionEmbedding", "sinusoidal_position_embedding"]
+__all__ = [
+    "Attention",
+    "PositionEmbedding",
+    "TrainablePositionEmbedding",
+    "MaskedGlobalAveragePooling1D",
+    "sinusoidal_position_embedding",
+]
 
 
 def _positive_int(name, value, layer):
@@ -73,8 +82,9 @@ class Attention(keras.layers.Layer):
             and (batch, Tk, dv).
         mask: Keras masks arrive here by themselves (e.g. from ``Embedding(mask_zero=True)``): a
             (batch, T) boolean per input, True at real positions. Masked keys get no attention; the
-            output at masked queries is zero. Pass ``mask=[q_mask, k_mask, v_mask]`` (or one mask for
-            self-attention) to give masks by hand; any of them may be None.
+            output at masked queries is zero. Masked steps are left out by selection, so what they hold
+            (NaN, inf, 1e30) reaches neither the real positions nor the gradients. Pass ``mask=[q_mask,
+            k_mask, v_mask]`` (or one mask for self-attention) to give masks by hand; any may be None.
         attention_mask: optional boolean (batch, Tq, Tk), True where query ``t`` may attend to key ``s``.
         training: dropout on or off.
         return_attention_scores: also return the attention weights, (batch, heads, Tq, Tk).
@@ -82,7 +92,9 @@ class Attention(keras.layers.Layer):
     Returns:
         (batch, Tq, output_dim or heads * size_per_head), and the weights if asked. The Keras mask of
         the output is the queries' mask. A query with no key to attend to gets zero weights and a zero
-        output (before the output projection's bias, if any).
+        output (before the output projection's bias, if any). A NaN or inf at a real position reaches
+        the outputs (it is not repaired); so does a logit beyond float32's range (a query and a key
+        both of size 1e19 or more): NaN at that query.
 
     """
 
@@ -252,9 +264,28 @@ class Attention(keras.layers.Layer):
         mask = self._check_mask(mask, q, "query")
         return mask, mask
 
+    def _check_shapes(self, q, k, v):
+        """Inputs of the rank and features the layer was built for, or a clear error (not a reshape's)."""
+        for name, x in zip("qkv", (q, k, v)):
+            features = getattr(self, f"w{name}").shape[0]
+            if len(x.shape) != 3 or (x.shape[-1] is not None and x.shape[-1] != features):
+                raise ValueError(
+                    f"Attention: {name} must be (batch, time, {features}) as when the layer was built, "
+                    f"got shape {tuple(x.shape)}"
+                )
+
     def call(self, inputs, mask=None, attention_mask=None, training=None, return_attention_scores=False):
         q_mask, k_mask = self._masks(inputs, mask)
         q, k, v = (ops.cast(t, self.compute_dtype) for t in self._unpack(inputs))
+        self._check_shapes(q, k, v)
+        # Masked steps are left out by selection, never by arithmetic: they are set to 0 before the
+        # projections, so a NaN, inf or 1e30 there reaches neither the real positions (0 * inf = NaN in a
+        # matmul) nor the gradients.
+        if q_mask is not None:
+            q = ops.where(ops.expand_dims(q_mask, -1), q, ops.zeros_like(q))
+        if k_mask is not None:
+            k = ops.where(ops.expand_dims(k_mask, -1), k, ops.zeros_like(k))
+            v = ops.where(ops.expand_dims(k_mask, -1), v, ops.zeros_like(v))
         Q, K, V = self._project(q, "q"), self._project(k, "k"), self._project(v, "v")
         scale = 1.0 / float(np.sqrt(self.size_per_head)) if self.use_scale else 1.0
 
@@ -271,6 +302,8 @@ class Attention(keras.layers.Layer):
             if allowed is not None:
                 safe = ops.broadcast_to(safe, (ops.shape(Q)[0], self.heads, ops.shape(Q)[1], ops.shape(K)[1]))
             out = ops.dot_product_attention(Q, K, V, mask=None if allowed is None else safe, scale=scale)
+            # PyTorch's fused kernel gives 0, not NaN, at a query holding NaN: put the NaN back (0 elsewhere)
+            out = out + ops.zeros_like(out) * ops.sum(Q, axis=-1, keepdims=True)
             weights = None
         else:
             Qh, Kh, Vh = (ops.transpose(t, (0, 2, 1, 3)) for t in (Q, K, V))  # (batch, heads, T, size)
@@ -278,22 +311,22 @@ class Attention(keras.layers.Layer):
             wide = "float32" if keras.backend.standardize_dtype(Q.dtype) in ("float16", "bfloat16") else Q.dtype
             Qh = ops.cast(Qh, wide) if scale == 1.0 else ops.cast(Qh, wide) * ops.cast(scale, wide)
             logits = ops.matmul(Qh, ops.transpose(ops.cast(Kh, wide), (0, 1, 3, 2)))
-            if allowed is not None:
-                logits = ops.where(safe, logits, -1e9)
+            if allowed is not None:  # -inf, not -1e9: real logits below -1e9 must still win
+                logits = ops.where(safe, logits, float("-inf"))
             weights = ops.softmax(logits, axis=-1)
             if allowed is not None:
-                weights = weights * ops.cast(ops.expand_dims(allowed, 1), weights.dtype)
+                weights = ops.where(ops.expand_dims(allowed, 1), weights, ops.zeros_like(weights))
             weights = ops.cast(weights, V.dtype)
             out = ops.transpose(ops.matmul(self.dropout_layer(weights, training=training), Vh), (0, 2, 1, 3))
         out = ops.reshape(out, (ops.shape(Q)[0], ops.shape(Q)[1], self.heads * self.size_per_head))
         if allowed is not None:
-            out = out * ops.cast(attends, out.dtype)
+            out = ops.where(attends, out, ops.zeros_like(out))
         if self.output_dim is not None:
             out = ops.matmul(out, self.wo)
             if self.use_bias:
                 out = out + self.bo
         if q_mask is not None:
-            out = out * ops.cast(ops.expand_dims(q_mask, -1), out.dtype)
+            out = ops.where(ops.expand_dims(q_mask, -1), out, ops.zeros_like(out))
         return (out, weights) if return_attention_scores else out
 
     def compute_output_shape(self, input_shape):
@@ -330,6 +363,17 @@ class Attention(keras.layers.Layer):
         }
 
 
+def _sinusoids(positions, size, layout, base):
+    """The sinusoids of ``positions`` (any shape, any dtype): a float32 tensor of that shape + (size,)."""
+    freqs = np.power(float(base), -np.arange(0, size, 2, dtype="float64") / size).astype("float32")
+    angles = ops.expand_dims(ops.cast(positions, "float32"), -1) * ops.convert_to_tensor(freqs)
+    table = ops.concatenate([ops.cos(angles), ops.sin(angles)], axis=-1)
+    if layout == "interleaved":  # sin_0, cos_0, sin_1, cos_1, ...: a fixed reordering of the channels
+        half = size // 2
+        table = ops.take(table, np.ravel(np.stack([np.arange(half) + half, np.arange(half)], axis=1)), axis=-1)
+    return table
+
+
 def sinusoidal_position_embedding(length, size, layout="cos_sin", base=10000.0, start=0):
     """The sinusoids for positions ``start .. start + length - 1``: a (length, size) float32 tensor.
 
@@ -342,26 +386,28 @@ def sinusoidal_position_embedding(length, size, layout="cos_sin", base=10000.0, 
     size = _positive_int("size", size, "sinusoidal_position_embedding")
     if size % 2:
         raise ValueError(f"sinusoidal_position_embedding: size must be even (pairs of cos and sin), got {size}")
-    freqs = np.power(float(base), -np.arange(0, size, 2, dtype="float64") / size).astype("float32")
-    positions = ops.cast(ops.arange(length), "float32") + float(start)
-    angles = positions[:, None] * ops.convert_to_tensor(freqs)[None, :]
-    if layout == "cos_sin":
-        return ops.concatenate([ops.cos(angles), ops.sin(angles)], axis=-1)
-    return ops.reshape(ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1), (-1, size))
+    return _sinusoids(ops.cast(ops.arange(length), "float32") + float(start), size, layout, base)
+
+
+COUNT_FROM = ("start", "first_token")
 
 
 class _PositionBase(keras.layers.Layer):
-    """What both position embeddings share: mode sum or concat on (batch, time, features)."""
+    """What both position embeddings share: mode sum or concat on (batch, time, features), and where
+    positions are counted from."""
 
-    def __init__(self, size, mode, **kwargs):
+    def __init__(self, size, mode, count_from="start", **kwargs):
         super().__init__(**kwargs)
         name = type(self).__name__
         if mode not in ("sum", "concat"):
             raise ValueError(f"{name}: mode must be 'sum' or 'concat', got {mode!r}")
         if mode == "concat" and size is None:
             raise ValueError(f"{name}: mode='concat' needs a size")
+        if count_from not in COUNT_FROM:
+            raise ValueError(f"{name}: count_from must be one of {COUNT_FROM}, got {count_from!r}")
         self.size = None if size is None else _positive_int("size", size, name)
         self.mode = mode
+        self.count_from = count_from
         self.supports_masking = True
 
     def _check_input(self, input_shape):
@@ -374,14 +420,46 @@ class _PositionBase(keras.layers.Layer):
             raise ValueError(
                 f"{name}: mode='sum' needs size == the input's features ({input_shape[-1]}), got size={self.size}"
             )
+        self.features = int(input_shape[-1])
         return self.size or input_shape[-1]
 
+    def _prepare(self, x):
+        """``x`` as floats of the layer's dtype, with the shape it was built for, or a clear error (an int
+        input would otherwise truncate the table to integers)."""
+        if len(x.shape) != 3 or (x.shape[-1] is not None and x.shape[-1] != self.features):
+            raise ValueError(
+                f"{type(self).__name__}: input must be (batch, time, {self.features}) as when the layer was built, "
+                f"got shape {tuple(x.shape)}"
+            )
+        return x if keras.backend.is_float_dtype(x.dtype) else ops.cast(x, self.compute_dtype)
+
+    def _positions(self, x, mask):
+        """(batch, time) int positions counted from each row's first real step (0 before it and in a row
+        with none), read from the Keras mask."""
+        name = type(self).__name__
+        if mask is None:
+            raise ValueError(
+                f"{name}: count_from='first_token' reads the Keras mask, and none arrived with the input of shape "
+                f"{tuple(x.shape)}: give the embedding mask_zero=True, or pass mask="
+            )
+        mask = _bool_mask(mask)
+        if len(mask.shape) != 2 or (
+            mask.shape[1] is not None and x.shape[1] is not None and mask.shape[1] != x.shape[1]
+        ):
+            raise ValueError(f"{name}: the mask must be (batch, {x.shape[1]}), got shape {tuple(mask.shape)}")
+        length = ops.shape(x)[1]
+        steps = ops.expand_dims(ops.arange(length, dtype="int32"), 0)
+        first = ops.min(ops.where(mask, steps, length), axis=1, keepdims=True)  # length if no real step
+        return ops.maximum(steps - first, 0)
+
     def _apply(self, x, table):
+        """x plus (or with) ``table``, (time, size) or (batch, time, size)."""
         table = ops.cast(table, x.dtype)
+        if len(table.shape) == 2:
+            table = table[None]
         if self.mode == "sum":
-            return x + table[None]
-        batch = ops.shape(x)[0]
-        return ops.concatenate([x, ops.broadcast_to(table[None], (batch, ops.shape(x)[1], self.size))], axis=-1)
+            return x + table
+        return ops.concatenate([x, ops.broadcast_to(table, (ops.shape(x)[0], ops.shape(x)[1], self.size))], axis=-1)
 
     def compute_output_shape(self, input_shape):
         if self.mode == "sum":
@@ -392,7 +470,7 @@ class _PositionBase(keras.layers.Layer):
         return mask
 
     def get_config(self):
-        return {**super().get_config(), "size": self.size, "mode": self.mode}
+        return {**super().get_config(), "size": self.size, "mode": self.mode, "count_from": self.count_from}
 
 
 @keras.saving.register_keras_serializable(package="kexue_attention")
@@ -405,14 +483,18 @@ class PositionEmbedding(_PositionBase):
         layout: ``"cos_sin"`` (the article: all cosines, then all sines) or ``"interleaved"`` (the
             paper: sin, cos, sin, cos, ...). See ``sinusoidal_position_embedding``.
         base: the wavelength base, 10000 in both.
+        count_from: ``"start"`` (the article): positions 0, 1, ..., T - 1 over the padded sequence, so
+            with padding at the front a sentence's words get positions that depend on how much padding
+            there is. ``"first_token"``: each row counts from its first real step, read from the Keras
+            mask (``Embedding(mask_zero=True)``), so a sentence gets the same positions however it is
+            padded; steps before it get position 0. Without a mask this is an error.
 
     Call: (batch, time, features) -> (batch, time, features) for ``"sum"``, (batch, time, features +
-    size) for ``"concat"``. Positions count from 0 at the first step of the (padded) sequence, as in the
-    article. The Keras mask passes through. No weights.
+    size) for ``"concat"``. The Keras mask passes through. No weights. Integer inputs become floats.
     """
 
-    def __init__(self, size=None, mode="sum", layout="cos_sin", base=10000.0, **kwargs):
-        super().__init__(size, mode, **kwargs)
+    def __init__(self, size=None, mode="sum", layout="cos_sin", base=10000.0, count_from="start", **kwargs):
+        super().__init__(size, mode, count_from, **kwargs)
         if layout not in ("cos_sin", "interleaved"):
             raise ValueError(f"PositionEmbedding: layout must be 'cos_sin' or 'interleaved', got {layout!r}")
         if not float(base) > 1.0:
@@ -425,9 +507,12 @@ class PositionEmbedding(_PositionBase):
         if size % 2:
             raise ValueError(f"PositionEmbedding: the embedding size must be even (pairs of cos and sin), got {size}")
 
-    def call(self, x):
-        table = sinusoidal_position_embedding(ops.shape(x)[1], self.size or x.shape[-1], self.layout, self.base)
-        return self._apply(x, table)
+    def call(self, x, mask=None):
+        x = self._prepare(x)
+        size = self.size or x.shape[-1]
+        if self.count_from == "start":
+            return self._apply(x, sinusoidal_position_embedding(ops.shape(x)[1], size, self.layout, self.base))
+        return self._apply(x, _sinusoids(self._positions(x, mask), size, self.layout, self.base))
 
     def get_config(self):
         return {**super().get_config(), "layout": self.layout, "base": self.base}
@@ -441,6 +526,7 @@ class TrainablePositionEmbedding(_PositionBase):
         max_length: the longest sequence it accepts.
         size: channels; None means the input's features (mode ``"sum"`` only).
         mode: ``"sum"`` or ``"concat"``, as in ``PositionEmbedding``.
+        count_from: ``"start"`` or ``"first_token"``, as in ``PositionEmbedding``.
         embeddings_initializer: zeros by default, so a fresh model starts as if it had no position
             embedding and learns one.
 
@@ -448,9 +534,16 @@ class TrainablePositionEmbedding(_PositionBase):
     """
 
     def __init__(
-        self, max_length, size=None, mode="sum", embeddings_initializer="zeros", embeddings_regularizer=None, **kwargs
+        self,
+        max_length,
+        size=None,
+        mode="sum",
+        embeddings_initializer="zeros",
+        embeddings_regularizer=None,
+        count_from="start",
+        **kwargs,
     ):
-        super().__init__(size, mode, **kwargs)
+        super().__init__(size, mode, count_from, **kwargs)
         self.max_length = _positive_int("max_length", max_length, "TrainablePositionEmbedding")
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
@@ -468,13 +561,16 @@ class TrainablePositionEmbedding(_PositionBase):
             regularizer=self.embeddings_regularizer,
         )
 
-    def call(self, x):
+    def call(self, x, mask=None):
+        x = self._prepare(x)
         length = x.shape[1]
         if length is not None and length > self.max_length:
             raise ValueError(
                 f"TrainablePositionEmbedding: sequences of length {length} exceed max_length={self.max_length}"
             )
-        return self._apply(x, self.embeddings[: ops.shape(x)[1]])
+        if self.count_from == "start":
+            return self._apply(x, self.embeddings[: ops.shape(x)[1]])
+        return self._apply(x, ops.take(self.embeddings, self._positions(x, mask), axis=0))
 
     def get_config(self):
         return {
@@ -483,3 +579,44 @@ class TrainablePositionEmbedding(_PositionBase):
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
             "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer),
         }
+
+
+@keras.saving.register_keras_serializable(package="kexue_attention")
+class MaskedGlobalAveragePooling1D(keras.layers.Layer):
+    """The mean over the real steps, (batch, time, features) -> (batch, features), read from the Keras
+    mask: ``keras.layers.GlobalAveragePooling1D`` for sequences, except that a row with no real step
+    (all padding, or time = 0) gives zeros where that layer gives 0 / 0 = NaN, and that masked steps are
+    left out by selection, so a NaN or inf there does not reach the mean. Without a mask, the mean over
+    all steps. Integer inputs become floats.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, x, mask=None):
+        if len(x.shape) != 3:
+            raise ValueError(
+                f"MaskedGlobalAveragePooling1D: input must be (batch, time, features), got shape {tuple(x.shape)}"
+            )
+        if not keras.backend.is_float_dtype(x.dtype):
+            x = ops.cast(x, self.compute_dtype)
+        if mask is None:
+            count = ops.cast(ops.shape(x)[1], x.dtype)
+            return ops.sum(x, axis=1) / ops.maximum(count, 1)
+        mask = _bool_mask(mask)
+        if len(mask.shape) != 2 or (
+            mask.shape[1] is not None and x.shape[1] is not None and mask.shape[1] != x.shape[1]
+        ):
+            raise ValueError(
+                f"MaskedGlobalAveragePooling1D: the mask must be (batch, {x.shape[1]}), got shape {tuple(mask.shape)}"
+            )
+        total = ops.sum(ops.where(ops.expand_dims(mask, -1), x, ops.zeros_like(x)), axis=1)
+        count = ops.sum(ops.cast(mask, x.dtype), axis=1, keepdims=True)
+        return total / ops.maximum(count, 1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def compute_mask(self, inputs, mask=None):
+        return None

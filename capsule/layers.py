@@ -44,14 +44,71 @@ def _positive_int(name, value, where):
     return int(value)
 
 
-@keras.saving.register_keras_serializable(package="kexue_capsule")
-def squash(x, axis=-1, constant=1.0, epsilon=1e-7):
-    """``||x||² / (constant + ||x||²) · x / ||x||`` along ``axis``: the direction of ``x`` with a length
-    in [0, 1). ``constant`` is 1 in the paper, 0.5 in the article (its lengths rise faster). Zero maps to
-    zero with a finite (zero) gradient: ``epsilon`` sits under the square root."""
+def _wide(x):
+    """``x`` as a tensor of at least float32 (ints and 16-bit floats are widened), and its original dtype."""
     x = ops.convert_to_tensor(x)
-    s = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x * (s / ((constant + s) * ops.sqrt(s + epsilon)))
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if dtype not in ("float32", "float64"):
+        x = ops.cast(x, "float32")
+    return x, dtype
+
+
+def _norm_and_direction(x, axis):
+    """``(||x||, x / ||x||)`` along ``axis`` (kept), exact at every scale of a float type.
+
+    The direction comes from ``y = x / 2^k`` with ``2^k`` near ``max|x|``, whose squares neither overflow
+    (``||x||²`` does beyond about 1.8e19 in float32) nor underflow (below about 1e-19). A power of two
+    divides exactly, and its exponent is kept within ``±(maxexp - 8)`` because XLA turns the division
+    into a product with ``2^-k``, which must stay a normal number. The scale is held constant: the
+    direction does not depend on it. The norm is ``<x, direction>`` with the direction held constant:
+    the same number, and its gradient is exactly the direction, with no factor ``2^-k`` to overflow for
+    tiny ``x``. A vector below the smallest normal number (zero, subnormals) gives 0 and 0 with zero
+    gradients. A vector with one infinite entry points along it (its limit); with several, the
+    direction is undetermined, and it is NaN, as with a NaN entry.
+    """
+    info = np.finfo(keras.backend.standardize_dtype(x.dtype))
+    largest = ops.stop_gradient(ops.max(ops.abs(x), axis=axis, keepdims=True, initial=0.0))  # 0 if empty
+    normal = largest >= float(info.tiny)  # False for NaN too: NaN then flows through y
+    exponent = ops.floor(ops.log2(ops.where(normal, largest, ops.ones_like(largest))))
+    limit = float(info.maxexp - 8)
+    y = x / ops.power(ops.cast(2.0, x.dtype), ops.clip(exponent, -limit, limit))
+    # an infinite entry: the limit, its sign there and 0 at the finite entries (NaN stays NaN), if it is alone
+    infinite = ops.isinf(x)
+    alone = ops.sum(ops.cast(infinite, x.dtype), axis=axis, keepdims=True) == 1
+    at_infinity = ops.where(infinite, ops.sign(x), x * 0.0)
+    at_infinity = ops.where(alone, at_infinity, ops.full_like(x, float("nan")))
+    y = ops.where(ops.isinf(largest), at_infinity, y)
+    # max|y| >= 2^-6 for a normal vector, so sum(y²) > 0; otherwise y is ~0, and the 1 keeps the root off 0
+    n = ops.sqrt(ops.sum(ops.square(y), axis=axis, keepdims=True) + ops.cast(ops.logical_not(normal), x.dtype))
+    direction = y / n
+    return ops.sum(x * ops.stop_gradient(direction), axis=axis, keepdims=True), direction
+
+
+@keras.saving.register_keras_serializable(package="kexue_capsule")
+def squash(x, axis=-1, constant=1.0):
+    """``||x||² / (constant + ||x||²) · x / ||x||`` along ``axis``: the direction of ``x`` with a length
+    in [0, 1). ``constant`` is 1 in the paper, 0.5 in the article (its lengths rise faster).
+
+    Exact to float precision, value and gradient, for every finite input: lengths up to the largest
+    float (the squares are never formed: see ``_norm_and_direction``) and down to the smallest normal
+    number; zero maps to zero with a zero gradient. Short vectors (``||x|| <= 1``) are computed as
+    ``x · ||x|| / (C + ||x||²)``, long ones as ``direction / (1 + C / ||x||²)``, so that neither form
+    meets an overflow or a vanishing factor. 16-bit and integer inputs are computed in float32 and
+    returned in their dtype (floats) or float32 (ints). An infinite entry gives its limit (the unit
+    vector along it) when it is the only one; NaN gives NaN.
+    """
+    if isinstance(constant, (int, float, np.integer, np.floating)) and not constant > 0:
+        raise ValueError(f"squash: constant must be > 0, got {constant!r}")
+    x, dtype = _wide(x)
+    norm, direction = _norm_and_direction(x, axis)
+    short = norm <= 1.0
+    one = ops.ones_like(norm)
+    n_short = ops.where(short, norm, one)
+    n_long = ops.where(short, one, ops.minimum(norm, 1e15))  # beyond 1e15 the length is 1 to float precision
+    v_short = ops.where(short, x, ops.zeros_like(x)) * (n_short / (constant + ops.square(n_short)))
+    v_long = direction / (1.0 + constant / ops.square(n_long))
+    v = ops.where(short, v_short, v_long)
+    return v if dtype in ("float32", "float64") or not keras.backend.is_float_dtype(dtype) else ops.cast(v, dtype)
 
 
 @keras.saving.register_keras_serializable(package="kexue_capsule")
@@ -143,6 +200,12 @@ class Capsule(keras.layers.Layer):
         return ops.transpose(u_hat, (0, 2, 1, 3))
 
     def call(self, u, return_coupling=False):
+        if len(u.shape) != 3:
+            raise ValueError(f"Capsule: input must be capsules (batch, n, dim), got shape {tuple(u.shape)}")
+        if u.shape[-1] is not None and u.shape[-1] != self.kernel.shape[-2]:
+            raise ValueError(
+                f"Capsule: built for input capsules of size {self.kernel.shape[-2]}, called with shape {tuple(u.shape)}"
+            )
         u = ops.cast(u, self.compute_dtype)
         u_hat = self.votes(u)
         # 16-bit policies: route in float32 (the tiny constants under the square roots underflow in float16)
@@ -159,7 +222,7 @@ class Capsule(keras.layers.Layer):
                 if last:
                     v = squash(s, constant=self.constant)
                 else:
-                    centre = s / ops.sqrt(ops.sum(ops.square(s), axis=-1, keepdims=True) + 1e-12)
+                    _, centre = _norm_and_direction(s, -1)  # s / ||s||, 0 for s = 0
                     b = ops.einsum("bjd,bjnd->bjn", centre, u_hat)
             else:
                 v = squash(s, constant=self.constant)
@@ -197,11 +260,21 @@ class Capsule(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="kexue_capsule")
 class CapsuleLength(keras.layers.Layer):
-    """The length of each capsule, (batch, k, d) -> (batch, k): the class scores of a capsule head."""
+    """The length of each capsule, (batch, k, d) -> (batch, k): the class scores of a capsule head.
+
+    Exact at every scale (the squares are never formed, see ``_norm_and_direction``): 0 for a zero
+    capsule, with a zero gradient; ``inf`` when an entry is infinite; NaN when one is NaN. 16-bit
+    inputs are measured in float32 and returned in the layer's dtype.
+    """
 
     def call(self, v):
-        v = ops.cast(v, "float32") if keras.backend.standardize_dtype(v.dtype) in ("float16", "bfloat16") else v
-        length = ops.sqrt(ops.sum(ops.square(v), axis=-1) + keras.backend.epsilon() ** 2)
+        if len(v.shape) < 2:
+            raise ValueError(f"CapsuleLength: input must be capsules (batch, ..., dim), got shape {tuple(v.shape)}")
+        v, _ = _wide(v)
+        length, _ = _norm_and_direction(v, -1)
+        length = length[..., 0]
+        infinite = ops.logical_and(ops.any(ops.isinf(v), axis=-1), ops.logical_not(ops.any(ops.isnan(v), axis=-1)))
+        length = ops.where(infinite, ops.full_like(length, float("inf")), length)  # two infinities: still inf
         return ops.cast(length, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
@@ -211,7 +284,8 @@ class CapsuleLength(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="kexue_capsule")
 def margin_loss(y_true, y_pred, m_plus=0.9, m_minus=0.1, down_weight=0.25):
     """``y·relu(m⁺ - p)² + λ·(1 - y)·relu(p - m⁻)²`` summed over classes, per sample: ``y_true`` one-hot
-    (or multi-hot) (batch, k), ``y_pred`` scores in [0, 1] (capsule lengths or sigmoids)."""
+    (or multi-hot) (batch, k), ``y_pred`` scores in [0, 1] (capsule lengths or sigmoids). Scores outside
+    give the formula's value (an infinite score: 0 for its own class, inf for another); NaN gives NaN."""
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(y_true, y_pred.dtype)
     if y_true.shape[-1] is not None and y_pred.shape[-1] is not None and y_true.shape[-1] != y_pred.shape[-1]:
@@ -219,6 +293,9 @@ def margin_loss(y_true, y_pred, m_plus=0.9, m_minus=0.1, down_weight=0.25):
             f"margin_loss: y_true must be one-hot with {y_pred.shape[-1]} classes like y_pred, "
             f"got shapes {tuple(y_true.shape)} and {tuple(y_pred.shape)}"
         )
-    present = y_true * ops.square(ops.relu(m_plus - y_pred))
-    absent = down_weight * (1 - y_true) * ops.square(ops.relu(y_pred - m_minus))
+    # a term whose weight is 0 is 0, even for an infinite score (not 0 * inf = NaN), gradient included
+    p_present = ops.where(y_true > 0, y_pred, ops.full_like(y_pred, m_plus))
+    p_absent = ops.where(y_true < 1, y_pred, ops.full_like(y_pred, m_minus))
+    present = y_true * ops.square(ops.relu(m_plus - p_present))
+    absent = down_weight * (1 - y_true) * ops.square(ops.relu(p_absent - m_minus))
     return ops.sum(present + absent, axis=-1)

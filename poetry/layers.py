@@ -79,6 +79,16 @@ class GCNN(keras.layers.Layer):
         )
 
     def call(self, inputs):
+        channels = self.kernel.shape[1]
+        if len(inputs.shape) != 3 or (inputs.shape[-1] is not None and inputs.shape[-1] != channels):
+            raise ValueError(
+                f"GCNN: expects inputs (batch, length, {channels}) as when the layer was built, "
+                f"got shape {tuple(inputs.shape)}"
+            )
+        if not keras.backend.is_float_dtype(inputs.dtype):  # an int kernel would be all zeros
+            inputs = ops.cast(inputs, self.compute_dtype)
+        if inputs.shape[1] == 0:  # nothing to convolve (PyTorch's conv refuses length 0)
+            return ops.zeros((ops.shape(inputs)[0], 0, self.units), dtype=inputs.dtype)
         # [A | B] = conv1d(X, W); GCNN(X) = A * sigmoid(B)
         h = ops.conv(
             inputs, ops.cast(self.kernel, inputs.dtype), strides=1, padding="same", data_format="channels_last"
@@ -115,19 +125,28 @@ def sequence_nll(ids, logits):
         logits: (batch, n, vocab_size).
 
     Returns:
-        (batch,), in nats. A sample with an id outside [0, vocab_size) gets NaN (a compiled step
-        cannot raise; a gather would read a wrong value or fail deep inside).
+        (batch,), in nats. A sample with an id outside [0, vocab_size), or a non-integer id (Keras hands
+        the loss float ids), gets NaN (a compiled step cannot raise; a gather would read a wrong value or
+        fail deep inside, and a cast would truncate 2.5 to 2).
     """
-    if len(logits.shape) != 3 or len(ids.shape) != 2:
+    ids, logits = ops.convert_to_tensor(ids), ops.convert_to_tensor(logits)
+    if (
+        len(logits.shape) != 3
+        or len(ids.shape) != 2
+        or any(a is not None and b is not None and a != b for a, b in zip(ids.shape, logits.shape[:2]))
+    ):
         raise ValueError(
             f"sequence_nll: expects ids (batch, n) and logits (batch, n, vocab_size), got {tuple(ids.shape)} and "
             f"{tuple(logits.shape)}"
         )
     if keras.backend.standardize_dtype(logits.dtype) not in ("float32", "float64"):
         logits = ops.cast(logits, "float32")  # log-softmax in float32 under float16 policies
-    ids = ops.cast(ids, "int32")
     vocab_size = logits.shape[-1]
-    valid = ops.all(ops.logical_and(ids >= 0, ids < vocab_size), axis=-1)
+    valid = ops.logical_and(ids >= 0, ids < vocab_size)
+    if keras.backend.is_float_dtype(ids.dtype):
+        valid = ops.logical_and(valid, ops.floor(ids) == ids)  # NaN fails this too
+    valid = ops.all(valid, axis=-1)
+    ids = ops.cast(ops.where(valid[:, None], ids, ops.zeros_like(ids)), "int32")  # NaN or inf must not be cast
     log_p = ops.log_softmax(logits, axis=-1)
     picked = ops.take_along_axis(log_p, ops.clip(ids, 0, vocab_size - 1)[..., None], axis=-1)[..., 0]
     nll = -ops.sum(picked, axis=-1)

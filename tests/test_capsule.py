@@ -217,6 +217,7 @@ def test_coupling_coefficients_come_out_of_a_functional_model():
 @pytest.mark.layers
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_16_bit_policies_route_in_float32_without_nan(routing):
+    keras.utils.set_random_seed(6)  # the weights too: about 1 draw in 300 is past atol=2e-3
     u = np.zeros((2, 5, 8), "float32")
     u[0] = np.random.default_rng(6).normal(size=(5, 8))
     layer = Capsule(3, 4, routing=routing, dtype="mixed_float16")
