@@ -58,6 +58,20 @@ def _count(name, value):
     return int(value)
 
 
+def _numbers(name, x):
+    """``x`` (an array, a list, a tensor or a variable) as a tensor of numbers or booleans; a
+    ValueError naming ``name`` and the dtype otherwise (strings, complex numbers, objects)."""
+    if isinstance(x, (list, tuple, np.ndarray)):
+        kind = np.asarray(x).dtype.kind
+        if kind not in "biuf":
+            raise ValueError(f"{name} must hold numbers or booleans, got dtype {np.asarray(x).dtype}")
+    x = ops.convert_to_tensor(x)
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if dtype != "bool" and not dtype.startswith(("int", "uint", "float", "bfloat")):
+        raise ValueError(f"{name} must hold numbers or booleans, got dtype {dtype}")
+    return ops.copy(x) if hasattr(x, "assign") else x  # a variable: its value
+
+
 def _loop(body, state, n):
     """``for t in range(n): state = body(t, state)``, differentiable and compilable on every backend.
 
@@ -219,9 +233,12 @@ class CRF(keras.layers.Layer):
 
     def _prepare(self, emissions, mask):
         """Left-aligned float32 emissions (batch, T, K) and boolean mask, the order and its inverse,
-        and ``broken`` (batch,): rows with NaN or +inf at a real position, whose results are NaN.
-        Masked and broken entries become 0 here; -inf (a tag impossible at that step) stays."""
-        emissions = ops.convert_to_tensor(emissions)
+        ``broken`` (batch,): rows with NaN or +inf at a real step, whose results are NaN, and ``lift``
+        (batch,): what was taken off the emissions. Each real step's scores are taken relative to
+        their maximum (which changes no path's probability, and keeps the recursions' numbers
+        small whatever the scale); masked and broken entries become 0; -inf (a tag impossible at
+        that step) stays."""
+        emissions = _numbers("CRF: emissions", emissions)
         self._check_emissions(emissions.shape)
         if not self.built:
             self.build(emissions.shape)
@@ -231,7 +248,7 @@ class CRF(keras.layers.Layer):
         if mask is None:  # the padding that call() marked: steps whose every score is -inf
             mask = ops.any(ops.not_equal(emissions, FORBIDDEN), axis=-1)
         else:
-            mask = ops.convert_to_tensor(mask)
+            mask = _numbers("CRF: mask", mask)
             self._check_steps("mask", mask, emissions)
             mask = ops.cast(mask, "bool")
         order, inverse = _left_align(mask)
@@ -240,13 +257,20 @@ class CRF(keras.layers.Layer):
         bad = ops.isnan(emissions) | ops.equal(emissions, float("inf"))
         broken = ops.any(bad & mask[:, :, None], axis=(1, 2))
         emissions = ops.where(mask[:, :, None] & ops.logical_not(bad), emissions, 0.0)
-        return emissions, mask, order, inverse, broken
+        if 0 in emissions.shape[:2]:  # nothing to compute (and TensorFlow's max refuses an empty tensor)
+            return emissions, mask, order, inverse, broken, ops.zeros(ops.shape(mask)[:1], "float32")
+        top = ops.max(emissions, axis=2)
+        top = ops.where(mask & ops.isfinite(top), top, 0.0)
+        return emissions - top[:, :, None], mask, order, inverse, broken, ops.sum(top, axis=1)
 
     def _tag_ids(self, tags, ok=None):
         """int32 tag ids (batch, T), and where they are valid: whole numbers in [0, K) (and ``ok``)."""
-        tags = ops.convert_to_tensor(tags)
+        tags = _numbers("CRF: tags", tags)
+        dtype = keras.backend.standardize_dtype(tags.dtype)
+        if dtype == "bool":
+            tags = ops.cast(tags, "int32")
         valid = (tags >= 0) & (tags < self.num_tags)
-        if "float" in keras.backend.standardize_dtype(tags.dtype):
+        if "float" in dtype:
             valid = valid & ops.equal(tags, ops.floor(tags))
         valid = valid if ok is None else valid & ok
         return ops.cast(ops.where(valid, tags, 0), "int32"), valid
@@ -256,9 +280,11 @@ class CRF(keras.layers.Layer):
     def call(self, inputs, mask=None, decode=False):
         if decode:
             return self.decode(inputs, mask)[0]
+        inputs = _numbers("CRF: emissions", inputs)
         self._check_emissions(inputs.shape)
         outputs = ops.cast(inputs, "float32")
         if mask is not None:
+            mask = _numbers("CRF: mask", mask)
             self._check_steps("mask", mask, outputs)
             outputs = ops.where(ops.cast(mask, "bool")[:, :, None], outputs, FORBIDDEN)
         return outputs
@@ -312,14 +338,13 @@ class CRF(keras.layers.Layer):
             possible,
         )
 
-    def _forward(self, emissions, mask, gold=None):
-        """The forward recursion on left-aligned inputs, the state carried over padding: log Z; or,
-        given the tagged path's pieces (``_gold``), log Z - score(path), each step's scores taken
-        relative to the path's, so the numbers stay small and the result is accurate (and not below
-        0) whatever the scale of the emissions."""
+    def _relative_log_partition(self, emissions, mask, gold):
+        """log Z - score(path) for the tagged path's pieces ``gold`` (``_gold``), by the forward
+        recursion on left-aligned inputs (the state carried over padding) with each step's scores
+        taken relative to the path's: the numbers stay small, and the result is accurate (and not
+        below 0) whatever the scale of the emissions."""
         trans, start, end = self._scores()
-        zeros = ops.zeros(ops.shape(mask), "float32")
-        emitted, into, closing = gold if gold is not None else (zeros, zeros, zeros[:, 0])
+        emitted, into, closing = gold
         emissions = emissions - emitted[:, :, None]
 
         def step(t, alpha):
@@ -334,16 +359,17 @@ class CRF(keras.layers.Layer):
     def _nll(self, emissions, tags, mask, ok=None):
         """-log p(tags | emissions), (batch,): NaN for a row with an invalid tag (not a whole number
         in [0, K)) or a NaN / +inf emission at a real step; +inf for a path the constraints forbid."""
-        tags = ops.convert_to_tensor(tags)
+        tags = _numbers("CRF: tags", tags)
+        emissions = _numbers("CRF: emissions", emissions)
         self._check_steps("tags", tags, emissions)
-        emissions, mask, order, _, broken = self._prepare(emissions, mask)
+        emissions, mask, order, _, broken, _ = self._prepare(emissions, mask)
         if 0 in emissions.shape[:2]:  # no step or no row: nothing to compute
             return ops.zeros(ops.shape(mask)[:1], "float32")
         tags, valid = self._tag_ids(tags, ok)
         tags, valid = _take(tags, order), _take(valid, order)
         valid = ops.all(valid | ops.logical_not(mask), axis=1) & ops.logical_not(broken)
         *gold, possible = self._gold(emissions, tags, mask)
-        nll = self._forward(emissions, mask, gold)
+        nll = self._relative_log_partition(emissions, mask, gold)
         return ops.where(valid, ops.where(possible, nll, float("inf")), float("nan"))
 
     def log_likelihood(self, emissions, tags, mask=None):
@@ -361,7 +387,7 @@ class CRF(keras.layers.Layer):
         (batch, T, 1), or one-hot (batch, T, K); with ``ignore_last_label``, one-hot over K + 1 tags
         whose last marks padding (the article's format). A one-hot row at a real step must hold a
         single 1 and zeros."""
-        y_true = ops.convert_to_tensor(y_true)
+        y_true = _numbers("CRF: labels", y_true)
         shape, k = tuple(y_true.shape), self.num_tags
         width = k + 1 if self.ignore_last_label else k
         if len(shape) == 2:
@@ -396,7 +422,7 @@ class CRF(keras.layers.Layer):
         Viterbi path. NaN for a sequence with invalid labels or a NaN / +inf emission."""
         tags, ok, mask = self._labels(y_true)
         tags, valid = self._tag_ids(tags, ok)
-        emissions = ops.cast(y_pred, "float32")[..., : self.num_tags]
+        emissions = ops.cast(_numbers("CRF: emissions", y_pred), "float32")[..., : self.num_tags]
         real = ops.any(ops.not_equal(emissions, FORBIDDEN), axis=-1) if mask is None else ops.cast(mask, "bool")
         broken = ops.any(ops.isnan(emissions) | ops.equal(emissions, float("inf")), axis=-1)
         right = (ops.cast(ops.argmax(emissions, axis=-1), "int32") == tags) & real
@@ -409,10 +435,12 @@ class CRF(keras.layers.Layer):
     # ---- decoding ----------------------------------------------------------------------------------
 
     def _viterbi(self, emissions, mask, k):
-        """The k best paths on left-aligned inputs: tags (batch, k, T) and scores (batch, k).
+        """The k best paths on left-aligned inputs: tags (batch, k, T), and their scores (batch, k) as
+        ``final`` (-inf for a path that does not exist) plus ``offset`` (batch,).
 
         The state keeps, for each tag j, the k best scores of paths ending in j (batch, K, k), less
-        its maximum (added to ``offset``), so it cannot overflow whatever the emissions; each step
+        its maximum (added to ``offset``, returned apart: scores are ``final + offset``), so it
+        cannot overflow whatever the emissions; each step
         takes the k best of the K * k extensions (i, rank) -> j, remembering where each came from;
         padding steps keep the state and point back to themselves.
         """
@@ -455,7 +483,7 @@ class CRF(keras.layers.Layer):
             return ops.where(t > 0, back, cursor), tags
 
         _, tags = _loop(backward, (last, tags), steps)
-        return tags, final + offset[:, None]
+        return tags, final, offset
 
     def decode(self, emissions, mask=None, top_k=None):
         """Viterbi decoding.
@@ -469,15 +497,16 @@ class CRF(keras.layers.Layer):
         outputs carry no gradient.
         """
         k = 1 if top_k is None else _count("CRF.decode: top_k", top_k)
-        emissions, mask, _, inverse, broken = self._prepare(emissions, mask)
+        emissions, mask, _, inverse, broken, lift = self._prepare(emissions, mask)
         batch, steps = ops.shape(mask)[0], emissions.shape[1]
         if 0 in emissions.shape[:2]:  # no step or no row: nothing to compute
             tags, scores = ops.zeros((batch, k, steps), "int32"), ops.zeros((batch, k), "float32")
         else:
-            tags, scores = self._viterbi(emissions, mask, k)
+            tags, final, offset = self._viterbi(emissions, mask, k)
+            found = ops.logical_not(broken[:, None] | ops.equal(final, FORBIDDEN))  # (batch, k)
+            scores = ops.where(found, final + (offset + lift)[:, None], FORBIDDEN)
             scores = ops.where(ops.any(mask, axis=1)[:, None], scores, 0.0)
             scores = ops.where(broken[:, None], float("nan"), scores)
-            found = ops.logical_not(broken[:, None] | ops.equal(scores, FORBIDDEN))  # (batch, k)
             real = _take(mask, inverse)
             tags = ops.stack(
                 [ops.where(real & found[:, r : r + 1], _take(tags[:, r], inverse), -1) for r in range(k)], axis=1
@@ -486,19 +515,34 @@ class CRF(keras.layers.Layer):
         return (tags[:, 0], scores[:, 0]) if top_k is None else (tags, scores)
 
     def log_partition(self, emissions, mask=None):
-        """log Z, shape (batch,): 0 for a row with no real token, NaN for a row with a NaN or +inf
+        """log Z, shape (batch,): 0 for a row with no real token, -inf when the rules (or -inf
+        emissions) leave no path, +inf past float32's range, NaN for a row with a NaN or +inf
         emission at a real step."""
-        emissions, mask, _, _, broken = self._prepare(emissions, mask)
+        emissions, mask, _, _, broken, lift = self._prepare(emissions, mask)
         if 0 in emissions.shape[:2]:  # no step or no row: nothing to compute
             return ops.zeros(ops.shape(mask)[:1], "float32")
-        return ops.where(broken, float("nan"), self._forward(emissions, mask))
+        trans, start, end = self._scores()
+
+        def step(t, state):  # the forward recursion, renormalised each step (offset: what was taken off)
+            alpha, offset = state
+            new, top = _shift(_logsumexp(alpha[:, :, None] + trans[None], 1) + _at(emissions, t), 1)
+            real = _at(mask, t)
+            return ops.where(real[:, None], new, alpha), ops.where(real, offset + top, offset)
+
+        alpha, offset = _shift(start[None, :] + emissions[:, 0], 1)
+        alpha, offset = _loop(lambda t, s: step(t + 1, s), (alpha, offset), ops.shape(emissions)[1] - 1)
+        inner = _logsumexp(alpha + end[None, :], 1)
+        log_z = ops.where(ops.equal(inner, FORBIDDEN), FORBIDDEN, inner + offset + lift)
+        log_z = ops.where(ops.any(mask, axis=1), log_z, 0.0)
+        return ops.where(broken, float("nan"), log_z)
 
     def marginals(self, emissions, mask=None):
         """p(y_t = j | emissions) by forward-backward, shape (batch, T, K); rows of padding are 0, a
-        row with a NaN or +inf emission at a real step is NaN. Each step's probabilities are
-        normalised on their own (the forward and backward states too), so they sum to 1 whatever the
-        scale of the emissions."""
-        emissions, mask, _, inverse, broken = self._prepare(emissions, mask)
+        row with a NaN or +inf emission at a real step is NaN, and so is a row the rules (or -inf
+        emissions) leave without any path. Each step's probabilities are normalised on their own
+        (the forward and backward states too), so they sum to 1 whatever the scale of the
+        emissions. Like ``decode``, an inference output: it carries no gradient."""
+        emissions, mask, _, inverse, broken, _ = self._prepare(emissions, mask)
         trans, start, end = self._scores()
         batch, steps = ops.shape(emissions)[0], ops.shape(emissions)[1]
         if 0 in emissions.shape[:2]:  # no step or no row: nothing to compute
@@ -534,7 +578,7 @@ class CRF(keras.layers.Layer):
         probs = probs / ops.sum(probs, axis=2, keepdims=True)
         probs = ops.where(mask[:, :, None], probs, 0.0)
         probs = ops.where(broken[:, None, None], float("nan"), probs)
-        return _take(probs, inverse)
+        return ops.stop_gradient(_take(probs, inverse))
 
 
 def build_tagger(model):
@@ -582,6 +626,7 @@ class ZeroMasked(keras.layers.Layer):
     def call(self, inputs, mask=None):
         if mask is None:
             return inputs
+        mask = _numbers("ZeroMasked: mask", mask)
         steps = tuple(inputs.shape[:2])
         if (
             len(inputs.shape) != 3

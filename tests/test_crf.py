@@ -897,7 +897,8 @@ def test_zero_masked_makes_same_convolutions_blind_to_padding():
     assert np.all(out[0, 4:] == 0) and np.array_equal(out[0, :4], x[0, :4]) and np.array_equal(out[1], x[1])
     with pytest.raises(
         ValueError,
-        match=r"ZeroMasked: inputs must be \(batch, T, d\) and the mask \(batch, T\), the same batch and T, got \(2, 7, 3\)",
+        match=r"ZeroMasked: inputs must be \(batch, T, d\) and the mask \(batch, T\), the same batch and T, "
+        r"got \(2, 7, 3\)",
     ):
         ZeroMasked()(x, mask=padded[:, :, None])
     masked = keras.Model(ids, ZeroMasked()(keras.layers.Embedding(20, 3, mask_zero=True)(ids)))

@@ -376,6 +376,86 @@ def test_build_tagger_on_a_model_without_a_crf_output_says_how_to_build_one():
 @pytest.mark.parametrize("mask_shape", [(2, 4), (2, 6), (3, 5), (2, 5, 1)], ids=str)
 def test_zero_masked_with_a_mask_of_another_shape_raises_naming_both(mask_shape):
     x = np.ones((2, 5, 3), "float32")
-    with pytest.raises(ValueError, match=r"ZeroMasked: .*the same batch and T, got \(2, 5, 3\) and " + re.escape(str(mask_shape))):
+    with pytest.raises(
+        ValueError, match=r"ZeroMasked: .*the same batch and T, got \(2, 5, 3\) and " + re.escape(str(mask_shape))
+    ):
         ZeroMasked()(x, mask=np.ones(mask_shape, bool))
     np.testing.assert_array_equal(np_(ZeroMasked()(x, mask=np.array([[1, 1, 0, 0, 0]] * 2))).sum(), 12)  # control
+
+
+def test_a_path_whose_score_overflows_float32_is_still_decoded():
+    """Every emission near -1e37 over 40 steps: the best path's score is below float32's range (-inf),
+    but the path exists and is decoded (tags -1 mean "no path", and there is one)."""
+    crf = make_crf(k=3)
+    x = (np.random.default_rng(0).normal(size=(1, 40, 3)) - 1e37).astype("float32")
+    tags, scores = map(np_, crf.decode(x))
+    np.testing.assert_array_equal(tags, np_(crf.decode(x + 1e37)[0]))  # the same steps, up to a constant each
+    assert np.all(tags >= 0) and scores[0] == -np.inf
+    log_z = np_(crf.log_partition(np.full((1, 4, 3), 3.4e38, "float32")))
+    assert log_z[0] == np.inf  # past float32's range: +inf, not NaN
+
+
+@pytest.mark.parametrize("shift", [1e8, -1e30, 3e38], ids=str)
+def test_adding_a_constant_to_one_step_changes_no_probability(shift):
+    """A step whose tags all score the same constant multiplies every path by the same factor, whatever
+    the constant: marginals, best paths and log-likelihoods must be those of the constant 0 (they
+    moved by 7% at 1e8)."""
+    crf = make_crf(3, **allowed_transitions("bio", ["O", "B-X", "I-X"]))
+    x, _ = problem(batch=2, k=3)
+    y = np.array([[0, 1, 2, 2, 0], [1, 2, 0, 1, 2]])
+    x[:, 2, :] = 0.0
+    shifted = x.copy()
+    shifted[:, 2, :] = np.float32(shift)
+    np.testing.assert_allclose(np_(crf.marginals(shifted)), np_(crf.marginals(x)), atol=1e-5)
+    np.testing.assert_array_equal(np_(crf.decode(shifted, top_k=2)[0]), np_(crf.decode(x, top_k=2)[0]))
+    np.testing.assert_allclose(np_(crf.log_likelihood(shifted, y)), np_(crf.log_likelihood(x, y)), atol=1e-4)
+
+
+def test_rules_that_leave_no_path_give_minus_inf_and_no_tags():
+    """Length 1 where no tag may both start and end: log Z = -inf, decode finds nothing (-1, -inf),
+    marginals are undefined (NaN); the other row, of length 2, is answered."""
+    rules = {"allowed": np.ones((2, 2), bool), "allowed_start": np.array([1, 0]), "allowed_end": np.array([0, 1])}
+    crf = make_crf(2, **rules)
+    x = np.zeros((2, 2, 2), "float32")
+    mask = np.array([[1, 0], [1, 1]], bool)
+    tags, scores = map(np_, crf.decode(x, mask))
+    assert tags[0].tolist() == [-1, -1] and scores[0] == -np.inf and tags[1].tolist() == [0, 1]
+    log_z = np_(crf.log_partition(x, mask))
+    assert log_z[0] == -np.inf and np.isfinite(log_z[1])
+    marginals = np_(crf.marginals(x, mask))
+    assert np.all(np.isnan(marginals[0, 0])) and np.allclose(marginals[1], [[1, 0], [0, 1]])
+
+
+def test_labels_masks_and_emissions_as_lists_bools_or_variables_are_read_as_arrays():
+    crf = make_crf(2)
+    x, y = problem(k=2)
+    want = np_(crf.log_likelihood(x, y))
+    np.testing.assert_allclose(np_(crf.log_likelihood(x.tolist(), y.tolist())), want, rtol=1e-6)
+    np.testing.assert_allclose(np_(crf.log_likelihood(x, y.astype(bool))), want, rtol=1e-6)  # K = 2: ids 0 and 1
+    np.testing.assert_allclose(-np_(crf.loss(y.astype(bool), x.tolist())), want, rtol=1e-6)
+    np.testing.assert_allclose(np_(crf.log_partition(keras.Variable(x))), np_(crf.log_partition(x)), rtol=1e-6)
+    mask = [[1, 1, 1, 0, 0]] * 3
+    np.testing.assert_array_equal(np_(crf(x, mask=mask)), np_(crf(x, mask=np.array(mask, bool))))
+    assert np_(ZeroMasked()(x, mask=mask))[:, 3:].sum() == 0
+
+
+@pytest.mark.parametrize("where", ["labels", "tags", "mask", "emissions"])
+def test_strings_or_complex_numbers_are_refused_naming_the_input(where):
+    crf = make_crf()
+    x, y = problem()
+    text = np.full(y.shape, "a")
+    calls = {
+        "labels": lambda: crf.loss(text, x),
+        "tags": lambda: crf.log_likelihood(x, y.astype(complex)),
+        "mask": lambda: crf.decode(x, text),
+        "emissions": lambda: crf.decode(x.astype(complex)),
+    }
+    with pytest.raises(ValueError, match=f"CRF: {where} must hold numbers or booleans, got dtype"):
+        calls[where]()
+
+
+def test_marginals_carry_no_gradient_and_convert_to_numpy():
+    """Like decode, an inference output (on TensorFlow its in-loop buffer has no gradient)."""
+    crf = make_crf()
+    marginals = crf.marginals(problem()[0])
+    assert np.asarray(marginals).shape == (3, 5, 4)
