@@ -181,22 +181,18 @@ class Segmenter:
     @classmethod
     def load(cls, path, jit_compile=False, host_decode=True):
         """Load ``path/tagger.keras`` and ``path/vocab.json`` (what crf/train.py saves). A missing file
-        raises ``FileNotFoundError``; a file that is there but corrupt, or a vocabulary that is not the
-        tagger's, raises ``utils.runs.ModelFileError``; both name the file."""
+        raises ``FileNotFoundError``, a file given as the folder ``NotADirectoryError``, a folder where a
+        file belongs ``IsADirectoryError``; a file that is there but corrupt, a damaged vocabulary, or a
+        vocabulary that is not the tagger's, raises ``utils.runs.ModelFileError``; all name the file."""
         from crf import layers  # noqa: F401  (registers CRF for deserialization)
-        from utils.runs import ModelFileError, load_json_file, load_model_file
+        from utils.runs import ModelFileError, load_model_file
 
-        path = Path(path)
         remedy = "train the model again (python crf/train.py writes tagger.keras and vocab.json into each model folder)"
-        for name in ("tagger.keras", "vocab.json"):
-            if not (path / name).is_file():
-                raise FileNotFoundError(f"{path / name} not found: {remedy}")
-        vocab = load_json_file(path / "vocab.json", remedy)
-        if not _is_vocab(vocab):
-            raise ModelFileError(
-                f'{path / "vocab.json"}: not a segmenter\'s vocabulary (expected {{"chars": {{character: id}}, '
-                f'"bigrams": {{bigram: id}} or null}}); {remedy}'
-            )
+        path = _model_folder(path, ("tagger.keras", "vocab.json"), remedy)
+        vocab = _read_vocab(path / "vocab.json", remedy)
+        problem = _vocab_problem(vocab)
+        if problem:
+            raise ModelFileError(f"{path / 'vocab.json'}: {problem}: the model folder is damaged; {remedy}")
         tagger = load_model_file(path / "tagger.keras", remedy)
         problems, inputs, made = [], len(getattr(tagger, "inputs", None) or [None]), 1 + bool(vocab.get("bigrams"))
         if inputs != made:  # characters, and bigrams when the vocabulary has them (features())
@@ -312,13 +308,78 @@ class Ensemble(Segmenter):
         return sum(m._emission_scores(texts, length) for m in self.members)
 
 
-def _is_vocab(vocab):
-    """Whether ``vocab`` has the shape ``build_vocab`` gives (ids from 2; id 0 is padding, 1 unknown)."""
-    tables = [vocab.get("chars"), vocab.get("bigrams") or {}] if isinstance(vocab, dict) else [None]
-    return all(
-        isinstance(t, dict) and all(isinstance(k, str) and type(i) is int and i >= 2 for k, i in t.items())
-        for t in tables
-    )
+def _model_folder(path, names, remedy, writer="crf/train.py"):
+    """``path`` as a ``Path`` once it is a folder holding the files ``names``: an empty path (which
+    would mean the current folder) raises ``ValueError``, a file ``NotADirectoryError``, a folder where
+    one of the files belongs ``IsADirectoryError`` and a missing one ``FileNotFoundError``; each message
+    names the path and ``remedy``."""
+    if not os.fspath(path).strip():
+        raise ValueError(f"the model folder is an empty path: give the folder {writer} wrote ({', '.join(names)})")
+    path = Path(path)
+    if path.is_file():
+        raise NotADirectoryError(
+            f"{path} is a file, not a model folder: give the folder that holds {' and '.join(names)} (written by "
+            f"{writer})"
+        )
+    for name in names:
+        if (path / name).is_dir():
+            raise IsADirectoryError(
+                f"{path / name} is a folder, not the model's file: the model folder is damaged; {remedy}"
+            )
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} not found: {remedy}")
+    return path
+
+
+def _read_vocab(path, remedy):
+    """The JSON object in ``path`` (a byte-order mark at the start is accepted), or a ``ModelFileError``
+    naming the file: not JSON, nested too deeply to read, a key twice (JSON would keep the last)."""
+    from utils.runs import ModelFileError
+
+    def no_key_twice(pairs):
+        keys = set()
+        for key, _ in pairs:
+            if key in keys:
+                raise ModelFileError(f"{path}: the key {key!r} appears twice: the model folder is damaged; {remedy}")
+            keys.add(key)
+        return dict(pairs)
+
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f, object_pairs_hook=no_key_twice)
+    except ModelFileError:
+        raise
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: {remedy}") from None
+    except (OSError, ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = "nested too deeply to read" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
+        why = why.split("; use sys.set_int_max_str_digits")[0]  # a number too long to read: no limit to raise
+        raise ModelFileError(f"{path}: corrupt, not readable JSON ({why}); {remedy}") from None
+
+
+def _vocab_problem(vocab):
+    """What makes ``vocab`` other than what ``build_vocab`` gives, or None: tables of single characters
+    (chars) or two-character bigrams (a last character and ``</s>`` too), each unit with its own id from
+    2 (0 is padding, 1 unknown)."""
+    if not (
+        isinstance(vocab, dict)
+        and isinstance(vocab.get("chars"), dict)
+        and (vocab.get("bigrams") is None or isinstance(vocab["bigrams"], dict))
+    ):
+        return 'not a segmenter\'s vocabulary (expected {"chars": {character: id}, "bigrams": {bigram: id} or null})'
+    for table in ("chars", "bigrams"):
+        ids = {}
+        for unit, i in (vocab.get(table) or {}).items():
+            if type(i) is not int or i < 2:
+                return f'"{table}" entry {unit!r} has id {i!r}, not an integer from 2'
+            if table == "chars" and len(unit) != 1:
+                return f'"chars" entry {unit!r} is not one character'
+            if table == "bigrams" and not (len(unit) == 2 or (len(unit) == 5 and unit.endswith("</s>"))):
+                return f'"bigrams" entry {unit!r} is not two characters (or a character and </s>)'
+            if i in ids:
+                return f'"{table}" entries {ids[i]!r} and {unit!r} have the same id, {i}'
+            ids[i] = unit
+    return None
 
 
 def _embedding_rows(tagger, name):
@@ -391,16 +452,25 @@ def apply_rules(line, tags):
     return _cut("".join(parts), starts)
 
 
+def _folder_argument(value):
+    """argparse type of a model folder: a ``Path``, and never an empty one (it would mean the current folder)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty model folder: give the folder crf/train.py wrote")
+    return Path(value)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=Path, help="a model folder written by crf/train.py (tagger.keras + vocab.json)")
+    p.add_argument(
+        "model", type=_folder_argument, help="a model folder written by crf/train.py (tagger.keras + vocab.json)"
+    )
     p.add_argument("text", nargs="*", help="text to segment (default: --input, else stdin)")
     p.add_argument("--input", type=Path, help="a UTF-8 file, one text per line")
     p.add_argument("--output", type=Path, help="write here instead of stdout")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
         "--ensemble",
-        type=Path,
+        type=_folder_argument,
         nargs="+",
         default=[],
         metavar="MODEL",
@@ -446,7 +516,7 @@ def main(argv=None):
             source = args.input if args.input else sys.stdin.buffer
             lines = [line for _, line in read_lines(source)]
         segmenter = Ensemble.load([args.model, *args.ensemble]) if args.ensemble else Segmenter.load(args.model)
-    except (FileNotFoundError, CorpusFormatError, ModelFileError) as err:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, CorpusFormatError, ModelFileError) as err:
         p.error(str(err))
     words = segmenter.cut_lines(lines, args.batch_size, progress=f"segmenting {len(lines):,} lines")
     out = "".join(" ".join(line) + "\n" for line in words)

@@ -49,25 +49,28 @@ class Poet:
     @classmethod
     def load(cls, folder):
         """Read ``folder/generator.keras`` and ``folder/vocab.json``. A missing file raises
-        ``FileNotFoundError``, a corrupt one ``utils.runs.ModelFileError`` (a ``ValueError``); both name it."""
+        ``FileNotFoundError``, a file given as the folder ``NotADirectoryError``, a folder where a file
+        belongs ``IsADirectoryError``, a corrupt file or a damaged vocabulary ``utils.runs.ModelFileError``
+        (a ``ValueError``); all name the file."""
         from poetry import layers  # noqa: F401  (registers GCNN for deserialisation)
-        from utils.runs import ModelFileError, load_json_file, load_model_file
+        from utils.runs import ModelFileError, load_model_file
 
-        folder = Path(folder)
         remedy = "train the model again (python poetry/train.py writes one per trained seed, under runs/poetry/)"
-        for name in ("generator.keras", "vocab.json"):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(
-                    f"{folder / name} not found: a model folder holds generator.keras and vocab.json; {remedy}"
-                )
-        vocab = load_json_file(folder / "vocab.json", remedy)
+        folder = _model_folder(folder, remedy)
+        vocab = _read_json(folder / "vocab.json", remedy)
         if not (isinstance(vocab, list) and all(isinstance(c, str) for c in vocab)):
             raise ModelFileError(
                 f"{folder / 'vocab.json'}: not a poem generator's vocabulary (expected a JSON list of characters, "
                 f"got {type(vocab).__name__}); {remedy}"
             )
+        problem = _vocab_problem(vocab)
+        if problem:
+            raise ModelFileError(f"{folder / 'vocab.json'}: {problem}: the model folder is damaged; {remedy}")
         generator = load_model_file(folder / "generator.keras", remedy)
-        return cls(generator, vocab)
+        try:
+            return cls(generator, vocab)
+        except ValueError as err:  # the two files do not fit: name the folder
+            raise ModelFileError(f"{folder}: {err}; {remedy}") from None
 
     def save(self, folder):
         """Write ``generator.keras`` and ``vocab.json`` into ``folder`` (each replaced atomically)."""
@@ -100,7 +103,8 @@ class Poet:
         else:
             rng = rng if rng is not None else np.random.default_rng()
             # shifted by the maximum before the division, so that no temperature overflows
-            scaled = (logits - logits.max(-1, keepdims=True)) / temperature
+            with np.errstate(over="ignore"):  # a tiny temperature: -inf for all but the likeliest, as it should be
+                scaled = (logits - logits.max(-1, keepdims=True)) / temperature
             if top_k is not None and top_k < scaled.shape[-1]:
                 keep = np.argpartition(-scaled, top_k - 1, axis=-1)[..., :top_k]  # exactly k, ties or not
                 kept = np.full_like(scaled, -np.inf)
@@ -113,16 +117,21 @@ class Poet:
         return ["".join(self.vocab[i] for i in row) for row in ids]
 
     def write(self, n, seed=0, temperature=None, top_k=None):
-        """``n`` poems decoded from z ~ N(0, I) (drawn with NumPy's generator seeded by ``seed``)."""
+        """``n`` poems decoded from z ~ N(0, I) (drawn with NumPy's generator seeded by ``seed``), as a list."""
+        return list(self.poems(n, seed, temperature, top_k))
+
+    def poems(self, n, seed=0, temperature=None, top_k=None):
+        """The poems of ``write``, one by one: they are made 250 at a time (z drawn, decoded), so memory
+        stays bounded whatever ``n``, and the first poems come at once."""
         check_options(n, temperature, top_k)
+        return self._poems(n, seed, temperature, top_k)
+
+    def _poems(self, n, seed, temperature, top_k):
         rng = np.random.default_rng(seed)
-        z = rng.standard_normal((n, self.latent_dim)).astype("float32")
         chunk = 250  # poems decoded at a time: the float64 softmax of 250 x 10 x 7,000 is 140 MB
-        return [
-            poem
-            for i in range(0, n, chunk)
-            for poem in self.decode(self.logits(z[i : i + chunk]), temperature, top_k, rng)
-        ]
+        for start in range(0, n, chunk):
+            z = rng.standard_normal((min(chunk, n - start), self.latent_dim)).astype("float32")
+            yield from self.decode(self.logits(z), temperature, top_k, rng)
 
 
 def check_options(n, temperature, top_k):
@@ -139,6 +148,63 @@ def check_options(n, temperature, top_k):
         raise ValueError("top-k applies to sampling: give --temperature too (1 samples from the model as it is)")
 
 
+def _model_folder(folder, remedy):
+    """``folder`` as a ``Path`` once it is a folder holding generator.keras and vocab.json: an empty path
+    (it would mean the current folder) raises ``ValueError``, a file ``NotADirectoryError``, a folder
+    where a file belongs ``IsADirectoryError``, a missing file ``FileNotFoundError``."""
+    if not os.fspath(folder).strip():
+        raise ValueError("the model folder is an empty path: give a folder poetry/train.py wrote")
+    folder = Path(folder)
+    if folder.is_file():
+        raise NotADirectoryError(
+            f"{folder} is a file, not a model folder: give the folder that holds generator.keras and vocab.json "
+            "(poetry/train.py writes one per trained seed, under runs/poetry/)"
+        )
+    for name in ("generator.keras", "vocab.json"):
+        if (folder / name).is_dir():
+            raise IsADirectoryError(
+                f"{folder / name} is a folder, not the model's file: the model folder is damaged; {remedy}"
+            )
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"{folder / name} not found: a model folder holds generator.keras and vocab.json; {remedy}"
+            )
+    return folder
+
+
+def _read_json(path, remedy):
+    """The JSON value in ``path`` (a byte-order mark at the start is accepted), or a ``ModelFileError``
+    naming the file (not JSON, or nested too deeply to read)."""
+    from utils.runs import ModelFileError
+
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found; {remedy}") from None
+    except (OSError, ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = "nested too deeply to read" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
+        why = why.split("; use sys.set_int_max_str_digits")[0]  # a number too long to read: no limit to raise
+        raise ModelFileError(f"{path}: corrupt, not readable JSON ({why}); {remedy}") from None
+
+
+def _vocab_problem(vocab):
+    """What makes ``vocab`` (a list of strings) other than ``utils.data.char_vocabulary`` gives, or None:
+    ``<unk>`` at id 0, then distinct single characters."""
+    from utils.data import UNKNOWN_CHAR
+
+    if not vocab or vocab[0] != UNKNOWN_CHAR:
+        return f"entry 0 is {vocab[0] if vocab else None!r}, not {UNKNOWN_CHAR!r}"
+    ids = {}
+    for i, char in enumerate(vocab[1:], start=1):
+        if len(char) != 1:
+            return f"entry {i} ({char!r}) is not one character"
+        if char in ids:
+            return f"entries {ids[char]} and {i} are both {char!r}"
+        ids[char] = i
+    return None
+
+
 def punctuate(text):
     """A couplet or quatrain with its punctuation: 'XXXXX，XXXXX。' per couplet."""
     return "".join(f"{text[i : i + 5]}，{text[i + 5 : i + 10]}。" for i in range(0, len(text), 10))
@@ -148,7 +214,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         prog="poetry/generate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("model", type=Path, help="a model folder written by poetry/train.py")
+    p.add_argument("model", type=_folder_argument, help="a model folder written by poetry/train.py")
     p.add_argument("-n", type=int, default=10, help="how many poems (default 10)")
     p.add_argument("--seed", type=int, default=0, help="the random seed: the same seed prints the same poems")
     p.add_argument("--temperature", type=float, default=None, help="sample at this temperature (> 0) instead of greedy")
@@ -165,10 +231,21 @@ def main(argv=None):
         p.error(f"--seed must be 0 or more, got {args.seed}")
     try:
         poet = Poet.load(args.model)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError) as err:
         p.exit(2, f"{p.prog}: error: {err}\n")
-    for poem in poet.write(args.n, args.seed, args.temperature, args.top_k):
-        print(poem if args.plain else punctuate(poem))
+    try:  # printed as they come: any -n runs in bounded memory
+        for poem in poet.poems(args.n, args.seed, args.temperature, args.top_k):
+            print(poem if args.plain else punctuate(poem))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped (generate.py ... | head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+
+
+def _folder_argument(value):
+    """argparse type of the model folder: a ``Path``, and never an empty one (it would mean the current folder)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty model folder: give a folder poetry/train.py wrote")
+    return Path(value)
 
 
 if __name__ == "__main__":

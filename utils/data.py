@@ -118,6 +118,9 @@ def _usable(path):
     return False
 
 
+_HTML_STARTS = ("<!doctype html", "<html", "<?xml", "<head")  # how a saved web page starts, after blank space
+
+
 def _not_a(path, kind, otherwise=None):
     """Why the file at ``path`` is not ``kind``, from its first bytes (called only once reading it
     failed): empty, an HTML page, or else ``otherwise`` (default: what it starts with)."""
@@ -128,7 +131,7 @@ def _not_a(path, kind, otherwise=None):
         return f"cannot be read ({err.strerror or err})"
     if not head:
         return "is empty"
-    if head.lstrip().lower().startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+    if head.lstrip().lower().startswith(tuple(start.encode() for start in _HTML_STARTS)):
         return f"is an HTML page, not {kind} (what a failed or redirected download saves)"
     return otherwise or f"is not {kind} (it starts with {head[:16]!r})"
 
@@ -217,13 +220,17 @@ def _read_npz(path, keys, allow_pickle=False):
             missing = [key for key in keys if key not in f.files]
             if missing:
                 raise _bad(path, f"has no array {missing[0]!r} (it holds {sorted(f.files)})")
-            return {key: f[key] for key in keys}
+            arrays = {key: f[key] for key in keys}
     except DatasetError:
         raise
     except _NPZ_ERRORS as err:
         raise _bad(
             path, f"cannot be read as a .npz archive, it is truncated or corrupt ({type(err).__name__}: {err})"
         ) from err
+    for key, array in arrays.items():  # np.load gives a member that is not a .npy file as raw bytes
+        if not isinstance(array, np.ndarray):
+            raise _bad(path, f"member {key}.npy is not a NumPy .npy array (it starts with {array[:16]!r})")
+    return arrays
 
 
 def _check_array(path, name, array, shape, dtype=None):
@@ -273,20 +280,35 @@ _IMDB_WORDS = 88584  # words in Keras's imdb_word_index.json: the reviews' ranks
 
 
 def _check_reviews(path, name, reviews):
-    """``reviews`` is 25,000 non-empty lists of word ranks in 1..88584, as in Keras's imdb.npz; returns
-    the highest rank."""
+    """``reviews`` is 25,000 non-empty lists of word ranks, integers in 1..88584, as in Keras's imdb.npz;
+    returns the highest rank. The ranks are checked all at once (one array of every review's ranks:
+    its dtype says whether they are all integers), so the check costs a fraction of a second."""
     _check_array(path, name, reviews, (25000,))
     bad = next((i for i, r in enumerate(reviews) if type(r) is not list or not r), None)
     if bad is not None:
         raise _bad(path, f"{name}[{bad}] is {reviews[bad]!r:.60}, expected a non-empty list of word ranks")
+    expected = f"expected integer word ranks in 1..{_IMDB_WORDS}"
     try:
-        low, high = min(map(min, reviews)), max(map(max, reviews))
-    except TypeError as err:  # a list mixing numbers and other things
-        raise _bad(path, f"{name} holds something other than word ranks ({err})") from err
-    integers = (int, np.integer)
-    if not (isinstance(low, integers) and isinstance(high, integers) and 1 <= low <= high <= _IMDB_WORDS):
-        raise _bad(path, f"{name} holds word ranks {low!r}..{high!r}, expected integers in 1..{_IMDB_WORDS}")
-    return high
+        ranks = np.concatenate(reviews)
+    except (ValueError, TypeError):  # a review holding lists (arrays of other dimensions)
+        ranks = None
+    if ranks is None or ranks.dtype.kind not in "iu":  # a float, a string, None...: find the first
+        integer = lambda w: isinstance(w, (int, np.integer)) and not isinstance(w, bool) and 1 <= w <= _IMDB_WORDS
+        i, w = next(((i, w) for i, r in enumerate(reviews) for w in r if not integer(w)), (None, None))
+        if i is None:  # not reached: a non-integer array holds something that is not a rank
+            raise _bad(path, f"{name} holds word ranks of dtype {ranks.dtype}, {expected}")
+        raise _bad(path, f"{name}[{i}] holds {w!r} ({type(w).__name__}), {expected}")
+    outside = (ranks < 1) | (ranks > _IMDB_WORDS)
+    if outside.any():
+        first = int(np.flatnonzero(outside)[0])
+        i = int(np.searchsorted(np.cumsum([len(r) for r in reviews]), first, side="right"))
+        count = int(outside.sum())
+        raise _bad(
+            path,
+            f"{name}[{i}] holds word rank {ranks[first]}, {expected} ({count:,} such rank{'s' * (count > 1)} "
+            f"in {name}; rank 0 is padding, which Keras's file does not have)",
+        )
+    return int(ranks.max())
 
 
 def imdb(num_words=None, seed=113, start_char=1, oov_char=2, index_from=3):
@@ -365,12 +387,13 @@ def imdb_word_index():
 
 def _read_json(path, stream=None, member=None):
     """The JSON value in the file at ``path``, or in ``stream``, the binary stream of the archive
-    ``path``'s ``member``; anything but whole UTF-8 JSON is a DatasetError naming the file (and member)."""
+    ``path``'s ``member``; anything but whole UTF-8 JSON is a DatasetError naming the file (and member).
+    A byte-order mark at the start is accepted (some editors and Windows tools write one)."""
     what = f"member {member} " if member else ""
     try:
         if stream is not None:
-            return json.load(io.TextIOWrapper(stream, "utf-8"))
-        with open(path, encoding="utf-8") as f:
+            return json.load(io.TextIOWrapper(stream, "utf-8-sig"))
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except OSError as err:
         raise _bad(path, f"{what}cannot be read ({err.strerror or err})") from err
@@ -381,6 +404,12 @@ def _read_json(path, stream=None, member=None):
         corrupt = "is not valid JSON: truncated or corrupt"
         what += corrupt if stream is not None else _not_a(path, "JSON", otherwise=corrupt)
         raise _bad(path, f"{what} (line {err.lineno}, column {err.colno}: {err.msg})") from err
+    except RecursionError as err:  # json's parser recurses once per nested list or object
+        raise _bad(
+            path, f"{what}is corrupt: its JSON nests lists or objects too deeply to read (no dataset's does)"
+        ) from err
+    except ValueError as err:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise _bad(path, f"{what}is corrupt: it holds a number too long to read ({str(err).split(';')[0]})") from err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,13 +425,36 @@ _ICWB2_PARTS = {
 
 # Characters refused in the bakeoff's files, where words are separated by whitespace and any of these
 # would end up inside a word, invisibly: C0 and C1 controls but the tab (a CR is one when it does not
-# end a line), line and paragraph separators, a BOM after the start of the file, the invisible format
-# characters (soft hyphen, zero-width space and joiners, direction marks, word joiner...) and U+FFFD,
+# end a line), line and paragraph separators, a BOM after the start of the file, every invisible format
+# character (Unicode category Cf: soft hyphen, zero-width space and joiners, direction marks, word joiner,
+# Arabic letter mark, Mongolian vowel separator, tag characters...), the variation selectors and U+FFFD,
 # the mark of text decoded with errors replaced. (``read_lines`` itself refuses none: the text a user
 # segments is theirs.)
-_NOT_IN_WORDS = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffd]"
-)
+_VARIATION_SELECTORS = ((0x180B, 0x180D), (0x180F, 0x180F), (0xFE00, 0xFE0F), (0xE0100, 0xE01EF))
+
+
+@functools.lru_cache(maxsize=1)
+def _not_in_words():
+    """The pattern of the characters above, built once, on first use (listing category Cf takes a
+    tenth of a second: not paid when ``utils.data`` is imported). Category Cf is looked up in planes
+    0, 1 and 14, where Unicode puts every format character (planes 2 and 3 are ideographs, 15 and 16
+    private use)."""
+    ranges = [(0x00, 0x08), (0x0B, 0x1F), (0x7F, 0x9F), (0x2028, 0x2029), (0x2060, 0x206F), (0xFFF9, 0xFFFD)]
+    ranges += _VARIATION_SELECTORS
+    for plane in (range(0x20000), range(0xE0000, 0xF0000)):
+        start = None
+        for c in plane:  # runs of consecutive Cf code points
+            if unicodedata.category(chr(c)) == "Cf":
+                start = c if start is None else start
+            elif start is not None:
+                ranges.append((start, c - 1))
+                start = None
+        if start is not None:
+            ranges.append((start, plane[-1]))
+    char = lambda c: f"\\U{c:08x}"
+    return re.compile("[" + "".join(f"{char(a)}-{char(b)}" for a, b in sorted(ranges)) + "]")
+
+
 _CHAR_NAMES = {"\ufeff": "byte-order mark", "\r": "carriage return", "\x00": "NUL"}
 
 
@@ -414,7 +466,7 @@ def _refused(path, number, ch, column):
     elif ch == "\r":
         why = "only LF and CRLF end a line, and a lone CR would stay inside the text"
     else:
-        why = "an invisible control or format character, not text (it would hide inside a word)"
+        why = "an invisible control, format or variation-selector character, not text (it would hide inside a word)"
     return CorpusFormatError(f"{path}:{number}: U+{ord(ch):04X} ({name}) at column {column}: {why}")
 
 
@@ -424,8 +476,9 @@ def read_lines(path):
 
     A line that is not valid UTF-8 raises ``CorpusFormatError`` naming the file, the line and the
     offending bytes, as does a file that cannot be read (a folder, no permission); a missing file
-    raises ``FileNotFoundError``. A BOM at the start is dropped; CRLF and LF endings are both
-    accepted, and only they end a line.
+    raises ``FileNotFoundError``; anything but a path or a binary stream (a text stream such as
+    ``sys.stdin``, a number) raises ``TypeError``. A BOM at the start is dropped; CRLF and LF endings
+    are both accepted, and only they end a line.
     """
     yield from _read_lines(path)
 
@@ -433,9 +486,20 @@ def read_lines(path):
 def _read_lines(path, refused=None):
     """``read_lines``; a character that the compiled pattern ``refused`` matches raises
     ``CorpusFormatError`` naming the file, line and column."""
+    if isinstance(path, io.TextIOBase):
+        raise TypeError(
+            f"read_lines needs a path or a binary stream, got the text stream {path!r}: pass its binary "
+            "buffer (e.g. sys.stdin.buffer), or the file's path"
+        )
     if hasattr(path, "read"):
         stream, path = path, getattr(path, "name", "<stream>")
     else:
+        try:
+            os.fspath(path)
+        except TypeError:
+            raise TypeError(
+                f"read_lines needs a path or a binary stream, got {type(path).__name__} {path!r:.60}"
+            ) from None
         try:
             stream = open(path, "rb")
         except FileNotFoundError:
@@ -444,6 +508,8 @@ def _read_lines(path, refused=None):
             raise CorpusFormatError(f"{path}: cannot be read ({err.strerror or err})") from err
     with stream as f:
         for number, raw in enumerate(f, start=1):
+            if not isinstance(raw, bytes):  # a text stream that is not an io.TextIOBase
+                raise TypeError(f"read_lines needs a path or a binary stream; {path} gives {type(raw).__name__}")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -494,8 +560,10 @@ def icwb2(corpus="pku", part="train"):
 
     ``CorpusFormatError`` (naming the file, and the line where there is one) for a file that is empty,
     an HTML page, not UTF-8, cut short (no line end after its last line), or holds a character that
-    would hide inside a word (controls, a BOM after the start, zero-width and other invisible format
-    characters, U+FFFD); and for a test, gold or word-list file without the bakeoff's line count.
+    would hide inside a word (controls, a BOM after the start, every invisible format character,
+    variation selectors, U+FFFD); for a test, gold or word-list file without the bakeoff's line count;
+    for swapped files (a test file that looks segmented, a training or gold file that does not); and
+    for a word-list line with whitespace inside.
 
     Note: on the project's offline machines ``pku_training.utf8`` is a reconstruction from the
     People's Daily 1998-01 corpus, not the bakeoff's own file (see the data folder's README).
@@ -507,22 +575,49 @@ def icwb2(corpus="pku", part="train"):
     member = _ICWB2_PARTS[part].format(corpus)
     path = locate(f"icwb2/{member}", _ICWB2_URL, cache_name="icwb2-data.zip", archive_member=f"icwb2-data/{member}")
     try:
-        lines = [line for _, line in _read_lines(path, _NOT_IN_WORDS)]
+        lines = [line for _, line in _read_lines(path, _not_in_words())]
     except CorpusFormatError as err:
         raise CorpusFormatError(f"{err}.\n{_fix(path)}") from err
     expected = _ICWB2_LINES.get((corpus, part))
-    problem = None
-    if not lines or lines[0].lstrip().lower().startswith(("<!doctype html", "<html")):
+    problem, where, first = None, path, next((line for line in lines if line.strip()), "")
+    # Lines holding whitespace between two words: the training and gold files are segmented (almost
+    # every line), the test file is not (3 of MSR's 3,985 lines are), a word list never is. This tells
+    # the files apart when they are swapped (test and gold have the same line count).
+    spaced = [len(line.split()) > 1 for line in lines]
+    segmented, nonblank = sum(spaced), sum(1 for line in lines if line.strip())
+    if not lines or first.lstrip().lower().startswith(_HTML_STARTS):
         problem = _not_a(path, f"the bakeoff's {member}")
-    elif not any(map(str.strip, lines)):
+    elif not first:
         problem = "has only blank lines"
     elif expected is not None and len(lines) != expected:
         found = f"{len(lines):,} line{'s' * (len(lines) > 1)}"
         problem = f"has {found}, expected {expected:,} (the bakeoff's {member}): it is cut short or another file"
     elif not _ends_with_newline(path):
         problem = f"has no line end after its last line ({len(lines):,}): the file looks cut short"
+    elif part == "test" and 2 * segmented > nonblank:
+        gold = _ICWB2_PARTS["gold"].format(corpus)
+        problem = (
+            f"looks segmented: {segmented:,} of its {nonblank:,} lines hold spaces between words, where the "
+            f"bakeoff's test text has (almost) none: it is probably the gold file ({gold})"
+        )
+    elif part in ("train", "gold") and 2 * segmented <= nonblank:
+        other = (
+            f"the test file ({_ICWB2_PARTS['test'].format(corpus)})"
+            if part == "gold"
+            else "the test file or a word list"
+        )
+        problem = (
+            f"looks unsegmented: only {segmented:,} of its {nonblank:,} lines hold spaces between words, where "
+            f"the bakeoff's {member} has them on almost every line: it is probably {other}"
+        )
+    elif part == "words" and segmented:
+        number = spaced.index(True) + 1
+        where, problem = (
+            f"{path}:{number}",
+            (f"{lines[number - 1].strip()!r:.40} holds whitespace inside a word: a word list has one word a line"),
+        )
     if problem:
-        raise CorpusFormatError(f"{path}: {problem}.\n{_fix(path)}")
+        raise CorpusFormatError(f"{where}: {problem}.\n{_fix(path)}")
     if part == "train":
         return [words for line in lines if (words := line.split())]
     if part == "gold":

@@ -229,6 +229,29 @@ def test_mnist_arrays_not_as_documented(root, changes, message):
         data.mnist()
 
 
+def npz_with_raw_member(arrays, member, content):
+    """An uncompressed .npz of ``arrays`` whose ``member`` holds ``content`` (bytes, not a .npy file)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for key, array in arrays.items():
+            npy = io.BytesIO()
+            np.save(npy, array)
+            z.writestr(f"{key}.npy", content if key == member else npy.getvalue())
+    return buf.getvalue()
+
+
+def test_mnist_member_that_is_not_a_npy_file(root):
+    """mnist.npz whose y_test.npy member holds bytes that are not a .npy file (np.load then gives raw
+    bytes) -> DatasetError naming the file and the member (before: AttributeError "'bytes' object has
+    no attribute 'shape'"); the same archive with a real y_test.npy loads (the control)."""
+    arrays = mnist_arrays()
+    path = put(root / "mnist" / "mnist.npz", npz_with_raw_member(arrays, None, b""))
+    assert data.mnist()[1][1].shape == (10000,)
+    put(path, npz_with_raw_member(arrays, "y_test", b"not an npy file"))
+    with raises(data.DatasetError, path, r"member y_test\.npy is not a NumPy \.npy array \(it starts with b'not an"):
+        data.mnist()
+
+
 def test_mnist_path_is_a_folder(root):
     """A folder at $KEXUE_DATA/mnist/mnist.npz -> DatasetError naming it (before: passed over, then a
     download was tried and 'not found' reported for a path that exists)."""
@@ -313,13 +336,13 @@ def _reviews_with(i, review):
         ({"x_train": _reviews_with(7, [])}, r"x_train\[7\] is \[\], expected a non-empty list of word ranks"),
         (
             {"x_train": _reviews_with(7, [0, 0, 5])},
-            r"x_train holds word ranks 0\.\.88584, expected integers in 1\.\.88584",
+            r"x_train\[7\] holds word rank 0, expected integer word ranks in 1\.\.88584 \(2 such ranks in x_train",
         ),
         (
             {"x_train": _reviews_with(7, [88585])},
-            r"x_train holds word ranks 1\.\.88585, expected integers in 1\.\.88584",
+            r"x_train\[7\] holds word rank 88585, expected integer word ranks in 1\.\.88584 \(1 such rank in",
         ),
-        ({"x_train": _reviews_with(7, [1, "the"])}, r"x_train holds something other than word ranks"),
+        ({"x_train": _reviews_with(7, [1, "the"])}, r"x_train\[7\] holds 'the' \(str\), expected integer word ranks"),
         ({"y_train": np.r_[0, 1, 2, np.zeros(24997, "int64")]}, r"y_train\[2\] = 2 is not a label in 0\.\.1"),
         ({"y_test": np.zeros(25000, "float64")}, "y_test has dtype float64, expected integer labels"),
     ],
@@ -331,6 +354,28 @@ def test_imdb_arrays_not_as_documented(root, changes, message):
     word ids, an empty review crashed inside max())."""
     path = put(root / "imdb" / "imdb.npz", imdb_bytes(**changes))
     with raises(data.DatasetError, path, message):
+        data.imdb()
+
+
+@pytest.mark.parametrize(
+    "review, message",
+    [
+        ([14, 5.5, float("nan"), 20], r"x_train\[9\] holds 5\.5 \(float\)"),
+        ([14, float("nan"), 20], r"x_train\[9\] holds nan \(float\)"),
+        ([14, 20.0], r"x_train\[9\] holds 20\.0 \(float\)"),
+        ([14, None], r"x_train\[9\] holds None \(NoneType\)"),
+        ([14, [15, 16]], r"x_train\[9\] holds \[15, 16\] \(list\)"),
+        ([14, 10**30], r"x_train\[9\] holds 1000000000000000000000000000000 \(int\)"),
+    ],
+    ids=["float-and-nan", "nan", "integral-float", "none", "nested-list", "huge-int"],
+)
+def test_imdb_rank_that_is_not_an_integer_inside_the_range(root, review, message):
+    """A review holding a rank that is not an integer but lies between the others (5.5, NaN, 20.0,
+    None, a list, an int past int64) -> DatasetError naming the array and the first bad review (before:
+    5.5 loaded as id 8.5 and NaN became the out-of-vocabulary id: only the overall min and max were
+    checked). Review 9 with integer ranks loads (the control in test_good_synthetic_files_load)."""
+    path = put(root / "imdb" / "imdb.npz", imdb_bytes(x_train=_reviews_with(9, review)))
+    with raises(data.DatasetError, path, message + r", expected integer word ranks in 1\.\.88584"):
         data.imdb()
 
 
@@ -354,6 +399,36 @@ def test_imdb_word_index_bad(root, content, message):
     with raises(data.DatasetError, path, message) as err:
         data.imdb_word_index()
     assert FIX_IN_DATA_FOLDER in str(err.value)
+
+
+DEEP_JSON = b"[" * 200000 + b"]" * 200000
+LONG_INT_JSON = b'{"the": ' + b"9" * 5000 + b"}"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (DEEP_JSON, r"is corrupt: its JSON nests lists or objects too deeply to read"),
+        (LONG_INT_JSON, r"is corrupt: it holds a number too long to read \(Exceeds the limit \(4300 digits\)"),
+    ],
+    ids=["nested-200000-deep", "5000-digit-integer"],
+)
+def test_imdb_word_index_json_that_python_cannot_parse(root, content, message):
+    """imdb_word_index.json nested 200,000 deep, or holding a 5000-digit integer -> DatasetError naming
+    the file and the fix (before: an uncaught RecursionError, or a bare ValueError naming no file and
+    advising sys.set_int_max_str_digits)."""
+    path = put(root / "imdb" / "imdb_word_index.json", content)
+    with raises(data.DatasetError, path, message) as err:
+        data.imdb_word_index()
+    assert FIX_IN_DATA_FOLDER in str(err.value) and "set_int_max_str_digits" not in str(err.value)
+
+
+def test_imdb_word_index_with_a_byte_order_mark_loads(root):
+    """imdb_word_index.json starting with a UTF-8 BOM (what some Windows tools write) -> the same index
+    as without it (before: "is not valid JSON: truncated or corrupt")."""
+    index = {f"w{rank}": rank for rank in range(1, 88585)}
+    put(root / "imdb" / "imdb_word_index.json", b"\xef\xbb\xbf" + json.dumps(index).encode())
+    assert data.imdb_word_index() == index
 
 
 # ---- SIGHAN 2005 (icwb2) -----------------------------------------------------------------------------
@@ -383,6 +458,41 @@ def test_icwb2_character_that_would_hide_inside_a_word(root, char, name):
     with raises(data.CorpusFormatError, path, f"{name} at column 2: ") as err:
         data.icwb2("pku", "train")
     assert f"{path}:2: " in str(err.value) and FIX_IN_DATA_FOLDER in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "char, name",
+    [
+        ("\u061c", r"U\+061C \(arabic letter mark\)"),
+        ("\u180e", r"U\+180E \(mongolian vowel separator\)"),
+        ("\U000e0041", r"U\+E0041 \(tag latin capital letter a\)"),
+        ("\u2066", r"U\+2066 \(left-to-right isolate\)"),
+        ("\ufe0f", r"U\+FE0F \(variation selector-16\)"),
+        ("\U000e0100", r"U\+E0100 \(variation selector-17\)"),
+    ],
+    ids=["arabic-letter-mark", "mongolian-vowel-separator", "tag-character", "lr-isolate", "vs16", "vs17"],
+)
+def test_icwb2_format_character_or_variation_selector(root, char, name):
+    """A format character (category Cf) or a variation selector inside a word of the gold file ->
+    CorpusFormatError naming file, line, column and code point (before: 133 of the 163 Cf characters
+    and every variation selector loaded inside a word: 中 U+FE0F 国, a word other than 中国 when scoring)."""
+    path = put(root / "icwb2" / "gold" / "pku_test_gold.utf8", f"迈向  充满\r\n中{char}国  人民\r\n".encode())
+    with raises(data.CorpusFormatError, path, f"{name} at column 2: an invisible control, format or variation") as err:
+        data.icwb2("pku", "gold")
+    assert str(err.value).startswith(f"{path}:2: ")
+
+
+def test_every_format_character_and_variation_selector_is_refused_and_text_is_not():
+    """Invariant against unicodedata (the oracle): every code point of category Cf and every variation
+    selector (U+180B-180D, U+180F, U+FE00-FE0F, U+E0100-E01EF) is refused; the control: letters,
+    CJK, punctuation, the ideographic space, private-use and combining characters are not."""
+    import unicodedata
+
+    refused = data._not_in_words()
+    cf = [c for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"]
+    selectors = [0x180B, 0x180C, 0x180D, 0x180F, *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)]
+    assert len(cf) > 150 and [f"U+{c:04X}" for c in cf + selectors if not refused.match(chr(c))] == []
+    assert [ch for ch in "a中，。\u3000\t\ue000\u0301１" if refused.match(ch)] == []
 
 
 def test_icwb2_bom_after_a_bom_at_the_start(root):
@@ -433,6 +543,65 @@ def test_icwb2_fixed_file_with_the_wrong_line_count(root, part, relpath, lines, 
         data.icwb2(corpus, part)
 
 
+@pytest.mark.parametrize("part", ["train", "test", "gold", "words"])
+def test_icwb2_html_page_after_a_blank_line(root, part):
+    """An HTML page (what a failed download saves) whose first line is blank, as the bakeoff's file of
+    any part -> CorpusFormatError "is an HTML page" naming the file (before: the training part loaded
+    the page as one sentence, '<html><body>404</body></html>')."""
+    member = data._ICWB2_PARTS[part].format("pku")
+    lines = {"train": 1, "test": 1945, "gold": 1945, "words": 55303}[part]
+    html = b"\n<html><body>404</body></html>\n" + b"\n" * (lines - 2)
+    path = put(root / "icwb2" / member, html)
+    with raises(data.CorpusFormatError, path, f"is an HTML page, not the bakeoff's {member}"):
+        data.icwb2("pku", part)
+
+
+SEGMENTED, UNSEGMENTED = "共同  创造  美好\r\n".encode(), "共同创造美好\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    "part, content, message",
+    [
+        ("test", SEGMENTED * 1945, r"looks segmented: 1,945 of its 1,945 lines hold spaces between words"),
+        ("gold", UNSEGMENTED * 1945, r"looks unsegmented: only 0 of its 1,945 lines hold spaces between words"),
+        ("train", UNSEGMENTED * 30, r"looks unsegmented: only 0 of its 30 lines hold spaces between words"),
+    ],
+    ids=["test-is-the-gold-file", "gold-is-the-test-file", "train-is-a-word-list"],
+)
+def test_icwb2_swapped_files(root, part, content, message):
+    """The gold file saved as the test file, the test file as the gold file (same line count), a word
+    list as the training file -> CorpusFormatError naming the file and which file it probably is
+    (before: loaded; the test text then held spaces, the gold one word a line)."""
+    member = data._ICWB2_PARTS[part].format("pku")
+    path = put(root / "icwb2" / member, content)
+    with raises(data.CorpusFormatError, path, message) as err:
+        data.icwb2("pku", part)
+    probably = {"test": "the gold file (gold/pku_test_gold.utf8)", "gold": "the test file (testing/pku_test.utf8)"}
+    assert f"it is probably {probably.get(part, 'the test file or a word list')}" in str(err.value)
+
+
+def test_icwb2_test_and_gold_files_in_their_place_load(root):
+    """Control for the test above: a test file with a few spaced lines (MSR's has 3 of 3,985), a gold
+    file and a training file with some unspaced ones load, line for line."""
+    put(root / "icwb2" / "testing" / "msr_test.utf8", UNSEGMENTED * 3982 + SEGMENTED * 3)
+    assert data.icwb2("msr", "test")[-1] == "共同  创造  美好"
+    put(root / "icwb2" / "gold" / "pku_test_gold.utf8", SEGMENTED * 1000 + UNSEGMENTED * 945)
+    assert data.icwb2("pku", "gold")[-1] == ["共同创造美好"]
+    put(root / "icwb2" / "training" / "pku_training.utf8", SEGMENTED * 16 + UNSEGMENTED * 14)
+    assert len(data.icwb2("pku", "train")) == 30
+
+
+def test_icwb2_word_list_line_with_whitespace_inside(root):
+    """A word-list line holding two words ('研习班  义演', where a line end was lost) -> CorpusFormatError
+    naming the file and line (before: loaded as the "word" '研习班  义演')."""
+    lines = ["词"] * 55303
+    lines[4] = "研习班  义演"
+    path = put(root / "icwb2" / "gold" / "pku_training_words.utf8", ("\r\n".join(lines) + "\r\n").encode())
+    with raises(data.CorpusFormatError, path, r"'研习班  义演' holds whitespace inside a word") as err:
+        data.icwb2("pku", "words")
+    assert str(err.value).startswith(f"{path}:5: ")
+
+
 def test_icwb2_path_is_a_folder(root):
     """A folder where the training file belongs -> DatasetError naming it (before: passed over)."""
     path = root / "icwb2" / "training" / "pku_training.utf8"
@@ -455,6 +624,23 @@ def test_read_lines_not_utf8_names_file_line_and_bytes(tmp_path):
     with raises(data.CorpusFormatError, path, r"not valid UTF-8 \(bytes b'\\xe9' at column 4\)") as err:
         list(data.read_lines(path))
     assert str(err.value).startswith(f"{path}:2: ") and isinstance(err.value.__cause__, UnicodeDecodeError)
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        (io.StringIO("北京\n"), r"read_lines needs a path or a binary stream, got the text stream <_io\.StringIO"),
+        (3, r"read_lines needs a path or a binary stream, got int 3"),
+    ],
+    ids=["text-stream", "a-number"],
+)
+def test_read_lines_given_a_text_stream(source, message):
+    """read_lines(io.StringIO(...)) or of a number -> TypeError saying it needs a path or a binary
+    stream (before: AttributeError "'str' object has no attribute 'decode'"); the control: the same text
+    as a binary stream reads."""
+    with pytest.raises(TypeError, match=message):
+        list(data.read_lines(source))
+    assert list(data.read_lines(io.BytesIO("北京\n".encode()))) == [(1, "北京")]
 
 
 # ---- Tang poems --------------------------------------------------------------------------------------
@@ -517,6 +703,31 @@ def test_poems_archive_member_not_json(root, poem_files, content, message):
     path = poems_archive(root, tar_xz({**poem_files, "poetry/poet.tang.0.json": content}))
     with raises(data.DatasetError, path, message):
         read_poems()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (DEEP_JSON, r"member poetry/poet\.tang\.0\.json is corrupt: its JSON nests lists or objects too deeply"),
+        (LONG_INT_JSON, r"member poetry/poet\.tang\.0\.json is corrupt: it holds a number too long to read"),
+    ],
+    ids=["nested-200000-deep", "5000-digit-integer"],
+)
+def test_poems_archive_member_json_that_python_cannot_parse(root, poem_files, content, message):
+    """A poem file nested 200,000 deep or holding a 5000-digit integer -> DatasetError naming the
+    archive and the member (before: RecursionError, or a bare ValueError, naming neither)."""
+    path = poems_archive(root, tar_xz({**poem_files, "poetry/poet.tang.0.json": content}))
+    with raises(data.DatasetError, path, message):
+        read_poems()
+
+
+def test_poems_archive_member_with_a_byte_order_mark_loads(root, poem_files):
+    """A poem file starting with a UTF-8 BOM -> the same 57,591 poems (before: "is not valid JSON:
+    truncated or corrupt")."""
+    member = "poetry/poet.tang.0.json"
+    poems_archive(root, tar_xz({**poem_files, member: b"\xef\xbb\xbf" + poem_files[member]}))
+    poems = read_poems()
+    assert len(poems) == 57591 and poems[0] == POEM
 
 
 def _flip_middle(content):

@@ -427,6 +427,89 @@ CORRUPT_MODEL_FILES = [
 CORRUPT_IDS = ["tagger-truncated", "vocab-truncated", "vocab-a-list", "vocab-ids-past-the-table", "vocab-no-bigrams"]
 
 
+def _edit_vocab(change):
+    """A damage function: the model folder's vocab.json rewritten with ``change(vocab)``."""
+
+    def damage(path):
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+        change(vocab)
+        path.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+
+    return damage
+
+
+DAMAGED_VOCABULARIES = [
+    (_edit_vocab(lambda v: v["chars"].update(爱=v["chars"]["我"])), r'"chars" entries .* have the same id, \d+'),
+    (_edit_vocab(lambda v: v["bigrams"].update(爱北=v["bigrams"]["我爱"])), r'"bigrams" entries .* have the same id'),
+    (_edit_vocab(lambda v: v["chars"].update({"北京": 3})), "\"chars\" entry '北京' is not one character"),
+    (_edit_vocab(lambda v: v["chars"].update({"": 3})), "\"chars\" entry '' is not one character"),
+    (_edit_vocab(lambda v: v["bigrams"].update({"北": 3})), "\"bigrams\" entry '北' is not two characters"),
+    (_edit_vocab(lambda v: v["bigrams"].update({"北京天": 3})), "\"bigrams\" entry '北京天' is not two characters"),
+    (
+        lambda p: p.write_text('{"chars": {"我": 2, "我": 3}, "bigrams": null}', encoding="utf-8"),
+        "the key '我' appears twice",
+    ),
+    (lambda p: p.write_bytes(b"[" * 200000 + b"]" * 200000), r"corrupt, not readable JSON \(nested too deeply"),
+]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    DAMAGED_VOCABULARIES,
+    ids=[
+        "two-chars-one-id",
+        "two-bigrams-one-id",
+        "two-character-char",
+        "empty-char",
+        "one-character-bigram",
+        "three-character-bigram",
+        "a-key-twice",
+        "nested-200000-deep",
+    ],
+)
+def test_segment_damaged_vocabulary(model, capsys, damage, message):
+    """A vocab.json with two units under one id, a "character" of 0 or 2 characters, a bigram of 1 or
+    3, a key written twice, or JSON nested 200,000 deep -> exit 2 naming the file and the entry, saying
+    the folder is damaged (train again) (before: segmented with the damaged table, exit 0; the deep
+    one ended in a RecursionError traceback). The undamaged folder segments (the control)."""
+    segment(model, "我爱")
+    assert capsys.readouterr().out.strip()
+    damage(model / "vocab.json")
+    err = refused(capsys, lambda: segment(model, "我爱"), f"{model / 'vocab.json'}: ", "train the model again")
+    assert re.search(message, err), err
+
+
+def test_segment_vocabulary_with_a_byte_order_mark(model, capsys):
+    """A vocab.json starting with a UTF-8 BOM (an editor's save) -> the same words as without it
+    (before: "corrupt, not readable JSON")."""
+    segment(model, "我爱北京天安门")
+    expected = capsys.readouterr().out
+    path = model / "vocab.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    segment(model, "我爱北京天安门")
+    assert capsys.readouterr().out == expected
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        (lambda m: m / "vocab.json", "{m}/vocab.json is a file, not a model folder: give the folder that holds"),
+        (lambda m: m, "{m}/tagger.keras is a folder, not the model's file: the model folder is damaged"),
+        (lambda m: "", "argument model: an empty model folder"),
+    ],
+    ids=["a-file", "tagger-keras-a-folder", "empty-argument"],
+)
+def test_segment_model_argument_that_is_not_a_model_folder(model, capsys, argument, message):
+    """A file as the model folder, a folder where tagger.keras belongs, an empty argument -> exit 2
+    saying so (before: ".../vocab.json/tagger.keras not found", "tagger.keras not found", and the
+    current folder used)."""
+    if "folder, not the model" in message:
+        (model / "tagger.keras").unlink()
+        (model / "tagger.keras").mkdir()
+    err = refused(capsys, lambda: segment(argument(model), "我爱"), message.format(m=model))
+    assert "not found" not in err
+
+
 @pytest.mark.parametrize("name, damage, message", CORRUPT_MODEL_FILES, ids=CORRUPT_IDS)
 def test_segment_corrupt_model_file(model, capsys, name, damage, message):
     """A truncated tagger.keras or a bad vocab.json -> exit 2 naming the file, saying what is wrong
@@ -521,6 +604,97 @@ def test_generate_corrupt_model_file(poet, capsys, name, damage, message):
     damage(poet / name)
     err = refused(capsys, lambda: generate(poet), f"{poet / name}", message, "train the model again")
     assert "not found" not in err
+
+
+@pytest.mark.parametrize(
+    "vocab, message",
+    [
+        (["<unk>", "", "水", "风", "月"], "entry 1 ('') is not one character"),
+        (["<unk>", "山", "水水", "风", "月"], "entry 2 ('水水') is not one character"),
+        (["<unk>", "山", "水", "山", "月"], "entries 1 and 3 are both '山'"),
+        (["山", "<unk>", "水", "风", "月"], "entry 0 is '山', not '<unk>'"),
+    ],
+    ids=["empty-entry", "two-character-entry", "a-character-twice", "unk-not-first"],
+)
+def test_generate_damaged_vocabulary(poet, capsys, vocab, message):
+    """A vocab.json (of the generator's size) with an empty or two-character entry, a character twice,
+    or <unk> moved -> exit 2 naming the file and the entry, saying the folder is damaged (before: poems
+    with missing or doubled characters, exit 0). The undamaged folder writes poems (the control)."""
+    generate(poet, "-n", "1")
+    assert len(capsys.readouterr().out.strip()) == 12
+    (poet / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    refused(capsys, lambda: generate(poet), f"{poet / 'vocab.json'}: {message}: the model folder is damaged", "train")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"[" * 200000 + b"]" * 200000, "corrupt, not readable JSON (nested too deeply to read)"),
+        (b"[" + b"9" * 5000 + b"]", "corrupt, not readable JSON (ValueError: Exceeds the limit (4300 digits)"),
+    ],
+    ids=["nested-200000-deep", "5000-digit-integer"],
+)
+def test_generate_vocabulary_json_that_python_cannot_parse(poet, capsys, content, message):
+    """vocab.json nested 200,000 deep or holding a 5000-digit integer -> exit 2 naming the file (before:
+    a RecursionError traceback; the integer's message advised sys.set_int_max_str_digits)."""
+    (poet / "vocab.json").write_bytes(content)
+    err = refused(capsys, lambda: generate(poet), f"{poet / 'vocab.json'}: {message}", "train the model again")
+    assert "set_int_max_str_digits" not in err
+
+
+def test_generate_vocabulary_with_a_byte_order_mark(poet, capsys):
+    """A vocab.json starting with a UTF-8 BOM -> the same poems as without it (before: "corrupt")."""
+    generate(poet, "-n", "3")
+    expected = capsys.readouterr().out
+    (poet / "vocab.json").write_bytes(b"\xef\xbb\xbf" + (poet / "vocab.json").read_bytes())
+    generate(poet, "-n", "3")
+    assert capsys.readouterr().out == expected
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        (lambda m: m / "vocab.json", "{m}/vocab.json is a file, not a model folder: give the folder that holds"),
+        (lambda m: m, "{m}/generator.keras is a folder, not the model's file: the model folder is damaged"),
+        (lambda m: "", "argument model: an empty model folder"),
+    ],
+    ids=["a-file", "generator-keras-a-folder", "empty-argument"],
+)
+def test_generate_model_argument_that_is_not_a_model_folder(poet, capsys, argument, message):
+    """A file as the model folder, a folder where generator.keras belongs, an empty argument -> exit 2
+    saying so (before: "not found" for files that are there, and the current folder used)."""
+    if "folder, not the model" in message:
+        (poet / "generator.keras").unlink()
+        (poet / "generator.keras").mkdir()
+    err = refused(capsys, lambda: generate(argument(poet)), message.format(m=poet))
+    assert "not found" not in err
+
+
+def test_generate_any_number_of_poems_streams_in_bounded_chunks(poet):
+    """-n 99999999999999 (before: numpy _ArrayMemoryError for 2.84 PiB, drawing every z at once) ->
+    poems made 250 at a time: the first 600 of a 10**14-poem stream come at once and are the poems
+    that write(600) gives (the same z and the same order)."""
+    import itertools
+
+    from poetry.generate import Poet
+
+    loaded = Poet.load(poet)
+    assert list(itertools.islice(loaded.poems(10**14, seed=2), 600)) == loaded.write(600, seed=2)
+
+
+def test_generate_tiny_temperature_warns_nothing(poet):
+    """--temperature 1e-320 (the division overflows) -> the greedy poems and no RuntimeWarning (before:
+    "overflow encountered in divide"); the control: that division does overflow in NumPy."""
+    import warnings
+
+    from poetry.generate import Poet
+
+    loaded = Poet.load(poet)
+    with pytest.warns(RuntimeWarning, match="overflow"):
+        np.float64(-1.0) / 1e-320
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert loaded.write(20, seed=1, temperature=1e-320) == loaded.write(20, seed=1)
 
 
 def test_a_train_script_meeting_a_corrupt_dataset_ends_with_its_message_not_a_traceback(tmp_path):
