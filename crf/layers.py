@@ -179,7 +179,7 @@ class CRF(keras.layers.Layer):
         return array
 
     def build(self, input_shape):
-        self._check_emissions(input_shape)
+        self._check_emissions(input_shape, strict=True)
         k = self.num_tags
         self.transitions = self.add_weight(name="transitions", shape=(k, k), initializer=self.transitions_initializer)
         if self.boundary:
@@ -214,14 +214,17 @@ class CRF(keras.layers.Layer):
 
     # ---- inputs ------------------------------------------------------------------------------------
 
-    def _check_emissions(self, shape):
-        """Emissions are (batch, T, K); with ``ignore_last_label`` K + 1 (the last ignored) or K."""
+    def _check_emissions(self, shape, strict=False):
+        """Emissions are (batch, T, K); with ``ignore_last_label`` K + 1 (the last ignored), or K
+        where the methods take them (not ``strict``: in ``build`` and ``call``, K + 1 only)."""
         shape, k = tuple(shape), self.num_tags
-        widths = (None, k + 1, k) if self.ignore_last_label else (None, k)
+        widths = (None, k + 1) if self.ignore_last_label else (None, k)
+        widths += (k,) if self.ignore_last_label and not strict else ()
         if len(shape) != 3 or shape[-1] not in widths:
             raise ValueError(
                 f"CRF: emissions must have shape (batch, T, {widths[1]}) (num_tags={k}"
-                f"{' + 1 padding tag, or K without it' if self.ignore_last_label else ''}), got shape {shape}"
+                f"{' + 1 padding tag' if self.ignore_last_label else ''}"
+                f"{', or K without it' if len(widths) > 2 else ''}), got shape {shape}"
             )
 
     @staticmethod
@@ -281,7 +284,7 @@ class CRF(keras.layers.Layer):
         if decode:
             return self.decode(inputs, mask)[0]
         inputs = _numbers("CRF: emissions", inputs)
-        self._check_emissions(inputs.shape)
+        self._check_emissions(inputs.shape, strict=True)
         outputs = ops.cast(inputs, "float32")
         if mask is not None:
             mask = _numbers("CRF: mask", mask)

@@ -348,7 +348,7 @@ def test_constraint_errors_name_the_problem():
         CRF(3, allowed_start=[False, False, False])
     with pytest.raises(ValueError, match="num_tags must be a positive integer"):
         CRF(0)
-    with pytest.raises(ValueError, match=r"emissions must have 5 channels \(num_tags=4 \+ 1 padding tag\)"):
+    with pytest.raises(ValueError, match=r"emissions must have shape \(batch, T, 5\) \(num_tags=4 \+ 1 padding tag\)"):
         CRF(4, ignore_last_label=True).build((None, 7, 4))
 
 
