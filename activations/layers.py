@@ -89,6 +89,8 @@ class Swish(keras.layers.Layer):
         ):
             raise ValueError(f"Swish: beta must be a finite number, got {beta!r}")
         self.beta_init = float(beta)
+        if not isinstance(trainable_beta, (bool, np.bool_)):  # "no" is truthy: it would mean True
+            raise ValueError(f"Swish: trainable_beta must be True or False, got {trainable_beta!r}")
         self.trainable_beta = bool(trainable_beta)
         self.supports_masking = True
 

@@ -45,8 +45,24 @@ def _positive_int(name, value, layer):
     return int(value)
 
 
+def _flag(name, value, layer):
+    """A real bool: a string such as "False" or "no" is truthy and would silently mean True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{layer}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _bool_mask(mask):
     return None if mask is None else ops.cast(mask, "bool")
+
+
+def _same_batch(mask, x, layer, what):
+    """A mask's batch must be the input's: a batch of 1 would broadcast over every row unnoticed."""
+    if mask.shape[0] is not None and x.shape[0] is not None and mask.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{layer}: the {what} has batch {mask.shape[0]} but the input {tuple(x.shape)} has batch {x.shape[0]}: "
+            f"give one row per sample (got {what} shape {tuple(mask.shape)})"
+        )
 
 
 @keras.saving.register_keras_serializable(package="kexue_attention")
@@ -120,7 +136,7 @@ class Attention(keras.layers.Layer):
         self.output_dim = None if output_dim is None else _positive_int("output_dim", output_dim, "Attention")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"Attention: dropout must be in [0, 1), got {dropout!r}")
-        self.use_scale = bool(use_scale)
+        self.use_scale = _flag("use_scale", use_scale, "Attention")
         self.use_bias = bool(use_bias)
         self.dropout = float(dropout)
         self.causal = bool(causal)
@@ -216,6 +232,8 @@ class Attention(keras.layers.Layer):
                     f"Attention: attention_mask must be (batch, Tq, Tk) or (Tq, Tk) = "
                     f"(..., {q.shape[1]}, {k.shape[1]}), got shape {tuple(attention_mask.shape)}"
                 )
+            if len(attention_mask.shape) == 3:
+                _same_batch(allowed, q, "Attention", "attention_mask")
         parts = []
         if q_mask is not None:
             parts.append(ops.expand_dims(q_mask, -1))
@@ -241,6 +259,7 @@ class Attention(keras.layers.Layer):
                 f"Attention: the {name} mask must be (batch, {x.shape[1]}) like the {name}s "
                 f"{tuple(x.shape)}, got shape {tuple(mask.shape)}"
             )
+        _same_batch(mask, x, "Attention", f"{name} mask")
         return mask
 
     def _masks(self, inputs, mask):
@@ -274,7 +293,18 @@ class Attention(keras.layers.Layer):
                     f"got shape {tuple(x.shape)}"
                 )
 
+    @staticmethod
+    def _check_lengths(k, v):
+        """Keys and values of one length: PyTorch's fused kernel returns numbers for keys of 5 steps and
+        values of 3, so this is checked here, before any backend op, wherever the lengths are known."""
+        if k.shape[1] is not None and v.shape[1] is not None and k.shape[1] != v.shape[1]:
+            raise ValueError(
+                f"Attention: keys and values must have the same length (one value per key), "
+                f"got k shape {tuple(k.shape)} and v shape {tuple(v.shape)}"
+            )
+
     def call(self, inputs, mask=None, attention_mask=None, training=None, return_attention_scores=False):
+        self._check_lengths(*self._unpack(inputs)[1:])
         q_mask, k_mask = self._masks(inputs, mask)
         q, k, v = (ops.cast(t, self.compute_dtype) for t in self._unpack(inputs))
         self._check_shapes(q, k, v)
@@ -384,12 +414,24 @@ def sinusoidal_position_embedding(length, size, layout="cos_sin", base=10000.0, 
     if layout not in ("cos_sin", "interleaved"):
         raise ValueError(f"sinusoidal_position_embedding: layout must be 'cos_sin' or 'interleaved', got {layout!r}")
     size = _positive_int("size", size, "sinusoidal_position_embedding")
+    _check_base(base, "sinusoidal_position_embedding")
+    if isinstance(length, bool) or (not isinstance(length, (int, np.integer)) and not ops.is_tensor(length)):
+        raise ValueError(f"sinusoidal_position_embedding: length must be an integer >= 0, got {length!r}")
+    if isinstance(length, (int, np.integer)) and length < 0:
+        raise ValueError(f"sinusoidal_position_embedding: length must be an integer >= 0, got {length!r}")
     if size % 2:
         raise ValueError(f"sinusoidal_position_embedding: size must be even (pairs of cos and sin), got {size}")
     return _sinusoids(ops.cast(ops.arange(length), "float32") + float(start), size, layout, base)
 
 
 COUNT_FROM = ("start", "first_token")
+
+
+def _check_base(base, name):
+    """The wavelength base, a number > 1 (NaN, a string or a base <= 1 would give NaN or growing waves)."""
+    if isinstance(base, bool) or not isinstance(base, (int, float, np.integer, np.floating)) or not base > 1.0:
+        raise ValueError(f"{name}: base must be a number > 1, got {base!r}")
+    return float(base)
 
 
 class _PositionBase(keras.layers.Layer):
@@ -447,6 +489,7 @@ class _PositionBase(keras.layers.Layer):
             mask.shape[1] is not None and x.shape[1] is not None and mask.shape[1] != x.shape[1]
         ):
             raise ValueError(f"{name}: the mask must be (batch, {x.shape[1]}), got shape {tuple(mask.shape)}")
+        _same_batch(mask, x, name, "mask")
         length = ops.shape(x)[1]
         steps = ops.expand_dims(ops.arange(length, dtype="int32"), 0)
         first = ops.min(ops.where(mask, steps, length), axis=1, keepdims=True)  # length if no real step
@@ -497,10 +540,8 @@ class PositionEmbedding(_PositionBase):
         super().__init__(size, mode, count_from, **kwargs)
         if layout not in ("cos_sin", "interleaved"):
             raise ValueError(f"PositionEmbedding: layout must be 'cos_sin' or 'interleaved', got {layout!r}")
-        if not float(base) > 1.0:
-            raise ValueError(f"PositionEmbedding: base must be > 1, got {base!r}")
         self.layout = layout
-        self.base = float(base)
+        self.base = _check_base(base, "PositionEmbedding")
 
     def build(self, input_shape):
         size = self._check_input(input_shape)
@@ -601,9 +642,14 @@ class MaskedGlobalAveragePooling1D(keras.layers.Layer):
             )
         if not keras.backend.is_float_dtype(x.dtype):
             x = ops.cast(x, self.compute_dtype)
+        dtype = x.dtype
+        # 16-bit inputs are summed in float32 (a float16 sum of 1000 steps of 100 overflows), and each
+        # step is divided by the count before the sum, so four steps of 3e38 average to 3e38, not inf.
+        if keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16"):
+            x = ops.cast(x, "float32")
         if mask is None:
-            count = ops.cast(ops.shape(x)[1], x.dtype)
-            return ops.sum(x, axis=1) / ops.maximum(count, 1)
+            count = ops.cast(ops.maximum(ops.shape(x)[1], 1), x.dtype)
+            return ops.cast(ops.sum(x / count, axis=1), dtype)
         mask = _bool_mask(mask)
         if len(mask.shape) != 2 or (
             mask.shape[1] is not None and x.shape[1] is not None and mask.shape[1] != x.shape[1]
@@ -611,9 +657,10 @@ class MaskedGlobalAveragePooling1D(keras.layers.Layer):
             raise ValueError(
                 f"MaskedGlobalAveragePooling1D: the mask must be (batch, {x.shape[1]}), got shape {tuple(mask.shape)}"
             )
-        total = ops.sum(ops.where(ops.expand_dims(mask, -1), x, ops.zeros_like(x)), axis=1)
-        count = ops.sum(ops.cast(mask, x.dtype), axis=1, keepdims=True)
-        return total / ops.maximum(count, 1)
+        _same_batch(mask, x, "MaskedGlobalAveragePooling1D", "mask")
+        count = ops.maximum(ops.sum(ops.cast(mask, x.dtype), axis=1, keepdims=True), 1)
+        total = ops.sum(ops.where(ops.expand_dims(mask, -1), x / ops.expand_dims(count, 1), ops.zeros_like(x)), axis=1)
+        return ops.cast(total, dtype)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[-1])

@@ -44,6 +44,24 @@ def _positive_int(name, value, where):
     return int(value)
 
 
+def _check_constant(constant, where, name="constant"):
+    """A finite number at least float32's smallest normal number: below it, ``C + ||x||²`` underflows
+    to 0 for a zero capsule and squash gives 0 / 0 = NaN. A tensor is taken as it is."""
+    if ops.is_tensor(constant):
+        return constant
+    if (
+        isinstance(constant, bool)
+        or not isinstance(constant, (int, float, np.integer, np.floating))
+        or not np.isfinite(constant)
+        or not constant >= np.finfo("float32").tiny
+    ):
+        raise ValueError(
+            f"{where}: {name} must be > 0 and finite, at least {np.finfo('float32').tiny:.3g} "
+            f"(float32's smallest normal number, below which a zero capsule squashes to NaN), got {constant!r}"
+        )
+    return float(constant)
+
+
 def _wide(x):
     """``x`` as a tensor of at least float32 (ints and 16-bit floats are widened), and its original dtype."""
     x = ops.convert_to_tensor(x)
@@ -97,9 +115,15 @@ def squash(x, axis=-1, constant=1.0):
     returned in their dtype (floats) or float32 (ints). An infinite entry gives its limit (the unit
     vector along it) when it is the only one; NaN gives NaN.
     """
-    if isinstance(constant, (int, float, np.integer, np.floating)) and not constant > 0:
-        raise ValueError(f"squash: constant must be > 0, got {constant!r}")
+    constant = _check_constant(constant, "squash")
     x, dtype = _wide(x)
+    rank = len(x.shape)
+    if rank == 0:
+        raise ValueError(f"squash: x must have at least one axis (a vector), got a scalar of shape {tuple(x.shape)}")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -rank <= axis < rank:
+        raise ValueError(
+            f"squash: axis must be an integer in [-{rank}, {rank}) for x of shape {tuple(x.shape)}, got {axis!r}"
+        )
     norm, direction = _norm_and_direction(x, axis)
     short = norm <= 1.0
     one = ops.ones_like(norm)
@@ -151,8 +175,10 @@ class Capsule(keras.layers.Layer):
         self.routings = _positive_int("routings", routings, "Capsule")
         if routing not in ROUTINGS:
             raise ValueError(f"Capsule: routing must be one of {ROUTINGS}, got {routing!r}")
-        if squash_constant is not None and not float(squash_constant) > 0:
-            raise ValueError(f"Capsule: squash_constant must be > 0, got {squash_constant!r}")
+        if squash_constant is not None:
+            squash_constant = _check_constant(squash_constant, "Capsule", "squash_constant")
+        if not isinstance(share_weights, (bool, np.bool_)):  # "False" is truthy: it would mean True
+            raise ValueError(f"Capsule: share_weights must be True or False, got {share_weights!r}")
         self.share_weights = bool(share_weights)
         self.routing = routing
         self.squash_constant = None if squash_constant is None else float(squash_constant)
@@ -285,17 +311,25 @@ class CapsuleLength(keras.layers.Layer):
 def margin_loss(y_true, y_pred, m_plus=0.9, m_minus=0.1, down_weight=0.25):
     """``y·relu(m⁺ - p)² + λ·(1 - y)·relu(p - m⁻)²`` summed over classes, per sample: ``y_true`` one-hot
     (or multi-hot) (batch, k), ``y_pred`` scores in [0, 1] (capsule lengths or sigmoids). Scores outside
-    give the formula's value (an infinite score: 0 for its own class, inf for another); NaN gives NaN."""
+    give the formula's value (an infinite score: 0 for its own class, inf for another); NaN gives NaN.
+    ``y_true`` of another shape (sparse labels) is an error; a ``y_true`` entry outside [0, 1] (a class
+    index, not a one-hot) gives NaN for its sample. Integer scores are taken as floats."""
     y_pred = ops.convert_to_tensor(y_pred)
+    if not keras.backend.is_float_dtype(y_pred.dtype):
+        y_pred = ops.cast(y_pred, "float32")
     y_true = ops.cast(y_true, y_pred.dtype)
-    if y_true.shape[-1] is not None and y_pred.shape[-1] is not None and y_true.shape[-1] != y_pred.shape[-1]:
+    if len(y_true.shape) != len(y_pred.shape) or any(
+        a is not None and b is not None and a != b for a, b in zip(y_true.shape, y_pred.shape)
+    ):
         raise ValueError(
-            f"margin_loss: y_true must be one-hot with {y_pred.shape[-1]} classes like y_pred, "
-            f"got shapes {tuple(y_true.shape)} and {tuple(y_pred.shape)}"
+            f"margin_loss: y_true must be one-hot with {y_pred.shape[-1]} classes like y_pred (the same shape), "
+            f"got shapes {tuple(y_true.shape)} and {tuple(y_pred.shape)}; one-hot encode class indices"
         )
     # a term whose weight is 0 is 0, even for an infinite score (not 0 * inf = NaN), gradient included
     p_present = ops.where(y_true > 0, y_pred, ops.full_like(y_pred, m_plus))
     p_absent = ops.where(y_true < 1, y_pred, ops.full_like(y_pred, m_minus))
     present = y_true * ops.square(ops.relu(m_plus - p_present))
     absent = down_weight * (1 - y_true) * ops.square(ops.relu(p_absent - m_minus))
-    return ops.sum(present + absent, axis=-1)
+    outside = ops.any(ops.logical_or(y_true < 0, y_true > 1), axis=-1)
+    loss = ops.sum(present + absent, axis=-1)
+    return ops.where(outside, ops.full_like(loss, float("nan")), loss)

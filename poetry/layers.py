@@ -55,10 +55,20 @@ class GCNN(keras.layers.Layer):
 
     def __init__(self, output_dim=None, kernel_size=3, residual=False, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        if output_dim is not None and (not isinstance(output_dim, (int, np.integer)) or output_dim < 1):
+        # bool is an int to Python: True would silently mean 1
+        if output_dim is not None and (
+            isinstance(output_dim, bool) or not isinstance(output_dim, (int, np.integer)) or output_dim < 1
+        ):
             raise ValueError(f"GCNN: output_dim must be a positive int or None, got {output_dim!r}")
-        if not isinstance(kernel_size, (int, np.integer)) or kernel_size < 1 or kernel_size % 2 == 0:
+        if (
+            isinstance(kernel_size, bool)
+            or not isinstance(kernel_size, (int, np.integer))
+            or kernel_size < 1
+            or kernel_size % 2 == 0
+        ):
             raise ValueError(f"GCNN: kernel_size must be a positive odd int, got {kernel_size!r}")
+        if not isinstance(residual, (bool, np.bool_)):  # "False" is truthy: it would mean True
+            raise ValueError(f"GCNN: residual must be True or False, got {residual!r}")
         self.output_dim = None if output_dim is None else int(output_dim)
         self.kernel_size = int(kernel_size)
         self.residual = bool(residual)
@@ -139,6 +149,10 @@ def sequence_nll(ids, logits):
             f"sequence_nll: expects ids (batch, n) and logits (batch, n, vocab_size), got {tuple(ids.shape)} and "
             f"{tuple(logits.shape)}"
         )
+    if logits.shape[-1] == 0:
+        raise ValueError(f"sequence_nll: logits {tuple(logits.shape)} have a vocabulary of 0 classes: nothing to pick")
+    if keras.backend.standardize_dtype(ids.dtype) == "bool":
+        ids = ops.cast(ids, "int32")  # ids 0 and 1 (TensorFlow compares no bools with ints)
     if keras.backend.standardize_dtype(logits.dtype) not in ("float32", "float64"):
         logits = ops.cast(logits, "float32")  # log-softmax in float32 under float16 policies
     vocab_size = logits.shape[-1]

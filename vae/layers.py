@@ -89,7 +89,8 @@ def bernoulli_nll(x, x_decoded):
 
     This is the article's ``original_dim * metrics.binary_crossentropy(x, x_decoded_mean)`` (784 times
     the mean over pixels), for images of any shape. ``x_decoded`` holds probabilities (the sigmoid
-    outputs), clipped to [1e-7, 1 - 1e-7] as Keras's binary cross-entropy clips them.
+    outputs), clipped to [1e-7, 1 - 1e-7] as Keras's binary cross-entropy clips them; a value outside
+    [0, 1] (logits: a forgotten sigmoid) is not a probability, and its sample gets NaN.
 
     Use it as the ``compile`` loss; Keras averages it over the batch.
 
@@ -104,12 +105,13 @@ def bernoulli_nll(x, x_decoded):
         before training (``check_images``).
 
     Raises:
-        ValueError: the two shapes differ (known before any data flows).
+        ValueError: the two shapes differ, batch included (known before any data flows; a batch of 1
+            would otherwise broadcast against the other).
     """
     x_decoded = _as_float(x_decoded)
     x = ops.cast(x, x_decoded.dtype)
     if len(x.shape) != len(x_decoded.shape) or any(
-        a is not None and b is not None and a != b for a, b in zip(x.shape[1:], x_decoded.shape[1:])
+        a is not None and b is not None and a != b for a, b in zip(x.shape, x_decoded.shape)
     ):
         raise ValueError(
             f"bernoulli_nll: the images have shape {tuple(x.shape)} but the decoder gives {tuple(x_decoded.shape)}; "
@@ -119,7 +121,10 @@ def bernoulli_nll(x, x_decoded):
     terms = x * ops.log(p) + (1.0 - x) * ops.log(1.0 - p)
     axes = tuple(range(1, len(x.shape)))
     nll = -ops.sum(terms, axis=axes) if axes else -terms
-    valid = ops.all(ops.logical_and(x >= 0.0, x <= 1.0), axis=axes) if axes else (x >= 0.0) & (x <= 1.0)
+    # x and x_decoded both in [0, 1] (False for NaN): anything else is not a likelihood, and clipping
+    # logits to [1e-7, 1 - 1e-7] would give a confident wrong number
+    inside = ops.logical_and(ops.logical_and(x >= 0.0, x <= 1.0), ops.logical_and(x_decoded >= 0.0, x_decoded <= 1.0))
+    valid = ops.all(inside, axis=axes) if axes else inside
     return ops.where(valid, nll, ops.full_like(nll, float("nan")))
 
 
@@ -152,7 +157,14 @@ def _pair_shapes(layer, inputs, names):
         expected = f"[{', '.join(names)}]" if len(names) == 2 else f"[{', '.join(names[:2])}] or [{', '.join(names)}]"
         raise ValueError(f"{layer}: expects a list {expected}, got {got}")
     shapes = [tuple(s) for s in inputs]
-    if shapes[0][-1:] != shapes[1][-1:] or len(shapes[0]) != len(shapes[1]):
+    if len(shapes[0]) != 2:
+        raise ValueError(
+            f"{layer}: {names[0]} must be (batch, d), got shape {shapes[0]}; flatten the latents to one vector "
+            "per sample"
+        )
+    if len(shapes[0]) != len(shapes[1]) or any(
+        a is not None and b is not None and a != b for a, b in zip(shapes[0], shapes[1])
+    ):
         raise ValueError(
             f"{layer}: {names[0]} has shape {shapes[0]} but {names[1]} has shape {shapes[1]}; they must match "
             "(one log-variance per latent dimension)"
@@ -162,6 +174,12 @@ def _pair_shapes(layer, inputs, names):
             f"{layer}: {names[2]} has shape {shapes[2]} but {names[0]} has shape {shapes[0]}; the prior mean needs "
             "one value per latent dimension"
         )
+    if len(shapes) == 3 and len(shapes[2]) == 2 and None not in (shapes[0][0], shapes[2][0]):
+        if shapes[2][0] != shapes[0][0]:
+            raise ValueError(
+                f"{layer}: {names[2]} has shape {shapes[2]} but {names[0]} has shape {shapes[0]}; give one prior mean "
+                "per sample, or one of shape (d,) for all"
+            )
     return shapes
 
 
@@ -179,7 +197,8 @@ class Sampling(keras.layers.Layer):
         seed: int or None (then the draws differ on every run).
 
     Call arguments:
-        inputs: ``[z_mean, z_log_var]``, two tensors of the same shape (batch, d).
+        inputs: ``[z_mean, z_log_var]``, two tensors of the same shape (batch, d) (other ranks or
+            shapes are a ValueError); integer inputs become floats.
 
     Returns:
         Z, shape (batch, d), the dtype of ``z_mean``.
@@ -196,7 +215,10 @@ class Sampling(keras.layers.Layer):
         _pair_shapes("Sampling", input_shape, ("z_mean", "z_log_var"))
 
     def call(self, inputs):
+        _pair_shapes("Sampling", [tuple(t.shape) for t in inputs], ("z_mean", "z_log_var"))
         z_mean, z_log_var = inputs[0], inputs[1]
+        if not keras.backend.is_float_dtype(z_mean.dtype):  # a normal draw of an int dtype is refused
+            z_mean = ops.cast(z_mean, self.compute_dtype)
         eps = keras.random.normal(ops.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
         return z_mean + ops.exp(0.5 * ops.cast(z_log_var, z_mean.dtype)) * eps
 
@@ -239,7 +261,9 @@ class KLDivergence(keras.layers.Layer):
             default) is the plain KL. The KL itself is unchanged: evaluate it with ``gaussian_kl``.
 
     Call arguments:
-        inputs: ``[z_mean, z_log_var]`` or ``[z_mean, z_log_var, prior_mean]``, each (batch, d).
+        inputs: ``[z_mean, z_log_var]`` or ``[z_mean, z_log_var, prior_mean]``, each (batch, d) (other
+            ranks, and batches that differ, are a ValueError; ``prior_mean`` may also be (d,)). An empty
+            batch adds 0.
 
     Returns:
         The inputs, unchanged, as a list.
@@ -260,14 +284,17 @@ class KLDivergence(keras.layers.Layer):
         )
 
     def call(self, inputs):
+        _pair_shapes("KLDivergence", [tuple(t.shape) for t in inputs], ("z_mean", "z_log_var", "prior_mean"))
         mean, log_var = _as_float(inputs[0]), _as_float(inputs[1])
         if len(inputs) == 3:
             mean = mean - ops.cast(inputs[2], mean.dtype)
+        # the batch mean as sum / max(batch, 1): an empty batch adds 0, not a mean over nothing (NaN)
+        count = ops.cast(ops.shape(mean)[0], mean.dtype)
         if self.free_bits > 0:  # per dimension, batch mean, floored at lambda
-            per_dim = ops.mean(_kl_per_dimension(mean, log_var), axis=0)
-            kl = ops.sum(ops.maximum(per_dim, self.free_bits))
+            per_dim = ops.sum(_kl_per_dimension(mean, log_var), axis=0) / ops.maximum(count, 1.0)
+            kl = ops.sum(ops.maximum(per_dim, self.free_bits)) * ops.minimum(count, 1.0)
         else:
-            kl = ops.mean(gaussian_kl(mean, log_var))
+            kl = ops.sum(gaussian_kl(mean, log_var)) / ops.maximum(count, 1.0)
         self.add_loss(ops.cast(self.kl_weight, kl.dtype) * kl)
         return list(inputs)
 
@@ -323,7 +350,9 @@ def log_importance_weights(decoder, x, z_mean, z_log_var, k, *, prior_mean=None,
     log_px = -ops.reshape(bernoulli_nll(x_rep, decoded), (-1, k))
     prior = ops.zeros_like(mean) if prior_mean is None else ops.expand_dims(_as_float(prior_mean), -2)
     log_pz = gaussian_log_density(z, prior)
-    log_qz = gaussian_log_density(z, mean, log_var)
+    # log q(z|x) from the draw itself: (z - mean)^2 exp(-log_var) is eps^2, but computed that way it is
+    # 0 * inf = NaN for a confident posterior (log_var below about -88 in float32)
+    log_qz = -0.5 * ops.sum(ops.square(eps) + log_var + float(np.log(2.0 * np.pi)), axis=-1)
     log_w = log_px + log_pz - log_qz
     return (log_w, log_px) if return_log_px else log_w
 

@@ -24,9 +24,17 @@ from attention.layers import (  # noqa: E402
     MaskedGlobalAveragePooling1D,
     PositionEmbedding,
     TrainablePositionEmbedding,
+    sinusoidal_position_embedding,
 )
 from capsule.layers import ROUTINGS, Capsule, CapsuleLength, margin_loss, squash  # noqa: E402
 from poetry.layers import GCNN, sequence_nll  # noqa: E402
+from vae.layers import (  # noqa: E402
+    KLDivergence,
+    Sampling,
+    bernoulli_nll,
+    gaussian_log_density,
+    log_importance_weights,
+)
 
 pytestmark = pytest.mark.layers
 np_ = ops.convert_to_numpy
@@ -752,3 +760,250 @@ def test_compiled_predict_keeps_the_answers():
     clean = np_(layer([q, kv], mask=mask))
     np.testing.assert_allclose(got[mask[0]], clean[mask[0]], atol=1e-6)
     assert np.all(got[0, 3:] == 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# review of the catalogue: silent wrong answers, NaNs and raw tracebacks found afterwards
+
+
+def test_attention_keys_and_values_of_different_lengths_raise():
+    """Keys of 5 steps and values of 3 (PyTorch's fused kernel returns numbers for this) -> a ValueError
+    naming both shapes, on the fused and the matmul path, static shapes and eager calls alike; the same
+    lengths (the control) work."""
+    rng = np.random.default_rng(0)
+    q, kv = rng.normal(size=(2, 4, 6)).astype("float32"), rng.normal(size=(2, 5, 6)).astype("float32")
+    for fused in (True, False):
+        layer = Attention(2, 3, fused=fused)
+        assert np_(layer([q, kv, kv])).shape == (2, 4, 6)
+        with pytest.raises(ValueError, match=r"same length.*\(2, 5, 6\).*\(2, 3, 6\)"):
+            layer([q, kv, kv[:, :3]])
+        with pytest.raises(ValueError, match=r"same length.*\(2, 3, 6\).*\(2, 5, 6\)"):
+            layer([q, kv[:, :3], kv])
+    with pytest.raises(ValueError, match="same length"):
+        Attention(2, 3)([keras.Input((4, 6)), keras.Input((5, 6)), keras.Input((3, 6))])
+
+
+def kl_loss(inputs, **kwargs):
+    layer = KLDivergence(**kwargs)
+    layer(inputs)
+    return float(np_(layer.losses[0]))
+
+
+@pytest.mark.parametrize("free_bits", [0.0, 1e-12])
+@pytest.mark.parametrize("shape", [(2,), (4, 3, 2)], ids=["rank1", "rank3"])
+def test_kl_divergence_other_ranks_raise(shape, free_bits):
+    """KLDivergence of latents (d,) or (batch, t, d) (the free-bits and the plain path averaged them
+    differently) -> a ValueError naming the shape, on both paths."""
+    m = np.zeros(shape, "float32")
+    with pytest.raises(ValueError, match=rf"z_mean must be \(batch, d\), got shape \({shape[0]},"):
+        kl_loss([m, m], free_bits=free_bits)
+
+
+@pytest.mark.parametrize("free_bits", [0.0, 0.5])
+def test_kl_divergence_of_an_empty_batch_adds_zero(free_bits):
+    """KLDivergence on a batch of 0 -> adds 0 (not the NaN of a mean over no samples); the control, a
+    batch of 4, adds the float64 batch mean (floored per dimension with free bits)."""
+    rng = np.random.default_rng(1)
+    m, lv = rng.normal(size=(4, 2)).astype("float32"), rng.normal(size=(4, 2)).astype("float32")
+    assert kl_loss([m[:0], lv[:0]], free_bits=free_bits) == 0.0
+    per = 0.5 * (m.astype("float64") ** 2 + np.exp(lv.astype("float64")) - lv - 1)
+    close(kl_loss([m, lv], free_bits=free_bits), np.maximum(per.mean(0), free_bits).sum())
+
+
+def bernoulli_nll64(x, p):
+    x, p = np.asarray(x, "float64"), np.clip(np.asarray(p, "float64"), 1e-7, 1 - 1e-7)
+    return -(x * np.log(p) + (1 - x) * np.log(1 - p)).sum(-1)
+
+
+def test_bernoulli_nll_of_logits_is_nan():
+    """bernoulli_nll with x_decoded outside [0, 1] (logits: a forgotten sigmoid) -> NaN for that sample
+    (it was clipped to 1 - 1e-7: a confident wrong loss); the other sample keeps its float64 value."""
+    x = np.array([[1.0, 0.0], [1.0, 0.0]], "float32")
+    p = np.array([[3.5, -2.0], [0.7, 0.2]], "float32")
+    got = np_(bernoulli_nll(x, p))
+    assert np.isnan(got[0])
+    close(got[1], bernoulli_nll64(x[1], p[1]))
+
+
+def margin64(y, p):
+    y, p = np.asarray(y, "float64"), np.asarray(p, "float64")
+    return (y * np.maximum(0.9 - p, 0) ** 2 + 0.25 * (1 - y) * np.maximum(p - 0.1, 0) ** 2).sum(-1)
+
+
+def test_margin_loss_of_sparse_labels_raises():
+    """margin_loss with class indices (3,) for scores (3, 3) (they broadcast to a wrong loss) -> a
+    ValueError naming both shapes."""
+    p = np.eye(3, dtype="float32") * 0.95
+    with pytest.raises(ValueError, match=r"one-hot.*\(3,\) and \(3, 3\)"):
+        margin_loss(np.array([0, 1, 2]), p)
+    with pytest.raises(ValueError, match=r"\(1, 1\) and \(1, 3\)"):
+        margin_loss(np.array([[2]]), p[:1])
+
+
+@pytest.mark.parametrize("label", [2.0, -1.0])
+def test_margin_loss_of_labels_outside_0_1_is_nan(label):
+    """margin_loss with y_true 2 or -1 (not a one-hot) -> NaN for that sample; the other sample keeps
+    its float64 value."""
+    y = np.array([[label, 0.0], [1.0, 0.0]], "float32")
+    p = np.array([[0.95, 0.0], [0.5, 0.3]], "float32")
+    got = np_(margin_loss(y, p))
+    assert np.isnan(got[0])
+    close(got[1], margin64(y[1], p[1]))
+
+
+def _batch_one_cases():
+    rng = np.random.default_rng(2)
+    q, kv = rng.normal(size=(2, 4, 6)).astype("float32"), rng.normal(size=(2, 5, 6)).astype("float32")
+    m = np.zeros((4, 2), "float32")
+    one = np.ones((1, 4), bool)
+    return {
+        "attention_key_mask": lambda: Attention(2, 3)([q, kv], mask=[None, np.ones((1, 5), bool)]),
+        "attention_attention_mask": lambda: Attention(2, 3)([q, kv], attention_mask=np.ones((1, 4, 5), bool)),
+        "pooling_mask": lambda: MaskedGlobalAveragePooling1D()(q, mask=one),
+        "position_first_token_mask": lambda: PositionEmbedding(count_from="first_token")(q, mask=one),
+        "sampling": lambda: Sampling(seed=1)([m[:1], m]),
+        "kl_divergence": lambda: kl_loss([m, m[:1]]),
+        "bernoulli_nll": lambda: bernoulli_nll(np.ones((1, 2), "float32"), np.full((3, 2), 0.5, "float32")),
+    }
+
+
+@pytest.mark.parametrize("case", list(_batch_one_cases()))
+def test_batch_of_one_against_a_batch_raises(case):
+    """A mask or paired input of batch 1 against an input of batch 2 to 4 (it broadcast over every
+    row) -> a ValueError naming the shapes."""
+    with pytest.raises(ValueError, match=r"\(1, |batch 1"):
+        _batch_one_cases()[case]()
+
+
+def test_masked_pooling_does_not_overflow():
+    """MaskedGlobalAveragePooling1D of 1000 float16 steps of 100 (a float16 sum overflows: the control)
+    and of four float32 steps of 3e38, masked and not -> the mean, 100 and 3e38, in the input's dtype."""
+    assert np.isinf(np.full(1000, 100.0, "float16").sum(dtype="float16"))  # control
+    x16 = np.full((1, 1000, 2), 100.0, "float16")
+    got = MaskedGlobalAveragePooling1D(dtype="float16")(x16, mask=np.ones((1, 1000), bool))
+    assert keras.backend.standardize_dtype(got.dtype) == "float16"
+    np.testing.assert_array_equal(np_(got), 100.0)
+    x = np.full((1, 4, 2), 3e38, "float32")
+    close(np_(MaskedGlobalAveragePooling1D()(x)), np.full((1, 2), 3e38))
+    close(np_(MaskedGlobalAveragePooling1D()(x, mask=np.array([[True, True, True, False]]))), np.full((1, 2), 3e38))
+
+
+def log_weights_and_draws(mean, log_var, seed=3):
+    """log w - log p(x|z) from log_importance_weights, and the z the decoder saw."""
+    seen = []
+    dense = keras.layers.Dense(3, activation="sigmoid")
+
+    def decoder(z):
+        seen.append(np_(z))
+        return dense(z)
+
+    log_w, log_px = log_importance_weights(
+        decoder, np.full((1, 3), 0.5, "float32"), mean, log_var, k=4, seed=seed, return_log_px=True
+    )
+    return np_(log_w) - np_(log_px), seen[0].reshape(1, 4, -1)
+
+
+def test_log_importance_weights_of_a_confident_posterior():
+    """log_importance_weights with log_var -100 (exp(100) overflows float32, and (z - mean)^2 exp(-log_var)
+    was 0 * inf = NaN: the control) -> log p(z) - log q(z|x) of the float64 formula with the same draws;
+    on normal inputs, the float64 value of the textbook formula."""
+    rng = np.random.default_rng(4)
+    mean, lv = rng.normal(size=(1, 2)).astype("float32"), rng.normal(size=(1, 2)).astype("float32")
+    got, z = log_weights_and_draws(mean, lv)
+    z64, m64, lv64 = z.astype("float64"), mean[:, None].astype("float64"), lv[:, None].astype("float64")
+    log2pi = np.log(2 * np.pi)
+    log_pz = -0.5 * (z64**2 + log2pi).sum(-1)
+    log_qz = -0.5 * ((z64 - m64) ** 2 * np.exp(-lv64) + lv64 + log2pi).sum(-1)
+    close(got, log_pz - log_qz, scale=1e-5)
+
+    _, eps = log_weights_and_draws(np.zeros((1, 2), "float32"), np.zeros((1, 2), "float32"))  # z = eps
+    confident = np.full((1, 2), -100.0, "float32")
+    got, z = log_weights_and_draws(mean, confident)
+    eps = eps.astype("float64")
+    z64 = mean[:, None].astype("float64") + np.exp(-50.0) * eps
+    expected = -0.5 * (z64**2 + log2pi).sum(-1) + 0.5 * (eps**2 - 100.0 + log2pi).sum(-1)
+    close(got, expected)
+    assert np.isnan(np_(gaussian_log_density(z, mean[:, None], confident[:, None]))).all()  # control
+
+
+@pytest.mark.parametrize("constant", [1e-40, 1e-50, 0.0, INF, NAN, "1"])
+def test_squash_constant_below_the_smallest_normal_raises(constant):
+    """squash and Capsule with a constant below float32's smallest normal number (a zero capsule gave
+    0 / 0 = NaN), not finite or not a number -> a ValueError naming it; the control, twice the smallest
+    normal number, squashes zeros to zeros."""
+    with pytest.raises(ValueError, match=r"constant must be > 0 and finite, at least 1.18e-38"):
+        squash(np.zeros((1, 3), "float32"), constant=constant)
+    with pytest.raises(ValueError, match="squash_constant must be > 0 and finite"):
+        Capsule(2, 3, squash_constant=constant)
+    tiny = 2 * float(np.finfo("float32").tiny)
+    np.testing.assert_array_equal(np_(squash(np.zeros((1, 3), "float32"), constant=tiny)), 0.0)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: sinusoidal_position_embedding(-1, 4), "length must be an integer >= 0, got -1"),
+        (lambda: sinusoidal_position_embedding(True, 4), "length must be an integer >= 0, got True"),
+        (lambda: sinusoidal_position_embedding("3", 4), "length must be an integer >= 0, got '3'"),
+        (lambda: sinusoidal_position_embedding(2.5, 4), "length must be an integer >= 0, got 2.5"),
+        (lambda: sinusoidal_position_embedding(3, 4, base=1.0), "base must be a number > 1, got 1.0"),
+        (lambda: sinusoidal_position_embedding(3, 4, base=NAN), "base must be a number > 1, got nan"),
+        (lambda: PositionEmbedding(base=NAN), "base must be a number > 1"),
+        (lambda: squash(np.ones((1, 2), "float32"), axis=5), r"axis must be an integer in \[-2, 2\).*got 5"),
+        (lambda: squash(np.float32(3.0)), "squash: x must have at least one axis"),
+        (lambda: sequence_nll(np.zeros((1, 2), "int32"), np.zeros((1, 2, 0), "float32")), "vocabulary of 0"),
+    ],
+    ids=[
+        "length_-1",
+        "length_True",
+        "length_str",
+        "length_2.5",
+        "base_1",
+        "base_nan",
+        "layer_base_nan",
+        "squash_axis_5",
+        "squash_scalar",
+        "nll_vocab_0",
+    ],
+)
+def test_bad_arguments_raise_a_clear_error(call, match):
+    """Bad lengths, bases, axes, scalars and an empty vocabulary -> a ValueError naming the value, not a
+    traceback from inside the backend."""
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_bool_and_int_inputs_are_taken_as_numbers():
+    """sequence_nll with bool ids -> the loss of ids 0 and 1; margin_loss with int scores -> the float64
+    loss; Sampling of int inputs -> float draws (TensorFlow refused these with its own traceback)."""
+    logits = np.random.default_rng(5).normal(size=(1, 2, 3)).astype("float32")
+    close(np_(sequence_nll(np.array([[True, False]]), logits)), np_(sequence_nll(np.array([[1, 0]]), logits)))
+    close(np_(margin_loss(np.array([[1.0, 0.0]], "float32"), np.array([[1, 1]], "int32"))), margin64([1, 0], [1, 1]))
+    z = np_(Sampling(seed=1)([np.zeros((2, 2), "int32"), np.zeros((2, 2), "int32")]))
+    assert z.dtype == np.float32 and np.isfinite(z).all() and np.any(z != 0)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda v: Swish(trainable_beta=v), "trainable_beta must be True or False"),
+        (lambda v: Capsule(2, 3, share_weights=v), "share_weights must be True or False"),
+        (lambda v: Attention(2, 3, use_scale=v), "use_scale must be True or False"),
+        (lambda v: GCNN(residual=v), "residual must be True or False"),
+    ],
+    ids=["swish", "capsule", "attention", "gcnn"],
+)
+def test_flags_given_strings_raise(make, match):
+    """A flag given "no" or "False" (truthy strings: they meant True) -> a ValueError naming it; the
+    control, np.bool_(False), is taken as False."""
+    for value in ("no", "False", 0):
+        with pytest.raises(ValueError, match=match):
+            make(value)
+    assert make(np.bool_(False)).get_config()[match.split()[0]] is False
+
+
+@pytest.mark.parametrize("kwargs", [{"output_dim": True}, {"kernel_size": True}], ids=["output_dim", "kernel_size"])
+def test_gcnn_bool_sizes_raise(kwargs):
+    """GCNN(output_dim=True) or GCNN(kernel_size=True) (True is the int 1 to Python) -> a ValueError."""
+    with pytest.raises(ValueError, match=f"GCNN: {next(iter(kwargs))} must be a positive"):
+        GCNN(**kwargs)
