@@ -334,7 +334,7 @@ def _model_folder(path, names, remedy, writer="crf/train.py"):
 def _read_vocab(path, remedy):
     """The JSON object in ``path`` (a byte-order mark at the start is accepted), or a ``ModelFileError``
     naming the file: not JSON, nested too deeply to read, a key twice (JSON would keep the last)."""
-    from utils.runs import ModelFileError
+    from utils.runs import ModelFileError, load_json_file
 
     def no_key_twice(pairs):
         keys = set()
@@ -344,17 +344,7 @@ def _read_vocab(path, remedy):
             keys.add(key)
         return dict(pairs)
 
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f, object_pairs_hook=no_key_twice)
-    except ModelFileError:
-        raise
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: {remedy}") from None
-    except (OSError, ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        why = "nested too deeply to read" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
-        why = why.split("; use sys.set_int_max_str_digits")[0]  # a number too long to read: no limit to raise
-        raise ModelFileError(f"{path}: corrupt, not readable JSON ({why}); {remedy}") from None
+    return load_json_file(path, remedy, object_pairs_hook=no_key_twice)
 
 
 def _vocab_problem(vocab):

@@ -53,11 +53,11 @@ class Poet:
         belongs ``IsADirectoryError``, a corrupt file or a damaged vocabulary ``utils.runs.ModelFileError``
         (a ``ValueError``); all name the file."""
         from poetry import layers  # noqa: F401  (registers GCNN for deserialisation)
-        from utils.runs import ModelFileError, load_model_file
+        from utils.runs import ModelFileError, load_json_file, load_model_file
 
         remedy = "train the model again (python poetry/train.py writes one per trained seed, under runs/poetry/)"
         folder = _model_folder(folder, remedy)
-        vocab = _read_json(folder / "vocab.json", remedy)
+        vocab = load_json_file(folder / "vocab.json", remedy)
         if not (isinstance(vocab, list) and all(isinstance(c, str) for c in vocab)):
             raise ModelFileError(
                 f"{folder / 'vocab.json'}: not a poem generator's vocabulary (expected a JSON list of characters, "
@@ -170,22 +170,6 @@ def _model_folder(folder, remedy):
                 f"{folder / name} not found: a model folder holds generator.keras and vocab.json; {remedy}"
             )
     return folder
-
-
-def _read_json(path, remedy):
-    """The JSON value in ``path`` (a byte-order mark at the start is accepted), or a ``ModelFileError``
-    naming the file (not JSON, or nested too deeply to read)."""
-    from utils.runs import ModelFileError
-
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found; {remedy}") from None
-    except (OSError, ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        why = "nested too deeply to read" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
-        why = why.split("; use sys.set_int_max_str_digits")[0]  # a number too long to read: no limit to raise
-        raise ModelFileError(f"{path}: corrupt, not readable JSON ({why}); {remedy}") from None
 
 
 def _vocab_problem(vocab):

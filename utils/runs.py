@@ -229,16 +229,22 @@ def load_model_file(path, remedy):
         ) from None
 
 
-def load_json_file(path, remedy):
-    """The JSON in ``path``, or a ``ModelFileError`` naming the file, the problem and ``remedy``."""
+def load_json_file(path, remedy, object_pairs_hook=None):
+    """The JSON in ``path`` (a byte-order mark at the start is accepted), or a ``ModelFileError``
+    naming the file, the problem (not JSON, nested too deeply to read, a number too long) and
+    ``remedy``. ``object_pairs_hook`` goes to ``json.load`` and may raise ``ModelFileError`` itself."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f, object_pairs_hook=object_pairs_hook)
+    except ModelFileError:
+        raise
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found; {remedy}") from None
-    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ModelFileError(f"{path}: corrupt, not readable JSON ({type(err).__name__}: {err}); {remedy}") from None
+    except (OSError, ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        why = "nested too deeply to read" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
+        why = why.split("; use sys.set_int_max_str_digits")[0]  # a number too long to read: no limit to raise
+        raise ModelFileError(f"{path}: corrupt, not readable JSON ({why}); {remedy}") from None
 
 
 def _jsonable(value):
