@@ -185,10 +185,10 @@ class Segmenter:
         file belongs ``IsADirectoryError``; a file that is there but corrupt, a damaged vocabulary, or a
         vocabulary that is not the tagger's, raises ``utils.runs.ModelFileError``; all name the file."""
         from crf import layers  # noqa: F401  (registers CRF for deserialization)
-        from utils.runs import ModelFileError, load_model_file
+        from utils.runs import ModelFileError, load_model_file, model_folder
 
         remedy = "train the model again (python crf/train.py writes tagger.keras and vocab.json into each model folder)"
-        path = _model_folder(path, ("tagger.keras", "vocab.json"), remedy)
+        path = model_folder(path, ("tagger.keras", "vocab.json"), remedy, "crf/train.py")
         vocab = _read_vocab(path / "vocab.json", remedy)
         problem = _vocab_problem(vocab)
         if problem:
@@ -308,29 +308,6 @@ class Ensemble(Segmenter):
         return sum(m._emission_scores(texts, length) for m in self.members)
 
 
-def _model_folder(path, names, remedy, writer="crf/train.py"):
-    """``path`` as a ``Path`` once it is a folder holding the files ``names``: an empty path (which
-    would mean the current folder) raises ``ValueError``, a file ``NotADirectoryError``, a folder where
-    one of the files belongs ``IsADirectoryError`` and a missing one ``FileNotFoundError``; each message
-    names the path and ``remedy``."""
-    if not os.fspath(path).strip():
-        raise ValueError(f"the model folder is an empty path: give the folder {writer} wrote ({', '.join(names)})")
-    path = Path(path)
-    if path.is_file():
-        raise NotADirectoryError(
-            f"{path} is a file, not a model folder: give the folder that holds {' and '.join(names)} (written by "
-            f"{writer})"
-        )
-    for name in names:
-        if (path / name).is_dir():
-            raise IsADirectoryError(
-                f"{path / name} is a folder, not the model's file: the model folder is damaged; {remedy}"
-            )
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path / name} not found: {remedy}")
-    return path
-
-
 def _read_vocab(path, remedy):
     """The JSON object in ``path`` (a byte-order mark at the start is accepted), or a ``ModelFileError``
     naming the file: not JSON, nested too deeply to read, a key twice (JSON would keep the last)."""
@@ -442,17 +419,14 @@ def apply_rules(line, tags):
     return _cut("".join(parts), starts)
 
 
-def _folder_argument(value):
-    """argparse type of a model folder: a ``Path``, and never an empty one (it would mean the current folder)."""
-    if not value.strip():
-        raise argparse.ArgumentTypeError("an empty model folder: give the folder crf/train.py wrote")
-    return Path(value)
-
-
 def main(argv=None):
+    from utils.runs import model_folder_argument
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "model", type=_folder_argument, help="a model folder written by crf/train.py (tagger.keras + vocab.json)"
+        "model",
+        type=model_folder_argument("crf/train.py"),
+        help="a model folder written by crf/train.py (tagger.keras + vocab.json)",
     )
     p.add_argument("text", nargs="*", help="text to segment (default: --input, else stdin)")
     p.add_argument("--input", type=Path, help="a UTF-8 file, one text per line")
@@ -460,7 +434,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument(
         "--ensemble",
-        type=_folder_argument,
+        type=model_folder_argument("crf/train.py"),
         nargs="+",
         default=[],
         metavar="MODEL",

@@ -27,6 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+WRITER = "poetry/train.py"
+
 
 class Poet:
     """A trained generator and its vocabulary: ``Poet.load(folder).write(10, seed=0)``.
@@ -53,10 +55,10 @@ class Poet:
         belongs ``IsADirectoryError``, a corrupt file or a damaged vocabulary ``utils.runs.ModelFileError``
         (a ``ValueError``); all name the file."""
         from poetry import layers  # noqa: F401  (registers GCNN for deserialisation)
-        from utils.runs import ModelFileError, load_json_file, load_model_file
+        from utils.runs import ModelFileError, load_json_file, load_model_file, model_folder
 
         remedy = "train the model again (python poetry/train.py writes one per trained seed, under runs/poetry/)"
-        folder = _model_folder(folder, remedy)
+        folder = model_folder(folder, ("generator.keras", "vocab.json"), remedy, WRITER)
         vocab = load_json_file(folder / "vocab.json", remedy)
         if not (isinstance(vocab, list) and all(isinstance(c, str) for c in vocab)):
             raise ModelFileError(
@@ -148,30 +150,6 @@ def check_options(n, temperature, top_k):
         raise ValueError("top-k applies to sampling: give --temperature too (1 samples from the model as it is)")
 
 
-def _model_folder(folder, remedy):
-    """``folder`` as a ``Path`` once it is a folder holding generator.keras and vocab.json: an empty path
-    (it would mean the current folder) raises ``ValueError``, a file ``NotADirectoryError``, a folder
-    where a file belongs ``IsADirectoryError``, a missing file ``FileNotFoundError``."""
-    if not os.fspath(folder).strip():
-        raise ValueError("the model folder is an empty path: give a folder poetry/train.py wrote")
-    folder = Path(folder)
-    if folder.is_file():
-        raise NotADirectoryError(
-            f"{folder} is a file, not a model folder: give the folder that holds generator.keras and vocab.json "
-            "(poetry/train.py writes one per trained seed, under runs/poetry/)"
-        )
-    for name in ("generator.keras", "vocab.json"):
-        if (folder / name).is_dir():
-            raise IsADirectoryError(
-                f"{folder / name} is a folder, not the model's file: the model folder is damaged; {remedy}"
-            )
-        if not (folder / name).is_file():
-            raise FileNotFoundError(
-                f"{folder / name} not found: a model folder holds generator.keras and vocab.json; {remedy}"
-            )
-    return folder
-
-
 def _vocab_problem(vocab):
     """What makes ``vocab`` (a list of strings) other than ``utils.data.char_vocabulary`` gives, or None:
     ``<unk>`` at id 0, then distinct single characters."""
@@ -195,10 +173,12 @@ def punctuate(text):
 
 
 def main(argv=None):
+    from utils.runs import model_folder_argument
+
     p = argparse.ArgumentParser(
         prog="poetry/generate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("model", type=_folder_argument, help="a model folder written by poetry/train.py")
+    p.add_argument("model", type=model_folder_argument(WRITER), help="a model folder written by poetry/train.py")
     p.add_argument("-n", type=int, default=10, help="how many poems (default 10)")
     p.add_argument("--seed", type=int, default=0, help="the random seed: the same seed prints the same poems")
     p.add_argument("--temperature", type=float, default=None, help="sample at this temperature (> 0) instead of greedy")
@@ -223,13 +203,6 @@ def main(argv=None):
         sys.stdout.flush()
     except BrokenPipeError:  # the reader stopped (generate.py ... | head): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
-
-
-def _folder_argument(value):
-    """argparse type of the model folder: a ``Path``, and never an empty one (it would mean the current folder)."""
-    if not value.strip():
-        raise argparse.ArgumentTypeError("an empty model folder: give a folder poetry/train.py wrote")
-    return Path(value)
 
 
 if __name__ == "__main__":

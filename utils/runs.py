@@ -21,6 +21,7 @@ setup, refuses one made with another, or seeds everything, trains, and writes th
 which job it is on, the time spent and an estimate of what remains.
 """
 
+import argparse
 import datetime
 import functools
 import json
@@ -227,6 +228,38 @@ def load_model_file(path, remedy):
             f"{path}: not a readable Keras model: the file is corrupt or not a model "
             f"({type(err).__name__}: {str(err)[:300]}); {remedy}"
         ) from None
+
+
+def model_folder(path, names, remedy, writer):
+    """``path`` as a ``Path`` once it is a folder holding the files ``names`` (a trained model, as
+    ``writer`` saves it): an empty path (it would mean the current folder) raises ``ValueError``, a
+    file ``NotADirectoryError``, a folder where one of the files belongs ``IsADirectoryError`` and a
+    missing one ``FileNotFoundError``; each message names the path, and the last two ``remedy``."""
+    holds = " and ".join(names)
+    if not os.fspath(path).strip():
+        raise ValueError(f"the model folder is an empty path: give the folder {writer} wrote ({holds})")
+    path = Path(path)
+    if path.is_file():
+        raise NotADirectoryError(f"{path} is a file, not a model folder: give the folder that holds {holds} ({writer})")
+    for name in names:
+        if (path / name).is_dir():
+            raise IsADirectoryError(
+                f"{path / name} is a folder, not the model's file: the model folder is damaged; {remedy}"
+            )
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} not found: a model folder holds {holds}; {remedy}")
+    return path
+
+
+def model_folder_argument(writer):
+    """An argparse ``type`` for a model folder: a ``Path``, never an empty one (the current folder)."""
+
+    def folder(value):
+        if not value.strip():
+            raise argparse.ArgumentTypeError(f"an empty model folder: give the folder {writer} wrote")
+        return Path(value)
+
+    return folder
 
 
 def load_json_file(path, remedy, object_pairs_hook=None):

@@ -490,26 +490,6 @@ def test_segment_vocabulary_with_a_byte_order_mark(model, capsys):
     assert capsys.readouterr().out == expected
 
 
-@pytest.mark.parametrize(
-    "argument, message",
-    [
-        (lambda m: m / "vocab.json", "{m}/vocab.json is a file, not a model folder: give the folder that holds"),
-        (lambda m: m, "{m}/tagger.keras is a folder, not the model's file: the model folder is damaged"),
-        (lambda m: "", "argument model: an empty model folder"),
-    ],
-    ids=["a-file", "tagger-keras-a-folder", "empty-argument"],
-)
-def test_segment_model_argument_that_is_not_a_model_folder(model, capsys, argument, message):
-    """A file as the model folder, a folder where tagger.keras belongs, an empty argument -> exit 2
-    saying so (before: ".../vocab.json/tagger.keras not found", "tagger.keras not found", and the
-    current folder used)."""
-    if "folder, not the model" in message:
-        (model / "tagger.keras").unlink()
-        (model / "tagger.keras").mkdir()
-    err = refused(capsys, lambda: segment(argument(model), "我爱"), message.format(m=model))
-    assert "not found" not in err
-
-
 @pytest.mark.parametrize("name, damage, message", CORRUPT_MODEL_FILES, ids=CORRUPT_IDS)
 def test_segment_corrupt_model_file(model, capsys, name, damage, message):
     """A truncated tagger.keras or a bad vocab.json -> exit 2 naming the file, saying what is wrong
@@ -651,25 +631,6 @@ def test_generate_vocabulary_with_a_byte_order_mark(poet, capsys):
     assert capsys.readouterr().out == expected
 
 
-@pytest.mark.parametrize(
-    "argument, message",
-    [
-        (lambda m: m / "vocab.json", "{m}/vocab.json is a file, not a model folder: give the folder that holds"),
-        (lambda m: m, "{m}/generator.keras is a folder, not the model's file: the model folder is damaged"),
-        (lambda m: "", "argument model: an empty model folder"),
-    ],
-    ids=["a-file", "generator-keras-a-folder", "empty-argument"],
-)
-def test_generate_model_argument_that_is_not_a_model_folder(poet, capsys, argument, message):
-    """A file as the model folder, a folder where generator.keras belongs, an empty argument -> exit 2
-    saying so (before: "not found" for files that are there, and the current folder used)."""
-    if "folder, not the model" in message:
-        (poet / "generator.keras").unlink()
-        (poet / "generator.keras").mkdir()
-    err = refused(capsys, lambda: generate(argument(poet)), message.format(m=poet))
-    assert "not found" not in err
-
-
 def test_generate_any_number_of_poems_streams_in_bounded_chunks(poet):
     """-n 99999999999999 (before: numpy _ArrayMemoryError for 2.84 PiB, drawing every z at once) ->
     poems made 250 at a time: the first 600 of a 10**14-poem stream come at once and are the poems
@@ -714,3 +675,26 @@ def test_a_train_script_meeting_a_corrupt_dataset_ends_with_its_message_not_a_tr
     assert done.returncode == 1, done.stderr[-2000:]
     assert "DatasetError: " in done.stderr and str(tmp_path / "mnist" / "mnist.npz") in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("cli, keras_file", [("segment", "tagger.keras"), ("generate", "generator.keras")])
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        (lambda m: m / "vocab.json", "{m}/vocab.json is a file, not a model folder: give the folder that holds"),
+        (lambda m: m, "{m}/{keras_file} is a folder, not the model's file: the model folder is damaged"),
+        (lambda m: "", "argument model: an empty model folder"),
+    ],
+    ids=["a-file", "keras-file-a-folder", "empty-argument"],
+)
+def test_model_argument_that_is_not_a_model_folder(request, capsys, cli, keras_file, argument, message):
+    """segment.py and generate.py given a file as the model folder, a folder where the .keras file
+    belongs, an empty argument -> exit 2 saying so (before: ".../vocab.json/tagger.keras not found",
+    "not found" for files that are there, and the current folder used)."""
+    folder = request.getfixturevalue("model" if cli == "segment" else "poet")
+    if "folder, not the model" in message:
+        (folder / keras_file).unlink()
+        (folder / keras_file).mkdir()
+    run = (lambda: segment(argument(folder), "我爱")) if cli == "segment" else (lambda: generate(argument(folder)))
+    err = refused(capsys, run, message.format(m=folder, keras_file=keras_file))
+    assert "not found" not in err
