@@ -1,4 +1,5 @@
-"""Shared test setup: the backend in the header, the data folder, and a backend-neutral gradient."""
+"""Shared test setup: the backend in the header, the data folder, a backend-neutral gradient, and
+synthetic smallNORB files (for tests/test_utils.py, tests/test_capsule.py and the data catalogue)."""
 
 import ast
 import json
@@ -161,3 +162,56 @@ def check_smoke_run(train, argv, tmp_path, capsys, experiments):
     assert printed.count("done already") == 0 and capsys.readouterr().out.count("done already") == len(records)
     assert not list(out.glob(".checkpoints/*/*/*.npz"))  # removed once the records were written
     return records
+
+
+# --------------------------------------------------------------------------------------------------
+# smallNORB: synthetic files in NYU's binary-matrix format (3 pairs a split, never the real data)
+
+_NORB_UINT8, _NORB_INT32, _NORB_FLOAT32 = 0x1E3D4C55, 0x1E3D4C54, 0x1E3D4C51
+
+
+def _norb_matrix(array, magic=None, shape=None):
+    """``array`` as a binary matrix: int32 magic, ndim, max(3, ndim) dims (unused = 1), the elements;
+    ``magic`` and ``shape`` override what the header says."""
+    import numpy as np
+
+    array = np.asarray(array)
+    magic = magic or {np.dtype("uint8"): _NORB_UINT8, np.dtype("int32"): _NORB_INT32}[array.dtype]
+    dims = list(shape or array.shape)
+    header = np.array([magic, len(dims), *dims, *[1] * (3 - len(dims))], "<i4")
+    return header.tobytes() + array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def _norb_arrays():
+    """{(split, part): array}: 3 stereo pairs a split, with their labels and -info rows."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    return {
+        ("train", "dat"): rng.integers(0, 256, (3, 2, 96, 96), dtype=np.uint8),
+        ("train", "cat"): np.array([4, 0, 2], np.int32),
+        ("train", "info"): np.array([[4, 0, 0, 0], [6, 8, 34, 5], [9, 3, 18, 2]], np.int32),
+        ("test", "dat"): rng.integers(0, 256, (3, 2, 96, 96), dtype=np.uint8),
+        ("test", "cat"): np.array([1, 3, 0], np.int32),
+        ("test", "info"): np.array([[0, 1, 2, 3], [5, 7, 30, 0], [2, 2, 4, 1]], np.int32),
+    }
+
+
+def _norb_name(split, part):
+    number = "46789" if split == "train" else "01235"
+    return f"smallnorb-5x{number}x9x18x6x2x96x96-{'training' if split == 'train' else 'testing'}-{part}.mat"
+
+
+def _write_norb(folder, arrays, gzipped=()):
+    """Write each array of ``arrays`` as its smallNORB file in ``folder`` (gzipped for the keys in
+    ``gzipped``); returns {key: path}."""
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for key, array in arrays.items():
+        content = array if isinstance(array, bytes) else _norb_matrix(array)
+        path = folder / (_norb_name(*key) + ".gz" * (key in gzipped))
+        path.write_bytes(gzip.compress(content) if key in gzipped else content)
+        paths[key] = path
+    return paths

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import BACKEND, REPO, Killed
+from conftest import BACKEND, REPO, Killed, _norb_arrays, _write_norb
 
 from utils import data, runs
 
@@ -814,3 +814,66 @@ def test_models_go_beside_their_records_and_never_into_the_reference(tmp_path):
     assert runs.models_dir(runs.REFERENCE, "crf") == runs.REPO / "runs" / "crf-reference"
     assert runs.models_dir(tmp_path, "poetry") == tmp_path / "models"
     assert not str(runs.models_dir(runs.REFERENCE, "crf")).startswith(str(runs.REFERENCE))
+
+
+# --------------------------------------------------------------------------------------------------
+# smallNORB: synthetic files (conftest.py) read back exactly; the damaged files are in
+# tests/catalogue/test_bad_data.py
+
+
+@pytest.mark.parametrize("gzipped", ["none", "all", "dat"])
+def test_small_norb_reads_plain_and_gzipped_files_exactly(tmp_path, gzipped):
+    arrays = _norb_arrays()
+    zipped = {"none": (), "all": tuple(arrays), "dat": (("train", "dat"), ("test", "dat"))}[gzipped]
+    _write_norb(tmp_path, arrays, zipped)
+    train, test = data.small_norb(tmp_path, with_info=True, expected_count=3)
+    for split, got in (("train", train), ("test", test)):
+        x, y, info = got
+        assert (x.dtype, y.dtype, info.dtype) == (np.uint8, np.int32, np.int32)
+        assert (x.shape, y.shape, info.shape) == ((3, 2, 96, 96), (3,), (3, 4))
+        assert np.array_equal(x, arrays[split, "dat"]) and np.array_equal(y, arrays[split, "cat"])
+        assert np.array_equal(info, arrays[split, "info"])
+        assert x.flags.writeable and y.flags.writeable
+    (x, y), (xt, yt) = data.small_norb(str(tmp_path), expected_count=3)  # a str; info not read
+    assert np.array_equal(xt, arrays["test", "dat"]) and yt.tolist() == [1, 3, 0]
+
+
+def test_small_norb_round_trip_check_would_catch_swapped_axes(tmp_path):
+    """Control: the round-trip comparison above fails for a file (or a reader) with the image's rows
+    and columns swapped, or the stereo pair's two images swapped."""
+    arrays = _norb_arrays()
+    x = arrays["train", "dat"]
+    for swapped in (x.transpose(0, 1, 3, 2), x[:, ::-1]):
+        _write_norb(tmp_path, {**arrays, ("train", "dat"): np.ascontiguousarray(swapped)})
+        (got, _), _ = data.small_norb(tmp_path, expected_count=3)
+        assert got.shape == x.shape and np.array_equal(got, swapped) and not np.array_equal(got, x)
+
+
+def test_small_norb_reads_kexue_data_smallnorb_by_default(tmp_path, monkeypatch):
+    arrays = _norb_arrays()
+    _write_norb(tmp_path / "smallnorb", arrays)
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    (x, y), _ = data.small_norb(expected_count=3)
+    assert np.array_equal(x, arrays["train", "dat"]) and y.tolist() == [4, 0, 2]
+
+
+def test_norb_downsample_standardize_by_hand():
+    image = np.array([[0, 2, 4, 4], [2, 0, 4, 4], [6, 6, 8, 10], [6, 6, 10, 8]], np.uint8)
+    # 2x2 averages [[1, 4], [6, 9]]; mean 5; deviations [[-4, -1], [1, 4]]; variance 34/4
+    expected = np.array([[-4, -1], [1, 4]]) / np.sqrt(34 / 4)
+    got = data.norb_downsample_standardize(image, size=2)
+    assert got.dtype == np.float32 and got.shape == (2, 2)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+    x = np.random.default_rng(0).integers(0, 256, (3, 2, 96, 96), dtype=np.uint8)
+    x[2, 1] = 7  # a constant image: zeros, not NaN
+    out = data.norb_downsample_standardize(x)
+    assert out.shape == (3, 2, 48, 48) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:2].mean(axis=(-2, -1)), 0, atol=1e-6)
+    np.testing.assert_allclose(out[:2].std(axis=(-2, -1)), 1, rtol=1e-5)
+    assert not out[2, 1].any()
+    small = x[1, 0].astype(np.float64).reshape(48, 2, 48, 2).mean(axis=(1, 3))  # float64 oracle, one image
+    np.testing.assert_allclose(out[1, 0], (small - small.mean()) / small.std(), rtol=1e-5, atol=1e-5)
+    assert data.norb_downsample_standardize(x[:, 0]).shape == (3, 48, 48)  # left images only
+    with pytest.raises(ValueError, match=r"cannot be averaged down to 40x40"):
+        data.norb_downsample_standardize(x, size=40)

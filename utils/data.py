@@ -17,10 +17,14 @@ Layout of ``$KEXUE_DATA``::
     icwb2/testing/{pku,msr}_test.utf8
     icwb2/gold/{pku,msr}_test_gold.utf8, icwb2/gold/{pku,msr}_training_words.utf8
     chinese_poetry/poet.tang.zhCN.tar.xz              chinese-poetry-zhCN poetry/poet.tang.*.json
+    smallnorb/smallnorb-5x*-{training,testing}-{dat,cat,info}.mat[.gz]   smallNORB (NYU binary matrices)
 
 MNIST and IMDB are read with ``np.load`` rather than ``keras.datasets.*.load_data()``: copies that hold
 the same arrays in a differently written ``.npz`` fail that function's hash check, which then tries to
 download.
+
+smallNORB is the exception to step 3: its files are large (about 900 MB) and ``small_norb`` never
+downloads them; it reads the folder it is given (or ``$KEXUE_DATA/smallnorb``) and says where to get them.
 
 A file that is found but cannot be used (truncated, corrupt, an HTML page saved by a failed download, a
 folder, arrays of the wrong shape, labels out of range, fewer lines or poems than the dataset has)
@@ -30,6 +34,7 @@ damaged copy never trains a model silently.
 """
 
 import functools
+import gzip
 import io
 import json
 import lzma
@@ -102,19 +107,19 @@ def _bad(path, problem):
     return DatasetError(f"{path}: {problem}.\n{_fix(path)}")
 
 
-def _usable(path):
-    """True if ``path`` is a regular file, False if nothing is there; a DatasetError if something is
-    there that cannot be read as the file (a folder, a broken link)."""
+def _usable(path, bad=_bad):
+    """True if ``path`` is a regular file, False if nothing is there; a DatasetError (made by ``bad``)
+    if something is there that cannot be read as the file (a folder, a broken link)."""
     path = Path(path)
     try:
         if path.is_file():
             return True
     except OSError as err:  # e.g. a folder on the way that may not be listed
-        raise _bad(path, f"cannot be checked ({err.strerror or err})") from err
+        raise bad(path, f"cannot be checked ({err.strerror or err})") from err
     if path.is_symlink() and not path.exists():
-        raise _bad(path, f"is a broken symbolic link (to {os.readlink(path)})")
+        raise bad(path, f"is a broken symbolic link (to {os.readlink(path)})")
     if path.exists():
-        raise _bad(path, "is a folder (or another non-file), not the dataset file")
+        raise bad(path, "is a folder (or another non-file), not the dataset file")
     return False
 
 
@@ -244,13 +249,14 @@ def _check_array(path, name, array, shape, dtype=None):
         raise _bad(path, f"{name} has dtype {array.dtype}, expected {np.dtype(dtype)}")
 
 
-def _check_labels(path, name, labels, allowed):
-    """Every label is in ``allowed`` (a range); the first one that is not is named with its index."""
+def _check_labels(path, name, labels, allowed, bad=_bad):
+    """Every label is in ``allowed`` (a range); the first one that is not is named with its index (a
+    DatasetError made by ``bad``)."""
     outside = (labels < allowed.start) | (labels >= allowed.stop)
     count = int(outside.sum())
     if count:
         i = int(np.flatnonzero(outside)[0])
-        raise _bad(
+        raise bad(
             path,
             f"{name}[{i}] = {labels[i]} is not a label in {allowed.start}..{allowed.stop - 1} "
             f"({count} such label{'s' * (count > 1)})",
@@ -798,3 +804,258 @@ def encode_chars(texts, vocabulary):
     if len(lengths) > 1:
         raise ValueError(f"encode_chars: texts must have one length, got lengths {sorted(lengths)}")
     return np.array([[index.get(ch, 0) for ch in text] for text in texts], dtype="int32").reshape(len(texts), -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# smallNORB (NYU binary matrices; read from a folder, never downloaded)
+
+NORB_URL = "https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/"
+NORB_CATEGORIES = ("animal", "human", "airplane", "truck", "car")  # label 0..4
+NORB_INFO = ("instance", "elevation", "azimuth", "lighting")  # the columns of the -info matrices
+_NORB_PAIRS = 24300  # stereo pairs in each split
+_NORB_NAMES = {
+    "train": "smallnorb-5x46789x9x18x6x2x96x96-training-{}.mat",
+    "test": "smallnorb-5x01235x9x18x6x2x96x96-testing-{}.mat",
+}
+# Magic numbers of the binary-matrix format (little-endian int32 at the start of a file).
+_MATRIX_TYPES = {
+    0x1E3D4C51: ("single-precision float", "<f4"),
+    0x1E3D4C52: ("packed", None),
+    0x1E3D4C53: ("double-precision float", "<f8"),
+    0x1E3D4C54: ("int32", "<i4"),
+    0x1E3D4C55: ("uint8", "u1"),
+    0x1E3D4C56: ("short (int16)", "<i2"),
+}
+_MATRIX_MAGIC = {np.dtype(dtype).str: magic for magic, (_, dtype) in _MATRIX_TYPES.items() if dtype}
+# The -info columns' values (smallNORB's documentation): azimuth is 0, 2, ..., 34 (times 10 degrees).
+_NORB_INFO_VALUES = (range(10), range(9), range(0, 35, 2), range(6))
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 24  # bytes read at a time into the array (a gzip stream would otherwise be copied whole)
+
+
+def _norb_bad(path, problem):
+    """A DatasetError for the smallNORB file at ``path``: the file, the problem, the fix (a good copy
+    from NYU's page: this loader never downloads, wherever the file is)."""
+    return DatasetError(
+        f"{path}: {problem}.\nReplace it with a good copy of {Path(path).name.removesuffix('.gz')} (gzipped or "
+        f"not) from {NORB_URL}; small_norb never downloads."
+    )
+
+
+def _norb_not_found(folder, problem, names):
+    listing = "".join(f"\n    {name}" for name in names)
+    return DatasetNotFoundError(
+        f"smallNORB not found: {problem}.\n  expected these files (each may also end in .gz):{listing}\n"
+        f"small_norb never downloads (the two image files are 448 MB each): download them from {NORB_URL} "
+        f"into {folder}, or pass small_norb the folder that holds them."
+    )
+
+
+def _read_norb_matrix(path, dtype, shape):
+    """The NYU binary matrix in the file at ``path`` (gzipped or not, told by its first bytes rather
+    than its name), checked to be of ``dtype`` (uint8, int32, float32, float64 or int16) and
+    ``shape``; returns a writable NumPy array (little-endian).
+
+    The format (NORB's documentation): a little-endian int32 magic number that gives the element type
+    (0x1E3D4C55 uint8, 0x1E3D4C54 int32, 0x1E3D4C51 float, 0x1E3D4C53 double, 0x1E3D4C56 short,
+    0x1E3D4C52 packed), an int32 ``ndim``, ``max(3, ndim)`` int32 dimensions (the unused ones are 1),
+    then the elements, little-endian, in C order. Another type, another shape, a file cut short or
+    too long, and a corrupt gzip stream raise ``DatasetError`` naming the file.
+    """
+    dtype = np.dtype(dtype).newbyteorder("<").str
+    kind = _MATRIX_TYPES[_MATRIX_MAGIC[dtype]][0]
+    try:
+        with open(path, "rb") as f:
+            zipped = f.read(2) == _GZIP_MAGIC
+    except OSError as err:
+        raise _norb_bad(path, f"cannot be read ({err.strerror or err})") from err
+    try:
+        with (gzip.open if zipped else open)(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                if not zipped and not head:
+                    raise _norb_bad(path, "is empty")
+                raise _norb_bad(path, f"holds {len(head)} bytes, too short for a binary-matrix header (20 or more)")
+            magic, ndim = (int(v) for v in np.frombuffer(head, "<i4"))
+            if magic != _MATRIX_MAGIC[dtype]:  # what is it? (the first bytes, uncompressed)
+                raise _norb_bad(path, _wrong_magic(path, magic, head + f.read(504), zipped, dtype))
+            if not 0 <= ndim <= 16:
+                raise _norb_bad(path, f"has a corrupt header: it gives {ndim} dimensions")
+            raw_dims = f.read(4 * max(3, ndim))
+            if len(raw_dims) < 4 * max(3, ndim):
+                raise _norb_bad(path, f"is cut short inside its header ({8 + len(raw_dims)} bytes)")
+            found = tuple(int(v) for v in np.frombuffer(raw_dims, "<i4")[:ndim])
+            if found != tuple(shape):
+                raise _norb_bad(
+                    path,
+                    f"holds {_a(kind)} {kind} matrix of shape {found}, expected {tuple(shape)}: it is another file",
+                )
+            out = np.empty(shape, dtype)
+            view, filled = memoryview(out).cast("B"), 0
+            while filled < out.nbytes:  # a chunk at a time, straight into the array
+                got = f.readinto(view[filled : filled + _CHUNK])
+                if not got:
+                    break
+                filled += got
+            extra = 0
+            if filled == out.nbytes:  # bytes after the matrix: count them (a real file has none)
+                while chunk := f.read(_CHUNK):
+                    extra += len(chunk)
+    except DatasetError:
+        raise
+    except (OSError, EOFError, zlib.error) as err:
+        if zipped:
+            problem = f"is a corrupt or truncated gzip file ({type(err).__name__}: {err})"
+        else:
+            problem = f"cannot be read ({getattr(err, 'strerror', None) or err})"
+        raise _norb_bad(path, problem) from err
+    if filled < out.nbytes or extra:
+        header = 8 + len(raw_dims)
+        verdict = "it is truncated" if filled < out.nbytes else "it has bytes after the matrix, it is corrupt"
+        raise _norb_bad(
+            path,
+            f"has {filled + extra:,} bytes of data after its {header}-byte header, expected {out.nbytes:,} "
+            f"({_a(kind)} {kind} matrix of shape {tuple(shape)}): {verdict}",
+        )
+    return out
+
+
+def _a(kind):
+    return "an" if kind[0] in "aeio" else "a"  # "an int32", "a uint8"
+
+
+def _wrong_magic(path, magic, head, zipped, dtype):
+    """What a file whose first int32 is ``magic`` (not the magic number of ``dtype``) is; ``head`` is
+    its first bytes (uncompressed)."""
+    expected = f"expected 0x{_MATRIX_MAGIC[dtype]:08X} ({_MATRIX_TYPES[_MATRIX_MAGIC[dtype]][0]} matrix)"
+    if magic in _MATRIX_TYPES:
+        found = _MATRIX_TYPES[magic][0]
+        return f"holds {_a(found)} {found} matrix (magic number 0x{magic:08X}), {expected}: it is another file"
+    swapped = int.from_bytes(head[:4], "big")
+    if swapped in _MATRIX_TYPES:
+        return (
+            f"has the magic number of a {_MATRIX_TYPES[swapped][0]} matrix written big-endian (0x{magic:08X}), "
+            f"{expected}: the format is little-endian"
+        )
+    otherwise = f"does not start with a binary-matrix magic number (found 0x{magic:08X}, {expected})"
+    if zipped:
+        if head.lstrip().lower().startswith(tuple(start.encode() for start in _HTML_STARTS)):
+            return "holds an HTML page, not a binary matrix (what a failed or redirected download saves)"
+        return otherwise
+    return _not_a(path, "a binary matrix", otherwise=otherwise)
+
+
+def _norb_paths(folder, parts):
+    """The path of each of ``parts`` (e.g. ``("train", "dat")``) in ``folder``: ``<name>`` or, if that
+    is absent, ``<name>.gz``; a DatasetNotFoundError lists the names that are in neither form."""
+    names = [_NORB_NAMES[split].format(part) for split, part in parts]
+    if folder is None:
+        root = data_dir()
+        if root is None:
+            raise _norb_not_found(
+                f"${DATA_ENV}/smallnorb",
+                f"no folder given and {DATA_ENV} is unset (the default folder is ${DATA_ENV}/smallnorb)",
+                names,
+            )
+        folder = root / "smallnorb"
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise _norb_not_found(folder, f"the folder {folder} {what}", names)
+    found, missing = [], []
+    for name in names:
+        path = next((p for p in (folder / name, folder / f"{name}.gz") if _usable(p, _norb_bad)), None)
+        found.append(path)
+        if path is None:
+            missing.append(name)
+    if missing:
+        raise _norb_not_found(
+            folder, f"{folder} has no {', '.join(missing)} ({len(missing)} of {len(names)} files missing)", names
+        )
+    return found
+
+
+def small_norb(folder=None, *, with_info=False, expected_count=_NORB_PAIRS):
+    """smallNORB (LeCun, Huang and Bottou 2004) from a folder holding NYU's files: ``(x_train,
+    y_train), (x_test, y_test)``, or with ``with_info=True`` ``(x_train, y_train, info_train),
+    (x_test, y_test, info_test)``.
+
+    Args:
+        folder: the folder (str or Path) holding ``smallnorb-5x46789x9x18x6x2x96x96-training-{dat,cat,
+            info}.mat`` and ``smallnorb-5x01235x9x18x6x2x96x96-testing-{dat,cat,info}.mat``, each
+            gzipped (``.mat.gz``) or not (the plain file is read when both are there); default
+            ``$KEXUE_DATA/smallnorb``. The files are never downloaded: get them from ``NORB_URL``.
+        with_info: also read the -info files (otherwise they need not be there).
+        expected_count: pairs in each split; 24,300 in smallNORB. Only tests on small synthetic files
+            change it.
+
+    Returns:
+        x: uint8 (24300, 2, 96, 96), the stereo pairs (left and right camera) of 96x96 grey images.
+        y: int32 (24300,), the category, 0..4 = ``NORB_CATEGORIES`` (animal, human, airplane, truck, car).
+        info: int32 (24300, 4), the columns ``NORB_INFO``: instance (0..9; training has 4, 6, 7, 8, 9,
+            test 0, 1, 2, 3, 5), elevation (0..8, 30 to 70 degrees in steps of 5), azimuth (0, 2, ..., 34,
+            times 10 degrees), lighting (0..5).
+
+    A missing folder or file raises ``DatasetNotFoundError`` listing the names expected and where to
+    get them; a file of another type or shape, cut short, a corrupt gzip stream, a label outside 0..4
+    or an info value outside its range raise ``DatasetError`` naming the file.
+    """
+    parts = ("dat", "cat", "info") if with_info else ("dat", "cat")
+    paths = iter(_norb_paths(folder, [(split, part) for split in ("train", "test") for part in parts]))
+    out = []
+    for _split in ("train", "test"):
+        x_path, y_path = next(paths), next(paths)
+        x = _read_norb_matrix(x_path, "u1", (expected_count, 2, 96, 96))
+        y = _read_norb_matrix(y_path, "<i4", (expected_count,))
+        _check_labels(y_path, "the labels", y, range(len(NORB_CATEGORIES)), bad=_norb_bad)
+        if not with_info:
+            out.append((x, y))
+            continue
+        info_path = next(paths)
+        info = _read_norb_matrix(info_path, "<i4", (expected_count, len(NORB_INFO)))
+        _check_norb_info(info_path, info)
+        out.append((x, y, info))
+    return tuple(out)
+
+
+def _check_norb_info(path, info):
+    """Each column of an -info matrix holds only its documented values; the first row that does not is
+    named."""
+    for column, (name, allowed) in enumerate(zip(NORB_INFO, _NORB_INFO_VALUES)):
+        outside = ~np.isin(info[:, column], allowed)
+        if outside.any():
+            i, count = int(np.flatnonzero(outside)[0]), int(outside.sum())
+            values = f"{allowed.start}..{allowed.stop - 1}" if allowed.step == 1 else "0, 2, ..., 34"
+            raise _norb_bad(
+                path,
+                f"row {i} has {name} {info[i, column]}, outside {values} (column {column}; {count} such "
+                f"row{'s' * (count > 1)}): it is not smallNORB's -info file",
+            )
+
+
+def norb_downsample_standardize(x, size=48):
+    """smallNORB images as the EM-routing paper (Hinton, Sabour and Frosst 2018) feeds them: each
+    96x96 image averaged over non-overlapping blocks down to ``size`` x ``size`` (2x2 blocks for 48),
+    then standardised on its own to mean 0 and standard deviation 1.
+
+    ``x``: uint8 (or any number) array whose last two axes are one image, e.g. (N, 2, 96, 96) for the
+    stereo pairs, or ``x[:, 0]`` (N, 96, 96) for the left images only; its image sides must be
+    multiples of ``size``. Returns float32 of the same shape with the last two axes ``size``. The
+    standardisation is ``tf.image.per_image_standardization``'s: ``(v - mean) / max(std,
+    1/sqrt(size*size))`` with the population std, so a constant image becomes zeros, not NaN. The
+    paper's random 32x32 crops in training and the centre 32x32 crop at test are left to the
+    experiment.
+    """
+    x = np.asarray(x)
+    if x.ndim < 2 or x.shape[-1] % size or x.shape[-2] % size or min(x.shape[-2:]) < size:
+        raise ValueError(
+            f"norb_downsample_standardize: images of shape {x.shape[-2:]} (x has shape {x.shape}) cannot be "
+            f"averaged down to {size}x{size}; the last two axes must be multiples of size (96x96 for smallNORB)"
+        )
+    fh, fw = x.shape[-2] // size, x.shape[-1] // size
+    blocks = x.reshape(*x.shape[:-2], size, fh, size, fw)
+    out = blocks.mean(axis=(-3, -1), dtype=np.float32)
+    out -= out.mean(axis=(-2, -1), keepdims=True)
+    std = np.sqrt(np.einsum("...ij,...ij->...", out, out)[..., None, None] / np.float32(size * size))
+    out /= np.maximum(std, np.float32(1 / size))
+    return out

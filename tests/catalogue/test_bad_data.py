@@ -8,6 +8,7 @@ The data folder is ``tmp_path / "data"`` and downloading is switched off, so no 
 the network or to the real data.
 """
 
+import gzip
 import io
 import json
 import pickle
@@ -17,6 +18,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import _NORB_FLOAT32, _NORB_UINT8, _norb_arrays, _norb_matrix, _norb_name, _write_norb
 
 from utils import data
 
@@ -802,3 +804,170 @@ def test_icwb2_download_without_the_member(root, tmp_path, monkeypatch):
     with pytest.raises(data.DatasetNotFoundError, match="has no member 'icwb2-data/training/msr_training.utf8'") as err:
         data.icwb2("msr", "train")
     assert f"delete {unpacked} and {unpacked.parent / 'icwb2-data.zip'} and run again" in str(err.value)
+
+
+# ---- smallNORB -------------------------------------------------------------------------------------------
+# The six files are written by conftest.py's _write_norb; the control that its good files load
+# exactly is tests/test_utils.py::test_small_norb_reads_plain_and_gzipped_files_exactly.
+
+NORB_FIX = "from https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/; small_norb never downloads."
+NORB = _norb_arrays()
+NORB_DAT = NORB["train", "dat"]
+
+
+def test_small_norb_missing_folder_or_file_lists_the_expected_names(root, monkeypatch):
+    """No folder, no folder given with KEXUE_DATA unset, or one file missing -> DatasetNotFoundError
+    listing the expected file names and where to download them (never a download)."""
+    names = [_norb_name(split, part) for split in ("train", "test") for part in ("dat", "cat", "info")]
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.small_norb(root / "smallnorb", with_info=True)
+    message = str(err.value)
+    assert f"the folder {root / 'smallnorb'} does not exist" in message
+    assert all(f"\n    {name}" in message for name in names) and "(each may also end in .gz)" in message
+    assert f"download them from {data.NORB_URL} into {root / 'smallnorb'}" in message
+    assert "small_norb never downloads" in message
+
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    with pytest.raises(data.DatasetNotFoundError, match=r"no folder given and KEXUE_DATA is unset"):
+        data.small_norb()
+
+    arrays = _norb_arrays()
+    del arrays["test", "cat"]
+    _write_norb(root / "smallnorb", arrays)
+    with pytest.raises(data.DatasetNotFoundError) as err:
+        data.small_norb(root / "smallnorb", expected_count=3)
+    assert f"{root / 'smallnorb'} has no {names[4]} (1 of 4 files missing)" in str(err.value)
+    assert names[2] not in str(err.value)  # -info is listed only when asked for
+
+
+def gzip_damaged(content, how):
+    """``content`` gzipped, then cut in half (``how="cut"``) or with 8 bytes of its deflate stream
+    overwritten."""
+    packed = bytearray(gzip.compress(content))
+    if how == "cut":
+        return bytes(packed[: len(packed) // 2])
+    packed[len(packed) // 2 : len(packed) // 2 + 8] = b"\xff" * 8  # inside the deflate stream
+    return bytes(packed)
+
+
+@pytest.mark.parametrize(
+    "key, content, zipped, problem",
+    [
+        (
+            ("train", "dat"),
+            _norb_matrix(NORB_DAT.view(np.int32), _NORB_FLOAT32, NORB_DAT.shape),
+            False,
+            "holds a single-precision float matrix (magic number 0x1E3D4C51), expected 0x1E3D4C55 (uint8 matrix): "
+            "it is another file",
+        ),
+        (
+            ("test", "cat"),
+            _norb_matrix(np.array([1, 3, 0], np.uint8)),
+            False,
+            "holds a uint8 matrix (magic number 0x1E3D4C55), expected 0x1E3D4C54 (int32 matrix): it is another file",
+        ),
+        (
+            ("train", "dat"),
+            np.array([_NORB_UINT8, 4, 3, 2, 96, 96], ">i4").tobytes() + NORB_DAT.tobytes(),
+            False,
+            "has the magic number of a uint8 matrix written big-endian (0x554C3D1E), expected 0x1E3D4C55 (uint8 "
+            "matrix): the format is little-endian",
+        ),
+        (
+            ("train", "dat"),
+            b"PK\x03\x04" + bytes(100),
+            False,
+            "does not start with a binary-matrix magic number (found 0x04034B50, expected 0x1E3D4C55 (uint8 matrix))",
+        ),
+        (
+            ("train", "dat"),
+            b"<!DOCTYPE html>\n<html><body>Not Found</body></html>\n",
+            True,
+            "holds an HTML page, not a binary matrix (what a failed or redirected download saves)",
+        ),
+        (("train", "cat"), b"", False, "is empty"),
+        (
+            ("train", "dat"),
+            _norb_matrix(NORB_DAT)[:-100],
+            False,
+            "has 55,196 bytes of data after its 24-byte header, expected 55,296 (a uint8 matrix of shape "
+            "(3, 2, 96, 96)): it is truncated",
+        ),
+        (
+            ("test", "info"),
+            _norb_matrix(NORB["test", "info"]) + b"\0\0\0\0",
+            True,
+            "has 52 bytes of data after its 20-byte header, expected 48 (an int32 matrix of shape (3, 4)): it has "
+            "bytes after the matrix, it is corrupt",
+        ),
+        (
+            ("train", "dat"),
+            _norb_matrix(NORB_DAT.transpose(0, 2, 3, 1).copy()),
+            False,
+            "holds a uint8 matrix of shape (3, 96, 96, 2), expected (3, 2, 96, 96): it is another file",
+        ),
+        (
+            ("test", "dat"),
+            _norb_matrix(np.zeros((4, 2, 96, 96), np.uint8)),
+            True,
+            "holds a uint8 matrix of shape (4, 2, 96, 96), expected (3, 2, 96, 96): it is another file",
+        ),
+        (
+            ("train", "cat"),
+            _norb_matrix(np.array([4, 5, -1], np.int32)),
+            False,
+            "the labels[1] = 5 is not a label in 0..4 (2 such labels)",
+        ),
+        (
+            ("test", "info"),
+            _norb_matrix(np.array([[0, 1, 2, 3], [5, 7, 3, 0], [2, 2, 40, 1]], np.int32)),
+            False,
+            "row 1 has azimuth 3, outside 0, 2, ..., 34 (column 2; 2 such rows): it is not smallNORB's -info file",
+        ),
+        (("train", "dat"), "corrupt", True, "is a corrupt or truncated gzip file ("),
+        (("test", "cat"), "cut", True, "is a corrupt or truncated gzip file (EOFError: "),
+    ],
+    ids=[
+        "float-magic",
+        "uint8-labels",
+        "big-endian",
+        "zip-magic",
+        "html-gzipped",
+        "empty",
+        "truncated",
+        "trailing-bytes",
+        "wrong-dims",
+        "wrong-count",
+        "labels-out-of-range",
+        "info-out-of-range",
+        "corrupt-gzip",
+        "truncated-gzip",
+    ],
+)
+def test_small_norb_bad_file_is_named_with_the_problem_and_fix(root, key, content, zipped, problem):
+    """One damaged file among six good ones (plain or gzipped) -> DatasetError that starts with its path
+    and what is wrong with it and ends with the fix (a good copy, gzipped or not, from NYU's page)."""
+    folder = root / "smallnorb"
+    if isinstance(content, str):  # a damaged gzip stream of the good file
+        content = gzip_damaged(_norb_matrix(NORB[key]), content)
+    elif zipped:
+        content = gzip.compress(content)
+    paths = _write_norb(folder, NORB)
+    paths[key].unlink()
+    path = paths[key].with_name(paths[key].name + ".gz" * zipped)
+    path.write_bytes(content)
+    with pytest.raises(data.DatasetError) as err:
+        data.small_norb(folder, with_info=True, expected_count=3)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {problem}"), message
+    assert message.endswith(f"\nReplace it with a good copy of {_norb_name(*key)} (gzipped or not) {NORB_FIX}")
+
+
+def test_small_norb_folder_in_place_of_a_file_is_named(root):
+    """A folder where -cat.mat belongs -> DatasetError naming it."""
+    folder = root / "smallnorb"
+    paths = _write_norb(folder, NORB)
+    paths["train", "cat"].unlink()
+    paths["train", "cat"].mkdir()
+    with raises(data.DatasetError, paths["train", "cat"], r"is a folder \(or another non-file\), not the dataset file"):
+        data.small_norb(folder, expected_count=3)
