@@ -47,8 +47,8 @@ ARTICLES = {
         "quick_s": 270,
     },
     "capsule": {
-        "title": "揭开迷雾，来一顿美味的Capsule盛宴 / 再来一顿贺岁宴：从K-Means到Capsule "
-        "(Capsules, and their K-means reading)",
+        "title": "揭开迷雾，来一顿美味的Capsule盛宴 / 再来一顿贺岁宴：从K-Means到Capsule / "
+        "三味Capsule：矩阵Capsule与EM路由 (Capsules, their K-means reading, and matrix capsules with EM routing)",
         "url": "https://kexue.fm/archives/4819",
         "full": [],
         "quick_s": 230,

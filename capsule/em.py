@@ -28,6 +28,12 @@ capsule type. λ, the inverse temperature, rises over the iterations with the sc
 OpenReview, ``λ_t ∝ 1 - 0.95^(t+1)``, scaled here so that the last iteration uses
 ``inverse_temperature``.
 
+By default (``normalise_cost=True``) each position's costs are standardised over the parent types
+before the sigmoid (as in Guang Yang's implementation), so that activations compare a parent's fit
+with its rivals' rather than depend on the poses' overall scale: with the cost as written, the MNIST
+network of capsule/train.py did not learn (capsule/README.md gives the numbers).
+``normalise_cost=False`` is the cost exactly as written.
+
 Three implementation pitfalls named by Gritzman (2019, "Avoiding implementation pitfalls of matrix
 capsules with EM routing", arXiv:1907.00652) and how this file deals with them:
 
@@ -200,9 +206,10 @@ def em_routing(
             overlapping windows) have their assignments normalised together, over all their parents.
         normalise_amount: divide Σ_i R'_ij by the parent's fair share Σ_i R⁰_ij (Gritzman's pitfall 3).
         normalise_cost: standardise the costs over the k parent types at each position (subtract their
-            mean, divide by their standard deviation) before the activation, as some implementations
-            do (Guang Yang's and Suofei Zhang's): the activations then no longer depend on the poses'
-            overall scale, only on how each parent's fit compares with the others'.
+            mean, divide by their standard deviation) before the activation, as Guang Yang's
+            implementation does: the activations then no longer depend on the poses' overall scale,
+            only on how each parent's fit compares with the others'. The default: with the plain cost
+            our MNIST network did not learn (capsule/README.md); False is the cost as written.
         variance_floor: added to every variance (a single child or identical votes stay finite).
         parent_activations: (batch, P, k) or None. If given, the parents' activations are held at
             these values instead of being computed (for studying the EM part alone); the returned
@@ -414,7 +421,25 @@ class _CapsuleLayer(keras.layers.Layer):
 class PrimaryCapsules(keras.layers.Layer):
     """Feature maps (batch, H, W, channels) to capsules: poses (batch, H', W', capsules, pose_size²) from
     one convolution, activations (batch, H', W', capsules) from another with a sigmoid. The paper's
-    primary capsules are a 1x1 convolution (``kernel_size=1``)."""
+    primary capsules are a 1x1 convolution (``kernel_size=1``).
+
+    Args:
+        capsules: B, the capsule types at each position.
+        pose_size: the side s of the pose matrices: each pose is s x s, flattened to s² numbers (4: 16
+            numbers, what the routing layers expect).
+        kernel_size: the side of both convolutions' square kernel (1, the paper's, by default).
+        strides: both convolutions' stride. They are valid convolutions (no padding):
+            H' = (H - kernel_size) // strides + 1, and likewise W'.
+        pose_initializer: for the pose convolution's kernel (None: ``"glorot_uniform"``); the
+            activation convolution has Keras's defaults.
+
+    Call arguments:
+        x: feature maps (batch, H, W, channels); another rank is a ValueError.
+
+    Returns:
+        ``[poses, activations]``: poses (batch, H', W', capsules, pose_size²) and activations
+        (batch, H', W', capsules) in [0, 1], in the layer's compute dtype.
+    """
 
     def __init__(self, capsules, pose_size=4, kernel_size=1, strides=1, pose_initializer=None, **kwargs):
         super().__init__(**kwargs)
@@ -489,7 +514,33 @@ class ConvCapsules(_CapsuleLayer):
     to [poses (batch, H', W', C, 16), activations (batch, H', W', C)], H' = (H - kernel) // strides + 1
     (a valid convolution). Each parent at each position routes the kernel x kernel x B children of its
     window; one 4x4 matrix per kernel offset, child type and parent type, shared across positions.
-    A child in several windows is shared by their parents (Gritzman's pitfall 1)."""
+    A child in several windows is shared by their parents (Gritzman's pitfall 1).
+
+    Args:
+        capsules: C, the parent capsule types at each output position.
+        kernel_size: K, the side of the square window (3 in the paper's two layers).
+        strides: the window's stride (2, then 1, in the paper's two layers).
+        iterations: EM iterations: M-steps, with an E-step between each two (3 in the paper).
+        inverse_temperature: λ at the last iteration (earlier ones follow Hinton's schedule).
+        cost: ``"article"`` (5155, the default) or ``"paper"``; see the module's docstring.
+        normalise_amount: divide each parent's Σ_i R'_ij by its fair share (Gritzman's pitfall 3).
+        normalise_cost: standardise the costs over the parent types at each position before the
+            sigmoid (the default); False is the cost as written. See ``em_routing``.
+        variance_floor: added to every variance, a finite number > 0 (a parent with a single child
+            stays finite).
+        kernel_initializer: for the 4x4 vote matrices (None: a truncated normal of standard
+            deviation 0.5).
+
+    Call arguments:
+        inputs: ``[poses, activations]``, poses (batch, H, W, B, 16) and activations (batch, H, W, B) in
+            [0, 1]. H, W and B must be known when the layer is built and the grid must be at least
+            K x K; otherwise a ValueError names the shapes.
+
+    Returns:
+        ``[poses, activations]``: poses (batch, H', W', C, 16) and activations (batch, H', W', C), the
+        parents' means and activations. The routing runs in float32 (float64 for a float64 layer)
+        whatever the inputs' dtype; the outputs are in the layer's compute dtype.
+    """
 
     def __init__(self, capsules, kernel_size=3, strides=1, **kwargs):
         super().__init__(capsules, **kwargs)
@@ -571,7 +622,25 @@ class ClassCapsules(_CapsuleLayer):
     coordinate_scale`` and ``(c + 0.5) · coordinate_scale``, is added to the first two entries of the
     right-hand column of its votes, so that the class poses know where their parts are.
     ``coordinate_scale=None`` takes 1 / max(H, W) of the grid the layer is first built on; give it
-    explicitly to run the trained layer on another image size with the same scale."""
+    explicitly to run the trained layer on another image size with the same scale.
+
+    Args:
+        capsules: the classes.
+        coordinate_addition: add each child's scaled position to its votes (the paper's; True or False).
+        coordinate_scale: the scale above, a finite number > 0, or None (1 / max(H, W) of the first
+            grid, then kept in the config).
+        iterations, inverse_temperature, cost, normalise_amount, normalise_cost, variance_floor,
+            kernel_initializer: as for ``ConvCapsules``.
+
+    Call arguments:
+        inputs: ``[poses, activations]``, poses (batch, H, W, D, 16) and activations (batch, H, W, D) in
+            [0, 1]. H, W and D must be known when the layer is built; otherwise a ValueError.
+
+    Returns:
+        ``[poses, activations]``: the class poses (batch, capsules, 16) and activations (batch,
+        capsules), the class scores in [0, 1] (``spread_loss`` takes them), in the layer's compute
+        dtype.
+    """
 
     def __init__(self, capsules, coordinate_addition=True, coordinate_scale=None, **kwargs):
         super().__init__(capsules, **kwargs)
@@ -668,7 +737,20 @@ def spread_loss(y_true, y_pred, margin=0.2):
 
 @keras.saving.register_keras_serializable(package="kexue_capsule_em")
 class SpreadLoss(keras.losses.Loss):
-    """``spread_loss`` as a Keras loss whose margin ``MarginSchedule`` moves during training."""
+    """``spread_loss`` as a Keras loss whose margin ``MarginSchedule`` moves during training.
+
+    Args:
+        margin: m, a number in [0, 1] (0.2, where the paper starts).
+        name: the loss's name.
+        **kwargs: the other ``keras.losses.Loss`` arguments (``reduction``, ``dtype``).
+
+    Call arguments:
+        y_true: one-hot targets (batch, classes); class indices are a ValueError (one-hot encode them).
+        y_pred: the class activations (batch, classes), in [0, 1].
+
+    Returns:
+        The samples' spread losses reduced by ``reduction`` (by default their mean over the batch).
+    """
 
     def __init__(self, margin=0.2, name="spread_loss", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -687,7 +769,14 @@ class MarginSchedule(keras.callbacks.Callback):
     """Raise the ``SpreadLoss`` margin linearly from ``start`` (first epoch) to ``stop`` (epoch
     ``epochs - 1`` and after), as the paper does (0.2 to 0.9). The margin is a constant in the compiled
     training step, so the step is rebuilt when it changes (once an epoch); the margin depends only on
-    the epoch number, so a resumed run continues the schedule."""
+    the epoch number, so a resumed run continues the schedule.
+
+    Args:
+        epochs: the run's number of epochs, a positive integer: the margin reaches ``stop`` at epoch
+            ``epochs - 1`` (counted from 0).
+        start: the margin at the first epoch, a number in [0, 1].
+        stop: the margin from epoch ``epochs - 1`` on, a number in [0, 1].
+    """
 
     def __init__(self, epochs, start=0.2, stop=0.9):
         super().__init__()

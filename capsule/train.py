@@ -297,17 +297,19 @@ def train_seed(job, checkpoint):
     em = cfg["head"] == "em"
     extra = [MarginSchedule(cfg["epochs"])] if em else []
     with cli.distribution(job.spec["args"]):
-        if norb:
-            model = build_em_model(cfg["em"], NORB_SIZE, NORB_SIZE, classes=5, crop=NORB_CROP)
-        elif em:
-            model = build_em_model(cfg["em"])
+        if em:
+            if norb:
+                model = build_em_model(cfg["em"], NORB_SIZE, NORB_SIZE, classes=5, crop=NORB_CROP)
+            else:
+                model = build_em_model(cfg["em"])
             model.compile(
                 optimizer=keras.optimizers.Adam(cfg["learning_rate"]),
                 loss=SpreadLoss(),
                 metrics=["accuracy"],
                 steps_per_execution=cli.steps_per_execution(10),
-                # XLA fuses the routing's elementwise work: 2.5x faster on a CPU
-                jit_compile=True if keras.backend.backend() == "tensorflow" else "auto",
+                # XLA fuses the routing's elementwise work: 2.5x faster on a CPU (a smoke run's few steps
+                # would not repay the compilation)
+                jit_compile=True if keras.backend.backend() == "tensorflow" and cfg["mode"] != "smoke" else "auto",
             )
         else:
             model = build_model(cfg["head"], cfg["routing"], cfg["precision"], cfg.get("width", 64))

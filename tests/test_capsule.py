@@ -389,6 +389,8 @@ def test_models_have_the_articles_size_and_take_two_digit_images():
     from capsule import train
 
     for name, spec in train.MODELS.items():
+        if spec["head"] == "em":  # the EM models: test_em_model_* below
+            continue
         model = train.build_model(spec["head"], spec["routing"])
         # trunk 259,008 + Dense 128 and Dense 10 (CNN) or one 128 x 160 vote matrix (capsules): ~270k +- 3%
         assert model.count_params() == (276_810 if name == "cnn" else 279_488), name
@@ -423,6 +425,88 @@ def test_smoke_run_records_resumes_and_refuses_other_settings(require_data, tmp_
                 "mixed_bfloat16" if records[0]["config"]["precision"] == "float32" else "float32",
             ]
         )
+
+
+def test_em_model_layout_size_and_weights_on_another_image_size():
+    """The EM models: the paper's layout (12x12 after the 5x5/2 convolution, 5x5 after ConvCaps 3x3/2,
+    3x3 after ConvCaps 3x3/1), their parameter counts by hand, and the 56x28 two-digit model: the same
+    weights in a model of that size, whose scores on a 28x28 image equal the trained model's."""
+    from capsule import train
+
+    for name in ("em", "em_paper"):
+        sizes = train.MODELS[name]["em"]
+        a, b, c, d = sizes["A"], sizes["B"], sizes["C"], sizes["D"]
+        expected = (25 * a + a) + (a * b * 16 + b * 16) + (a * b + b) + (9 * b * c * 16 + 2 * c)
+        expected += 9 * c * d * 16 + 2 * d + d * 10 * 16 + 2 * 10
+        model = train.build_em_model(sizes)
+        assert model.count_params() == expected, name
+        grids = [model.get_layer(n).output[1].shape[1:3] for n in ("primary", "conv_caps1", "conv_caps2")]
+        assert grids == [(12, 12), (5, 5), (3, 3)], name
+    model = train.build_em_model(train.MODELS["em"]["em"])
+    images = np.random.default_rng(0).random((3, 28, 28, 1)).astype("float32")
+    same = train.em_scores(model, train.MODELS["em"]["em"], images)
+    # predict's compiled graph and the eager call sum in other orders, which the routing amplifies to
+    # about 3e-5; a weight in the wrong place would move the scores by tenths
+    np.testing.assert_allclose(same, np_(model(images)), rtol=1e-3, atol=2e-4)
+    pairs = np.concatenate([images, images[::-1]], axis=1)  # 56x28
+    scores = train.em_scores(model, train.MODELS["em"]["em"], pairs)
+    assert scores.shape == (3, 10) and np.all((scores > 0) & (scores < 1))
+    other = train.build_em_model(train.MODELS["em"]["em"], 56, 28)
+    assert other.get_layer("class_caps").input[1].shape[1:3] == (10, 3)  # 26x12 -> 12x5 -> 10x3
+
+
+@pytest.mark.data
+@pytest.mark.backends
+def test_em_smoke_run_records_finite_losses_and_two_digit_scores(require_data, tmp_path, capsys):
+    require_data("mnist/mnist.npz")
+    from capsule import train
+
+    (record,) = check_smoke_run(train, ["--models", "em"], tmp_path, capsys, ["em-smoke"])
+    metrics, history = record["metrics"], record["history"]
+    assert record["config"]["em"] == train.MODELS["em"]["em"] and record["config"]["loss"].startswith("spread")
+    assert 0 <= metrics["test_acc"] <= 1 and 0 <= metrics["pair_acc_confident"] <= metrics["pair_acc"] <= 1
+    assert all(np.isfinite(history["loss"])) and all(np.isfinite(history["val_loss"]))
+
+
+def test_em_on_smallnorb_from_a_folder_of_synthetic_files(tmp_path, capsys, monkeypatch):
+    """``--smallnorb DIR``: the EM model trains on smallNORB read from the six files (here written by
+    code in the dataset's format, 40 pairs a split), cropped 48 -> 32, 5 classes; other models are
+    refused; a missing folder is named."""
+    from functools import partial
+
+    from conftest import _norb_name, _write_norb
+
+    from capsule import train
+    from utils import data
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "test"):
+        arrays[split, "dat"] = rng.integers(0, 256, (40, 2, 96, 96), dtype=np.uint8)
+        arrays[split, "cat"] = rng.integers(0, 5, 40).astype(np.int32)
+    _write_norb(tmp_path / "norb", arrays, gzipped=(("train", "dat"),))
+    monkeypatch.setattr(data, "small_norb", partial(data.small_norb, expected_count=40))
+    (train_set, _), (test_set, y_test) = train.load_norb(tmp_path / "norb")
+    assert train_set.shape == (40, 48, 48, 1) and test_set.shape == (40, 48, 48, 1) and y_test.shape == (40, 5)
+    np.testing.assert_allclose(test_set.mean(axis=(1, 2, 3)), 0, atol=1e-5)
+    out = tmp_path / "records"
+    (record,) = train.main(["--smoke", "--smallnorb", str(tmp_path / "norb"), "--out", str(out)])
+    assert record["experiment"] == "em-smallnorb-smoke" and record["config"]["dataset"] == "smallnorb"
+    assert 0 <= record["metrics"]["test_acc"] <= 1 and "pair_acc" not in record["metrics"]
+    assert "smallNORB test acc" in capsys.readouterr().out
+    model = train.build_em_model(train.MODELS["em"]["em"], 48, 48, classes=5, crop=32)
+    assert model.output.shape == (None, 5) and model.get_layer("conv").input.shape[1:3] == (32, 32)
+    crop = model.get_layer("crop")
+    image = np.arange(48 * 48, dtype="float32").reshape(1, 48, 48, 1)
+    np.testing.assert_array_equal(np_(crop(image)), image[:, 8:40, 8:40])  # the centre at test time
+    trained = np_(crop(image, training=True))[0, :, :, 0]  # a random window in training
+    top, left = divmod(int(trained[0, 0]), 48)
+    np.testing.assert_array_equal(trained, image[0, top : top + 32, left : left + 32, 0])
+    with pytest.raises(SystemExit):
+        train.main(["--smoke", "--smallnorb", str(tmp_path / "norb"), "--models", "cnn", "--out", str(out)])
+    assert "EM models only" in capsys.readouterr().err
+    with pytest.raises(data.DatasetNotFoundError, match=_norb_name("train", "dat")):
+        train.load_norb(tmp_path / "nowhere")
 
 
 def test_claim_holds_on_the_reference_and_fails_when_reversed():

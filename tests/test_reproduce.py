@@ -113,6 +113,7 @@ def test_the_full_protocol_covers_and_reuses_every_reference_record():
     full_crf.corpus, full_crf.heldout, full_crf.save = "pku", None, None
     full_capsule = args(capsule)
     full_capsule.precision = "mixed_bfloat16"  # the reference's (the default takes what the hardware has)
+    full_capsule.smallnorb = None  # MNIST (capsule/train.py's own option)
     two_digit_labels = np.zeros((8992, 2))  # the two-digit test set's size
     jobs = {
         "activations": activations.jobs(args(activations)),

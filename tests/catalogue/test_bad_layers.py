@@ -10,6 +10,8 @@ are computed as floats; empty batches and lengths 0 and 1 give the empty or dege
 show that the oracles can fail: the textbook formulas, or the layers without the option, get it wrong.
 """
 
+import re
+
 import numpy as np
 import pytest
 from conftest import BACKEND, grad
@@ -25,6 +27,15 @@ from attention.layers import (  # noqa: E402
     PositionEmbedding,
     TrainablePositionEmbedding,
     sinusoidal_position_embedding,
+)
+from capsule.em import (  # noqa: E402
+    ClassCapsules,
+    ConvCapsules,
+    MarginSchedule,
+    PrimaryCapsules,
+    SpreadLoss,
+    em_routing,
+    spread_loss,
 )
 from capsule.layers import ROUTINGS, Capsule, CapsuleLength, margin_loss, squash  # noqa: E402
 from poetry.layers import GCNN, sequence_nll  # noqa: E402
@@ -379,6 +390,164 @@ def test_margin_loss_at_infinite_scores(y_pred, expected):
     assert got == expected or (np.isnan(expected) and np.isnan(got))
     if np.isfinite(expected):
         np.testing.assert_array_equal(grad(lambda p: margin_loss(y_true, p), y_pred), [[0.0, 0.0]])
+
+
+# --------------------------------------------------------------------------------------------------
+# capsule/em.py: PrimaryCapsules, ConvCapsules, ClassCapsules, em_routing, SpreadLoss, MarginSchedule
+
+
+def em_capsules(poses_shape, acts_shape):
+    """[poses, activations] of zeros and one half, of the shapes given."""
+    return [np.zeros(poses_shape, "float32"), np.full(acts_shape, 0.5, "float32")]
+
+
+def em_unknown_grid():
+    """Primary capsules on an image of unknown height and width."""
+    inputs = keras.Input((None, None, 1))
+    return PrimaryCapsules(2)(keras.layers.Conv2D(2, 3)(inputs))
+
+
+EM_VOTES, EM_ACTS = np.zeros((1, 1, 2, 2, 16), "float32"), np.full((1, 1, 2), 0.5, "float32")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ConvCapsules(0), "ConvCapsules: capsules must be a positive integer, got 0"),
+        (lambda: ConvCapsules(2.5), "ConvCapsules: capsules must be a positive integer, got 2.5"),
+        (lambda: ClassCapsules(True), "ClassCapsules: capsules must be a positive integer, got True"),
+        (lambda: PrimaryCapsules(0), "PrimaryCapsules: capsules must be a positive integer, got 0"),
+        (lambda: ConvCapsules(2, iterations=0), "ConvCapsules: iterations must be a positive integer, got 0"),
+        (lambda: ClassCapsules(2, iterations=2.5), "ClassCapsules: iterations must be a positive integer, got 2.5"),
+        (
+            lambda: em_routing(EM_VOTES, EM_ACTS, 0, 0, iterations=True),
+            "em_routing: iterations must be a positive integer",
+        ),
+        (lambda: ConvCapsules(2, kernel_size=0), "ConvCapsules: kernel_size must be a positive integer, got 0"),
+        (lambda: ConvCapsules(2, kernel_size=2.5), "ConvCapsules: kernel_size must be a positive integer, got 2.5"),
+        (lambda: PrimaryCapsules(2, kernel_size=True), "PrimaryCapsules: kernel_size must be a positive integer"),
+        (lambda: ConvCapsules(2, strides=0), "ConvCapsules: strides must be a positive integer, got 0"),
+        (lambda: ConvCapsules(2, cost="hinton"), "ConvCapsules: cost must be one of ('article', 'paper')"),
+        (
+            lambda: em_routing(EM_VOTES, EM_ACTS, 0, 0, cost="Paper"),
+            "em_routing: cost must be one of ('article', 'paper')",
+        ),
+        (lambda: ClassCapsules(2, variance_floor=0), "ClassCapsules: variance_floor must be a finite number > 0"),
+        (
+            lambda: ConvCapsules(2, inverse_temperature=float("inf")),
+            "ConvCapsules: inverse_temperature must be a finite number > 0, got inf",
+        ),
+        (lambda: ConvCapsules(2, normalise_amount=1), "ConvCapsules: normalise_amount must be True or False, got 1"),
+        (
+            lambda: ClassCapsules(2, normalise_cost="yes"),
+            "ClassCapsules: normalise_cost must be True or False, got 'yes'",
+        ),
+        (lambda: ClassCapsules(2, coordinate_scale=-1), "ClassCapsules: coordinate_scale must be a finite number > 0"),
+        (
+            lambda: ConvCapsules(2, 3)(em_capsules((1, 2, 4, 2, 16), (1, 2, 4, 2))),
+            "ConvCapsules: the input's capsule grid (2x4) is smaller than the kernel (3x3)",
+        ),
+        (
+            lambda: ConvCapsules(2, 3)(em_unknown_grid()),
+            "ConvCapsules: the capsule grid's height, width and types must be known when the layer is built "
+            "(give keras.Input a fixed image size)",
+        ),
+        (
+            lambda: ClassCapsules(2)(em_unknown_grid()),
+            "ClassCapsules: expects poses (batch, H, W, types, pose) with H, W and types known when the layer is "
+            "built (give keras.Input a fixed image size)",
+        ),
+        (
+            lambda: ConvCapsules(2, 1)(em_capsules((1, 2, 2, 2, 15), (1, 2, 2, 2))),
+            "ConvCapsules: a pose must be a flattened square matrix (16 for 4x4), got size 15",
+        ),
+        (
+            lambda: ClassCapsules(2)(em_capsules((1, 2, 2, 2, 8), (1, 2, 2, 2))),
+            "ClassCapsules: a pose must be a flattened square matrix (16 for 4x4), got size 8",
+        ),
+        (
+            lambda: ConvCapsules(2, 1)(em_capsules((1, 2, 2, 2, 16), (1, 2, 2, 3))),
+            "ConvCapsules: poses must be activations' shape plus the pose size: got poses (1, 2, 2, 2, 16) and "
+            "activations (1, 2, 2, 3)",
+        ),
+        (
+            lambda: ClassCapsules(2)(np.zeros((1, 2, 2, 2, 16), "float32")),
+            "ClassCapsules: expects [poses, activations]",
+        ),
+        (
+            lambda: em_routing(EM_VOTES, np.zeros((1, 1, 3), "float32"), 0, 0),
+            "em_routing: activations must be (batch, P, n) = (batch, 1, 2) to match the votes (1, 1, 2, 2, 16), "
+            "got (1, 1, 3)",
+        ),
+        (
+            lambda: em_routing(EM_VOTES, EM_ACTS, 0, 0, children=np.array([[0, -1]])),
+            "em_routing: children must be non-negative integers of shape (1, 2)",
+        ),
+        (
+            lambda: PrimaryCapsules(2)(np.zeros((1, 4, 4), "float32")),
+            "PrimaryCapsules: expects feature maps (batch, H, W, channels), got (1, 4, 4)",
+        ),
+        (
+            lambda: spread_loss(np.array([0, 2]), np.full((2, 3), 0.5, "float32")),
+            "spread_loss: targets must be one-hot of the activations' shape (2, 3), got (2,) "
+            "(one-hot encode class indices)",
+        ),
+        (
+            lambda: SpreadLoss()(np.array([[0], [2]]), np.full((2, 3), 0.5, "float32")),
+            "spread_loss: targets must be one-hot of the activations' shape (2, 3), got (2, 1)",
+        ),
+        (
+            lambda: spread_loss(np.eye(3), np.full((3, 3), 0.5), margin=1.5),
+            "spread_loss: the margin must be a number in [0, 1], got 1.5",
+        ),
+        (lambda: SpreadLoss(-0.1), "SpreadLoss: the margin must be a number in [0, 1], got -0.1"),
+        (lambda: SpreadLoss(True), "SpreadLoss: the margin must be a number in [0, 1], got True"),
+        (lambda: MarginSchedule(10, stop=2), "MarginSchedule: the margin must be a number in [0, 1], got 2"),
+        (lambda: MarginSchedule(0), "MarginSchedule: epochs must be a positive integer, got 0"),
+    ],
+    ids=[
+        "conv_capsules_0",
+        "conv_capsules_2.5",
+        "class_capsules_True",
+        "primary_capsules_0",
+        "conv_iterations_0",
+        "class_iterations_2.5",
+        "routing_iterations_True",
+        "conv_kernel_0",
+        "conv_kernel_2.5",
+        "primary_kernel_True",
+        "conv_strides_0",
+        "conv_cost_hinton",
+        "routing_cost_Paper",
+        "class_variance_floor_0",
+        "conv_inverse_temperature_inf",
+        "conv_normalise_amount_1",
+        "class_normalise_cost_yes",
+        "class_coordinate_scale_-1",
+        "conv_grid_below_kernel",
+        "conv_unknown_grid",
+        "class_unknown_grid",
+        "conv_pose_15",
+        "class_pose_8",
+        "conv_poses_vs_activations",
+        "class_poses_alone",
+        "routing_activations_shape",
+        "routing_children_negative",
+        "primary_rank_3",
+        "spread_loss_class_indices",
+        "spread_loss_layer_2x1_targets",
+        "spread_loss_margin_1.5",
+        "spread_margin_-0.1",
+        "spread_margin_True",
+        "schedule_stop_2",
+        "schedule_epochs_0",
+    ],
+)
+def test_em_layers_bad_input_raises_an_error_naming_it(make, message):
+    """Each bad argument or input of capsule/em.py's layers, em_routing, spread_loss and MarginSchedule ->
+    a ValueError whose text names the function or layer, the problem and the value."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
 
 
 # --------------------------------------------------------------------------------------------------
