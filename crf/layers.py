@@ -90,6 +90,89 @@ def _loop(body, state, n):
     return ops.fori_loop(0, n, body, state)
 
 
+def _lse(x, axis):
+    """log(sum(exp(x))) over ``axis`` for values only (no gradient is taken through it): -inf when
+    every term is -inf. The recursions whose gradient is written out by hand use it."""
+    top = ops.max(x, axis=axis, keepdims=True)
+    top = ops.where(ops.isfinite(top), top, 0.0)
+    return ops.log(ops.sum(ops.exp(x - top), axis=axis)) + ops.squeeze(top, axis)
+
+
+# Steps run per iteration of a compiled scan: a loop iteration costs several bookkeeping ops on
+# TensorFlow (reading and writing its arrays), about as many as one step's own arithmetic.
+_CHUNK = 8
+
+
+def _scan(body, state, xs, reverse=False):
+    """``for x_t in xs (or reversed): state, out = body(state, x_t)``, for values only (no gradient
+    is taken through it): the last state and the outputs (the states: ``out`` must be ``state``)
+    stacked on a new first axis, in the order of ``xs``, a tuple of time-major tensors. Time and
+    memory stay linear in T: TensorFlow's ``scan`` writes a TensorArray (which also compiles with
+    XLA when nothing differentiates the loop), JAX's is ``lax.scan``, each iteration running
+    ``_CHUNK`` steps (the sequence padded to a multiple of it where the scan ends); PyTorch loops in
+    Python and keeps a list (its ``slice_update`` would copy a preallocated buffer at every step)."""
+    if keras.backend.backend() == "torch":
+        outs = []
+        steps = range(xs[0].shape[0])
+        for t in reversed(steps) if reverse else steps:
+            state, out = body(state, tuple(x[t] for x in xs))
+            outs.append(out)
+        outs = outs[::-1] if reverse else outs
+        if isinstance(state, tuple):
+            return state, tuple(_stack([out[i] for out in outs], part) for i, part in enumerate(state))
+        return state, _stack(outs, state)
+
+    steps = ops.shape(xs[0])[0]
+    pad = (_CHUNK - steps % _CHUNK) % _CHUNK
+    tree = isinstance(state, tuple)
+    parts = state if tree else (state,)
+
+    def chunked(x):  # padded where the scan ends (it never reaches the real steps' states)
+        filler = ops.zeros((pad, *ops.shape(x)[1:]), x.dtype)
+        x = ops.concatenate([filler, x] if reverse else [x, filler], axis=0)
+        return ops.reshape(x, (-1, _CHUNK, *ops.shape(x)[1:]))
+
+    def run(carry, chunk):  # carry: the previous chunk's states (_CHUNK, ...); its last one goes on
+        state = tuple(c[0 if reverse else -1] for c in carry)
+        outs = [None] * _CHUNK
+        for i in reversed(range(_CHUNK)) if reverse else range(_CHUNK):
+            state, _ = body(state if tree else state[0], tuple(c[i] for c in chunk))
+            state = state if tree else (state,)
+            outs[i] = state
+        carry = tuple(ops.stack([out[p] for out in outs], axis=0) for p in range(len(parts)))
+        return carry, carry
+
+    # One array to scan over (Keras's TensorFlow scan cannot check several of unknown length): the
+    # inputs side by side in float32 (exact for tags, booleans and scores), split again per chunk.
+    flat = [len(x.shape) == 2 for x in xs]
+    widths = [1 if f else x.shape[2] for f, x in zip(flat, xs)]
+    kinds = [x.dtype for x in xs]
+    packed = ops.concatenate([ops.cast(x[:, :, None] if len(x.shape) == 2 else x, "float32") for x in xs], axis=2)
+
+    def unpack(chunk):
+        pieces, at = [], 0
+        for f, width, kind in zip(flat, widths, kinds):
+            piece = chunk[..., at : at + width]
+            at += width
+            pieces.append(ops.cast(piece[..., 0] if f else piece, kind))
+        return pieces
+
+    first = tuple(ops.broadcast_to(p[None], (_CHUNK, *ops.shape(p))) for p in parts)
+    _, outs = ops.scan(lambda carry, chunk: run(carry, unpack(chunk)), first, chunked(packed), reverse=reverse)
+    outs = tuple(ops.reshape(o, (-1, *ops.shape(o)[2:])) for o in outs)
+    outs = tuple(o[pad:] if reverse else o[:steps] for o in outs)
+    # the state after the last real step (or the initial one when there is none)
+    last = tuple(
+        ops.take(ops.concatenate([o, p[None]] if reverse else [p[None], o], axis=0), 0 if reverse else steps, axis=0)
+        for o, p in zip(outs, parts)
+    )
+    return (last if tree else last[0]), (outs if tree else outs[0])
+
+
+def _stack(outs, like):
+    return ops.stack(outs, axis=0) if outs else ops.zeros((0, *like.shape), like.dtype)
+
+
 def _left_align(mask):
     """Order that moves each row's real tokens to the front, keeping their order: after it, any mask
     (right padding, left padding, holes) is right padding. Returns the order and its inverse."""
@@ -100,15 +183,98 @@ def _left_align(mask):
 
 
 def _take(x, order):
-    """``x[b, order[b, t], ...]`` for each row ``b`` (x of rank 2 or 3)."""
-    if len(x.shape) == 3:
-        return ops.take_along_axis(x, order[:, :, None], axis=1)
-    return ops.take_along_axis(x, order, axis=1)
+    """``x[b, order[b, t], ...]`` for each row ``b`` (x of rank 2 or 3), as one gather from the
+    flattened rows (several times faster on TensorFlow than ``take_along_axis``)."""
+    shape = ops.shape(x)
+    rows = order + ops.arange(shape[0], dtype="int32")[:, None] * shape[1]
+    flat = ops.reshape(x, (-1, *shape[2:]))
+    return ops.reshape(ops.take(flat, ops.reshape(rows, (-1,)), axis=0), shape)
 
 
 def _at(x, t):
     """``x[:, t]`` for a tensor ``t`` (a loop counter)."""
     return ops.take(x, t, axis=1)
+
+
+def _relative_nll(x, closing, trans, start, end, real, last):
+    """``log Z - closing`` for time-major scores ``x`` (T, batch, K) of left-aligned sequences whose
+    real steps are ``real`` (T, batch) and end at step ``last`` (batch,), with its gradient written
+    out (forward-backward) rather than taken through the loop: the node marginals for ``x`` and
+    ``start``, the last real step's for ``end``, and the pair marginals summed over steps and rows
+    for ``trans``. Differentiating the loop instead stores every step's intermediates and, on
+    TensorFlow, adds a gradient the size of ``x`` at every step (time quadratic in T). A row with
+    no possible path gets -inf (the caller reports it) and no gradient."""
+
+    @ops.custom_gradient
+    def relative_nll(x, closing, trans, start, end):
+        pairs = trans[None]
+
+        def forward(alpha, x_t):  # runs on over the padding too: only real steps are read
+            scores = alpha[:, :, None] + pairs
+            top = ops.max(scores, axis=1, keepdims=True)
+            top = ops.where(ops.isfinite(top), top, 0.0)  # a tag no path reaches: -inf, not NaN
+            alpha = ops.log(ops.sum(ops.exp(scores - top), axis=1)) + top[:, 0] + x_t[0]
+            return alpha, alpha
+
+        first = start[None, :] + x[0]
+        _, alphas = _scan(forward, first, (x[1:],))
+        alphas = ops.concatenate([first[None], alphas], axis=0)  # (T, batch, K)
+        final = ops.take_along_axis(alphas, last[None, :, None], axis=0)[0]
+        log_z = _lse(final + end[None, :], 1)
+
+        def grad(*args, upstream=None):
+            upstream = ops.cast(args[0] if upstream is None else upstream, "float32")
+            ok = ops.isfinite(log_z)  # rows without a path have no gradient
+            weight = ops.where(ok, upstream, 0.0)
+            log_z_ok = ops.where(ok, log_z, 0.0)
+
+            def backward(state, inputs):
+                # beta_{t-1}[i] = logsumexp_j(trans[i, j] + x_t[j] + beta_t[j]). The softmax over j of
+                # those terms is p(y_t = j | y_{t-1} = i): times p(y_{t-1} = i), the pair marginal.
+                # Under JAX the loop sums the pair marginals as it goes (XLA fuses it); elsewhere it
+                # returns the softmax and one product after the loop sums them (fewer ops a step).
+                beta, moves = state
+                x_t, real_t, alpha = inputs
+                scores = pairs + (x_t + beta)[:, None, :]
+                top = ops.max(scores, axis=2, keepdims=True)
+                top = ops.where(ops.isfinite(top), top, 0.0)
+                e = ops.exp(scores - top)
+                total = ops.sum(e, axis=2, keepdims=True)
+                new = ops.log(total[:, :, 0]) + top[:, :, 0]
+                total = ops.maximum(total, 1e-30)  # 0 only where e is: no tag after i is reachable
+                if summing:
+                    share = ops.exp(alpha + new - log_z_ok[:, None]) * weight[:, None]
+                    share = ops.where((real_t & ok)[:, None], share, 0.0)
+                    moves = moves + ops.einsum("bij,bi->ij", e / total, share)
+                else:
+                    moves = e / total
+                state = ops.where(real_t[:, None], new, beta), moves
+                return state, state  # (TensorFlow's scan outputs what it carries)
+
+            summing = keras.backend.backend() == "jax"
+            closing_beta = ops.broadcast_to(end[None, :], ops.shape(first))
+            moves = ops.zeros_like(trans) if summing else ops.zeros_like(x[0])[:, :, None] + pairs
+            (_, moves), (betas, steps_moves) = _scan(
+                backward, (closing_beta, moves), (x[1:], real[1:], alphas[:-1]), reverse=True
+            )
+            betas = ops.concatenate([betas, closing_beta[None]], axis=0)  # betas[t] = beta_t
+            used = real & ok[None, :]
+            node = ops.where(used[:, :, None], ops.exp(alphas + betas - log_z_ok[None, :, None]), 0.0)
+            if not summing:  # p(y_{t-1} = i, y_t = j) = p(y_{t-1} = i) p(y_t = j | y_{t-1} = i), real t >= 1
+                before = ops.where(used[1:, :, None], node[:-1], 0.0) * weight[None, :, None]
+                moves = ops.einsum("tbij,tbi->ij", steps_moves, before)
+            final_p = ops.where(ok[:, None], ops.exp(final + end[None, :] - log_z_ok[:, None]), 0.0)
+            return (
+                node * weight[None, :, None],
+                -upstream,
+                moves,
+                ops.sum(node[0] * weight[:, None], axis=0),
+                ops.sum(final_p * weight[:, None], axis=0),
+            )
+
+        return log_z - closing, grad
+
+    return relative_nll(x, closing, trans, start, end)
 
 
 @keras.saving.register_keras_serializable(package="kexue_crf")
@@ -345,18 +511,13 @@ class CRF(keras.layers.Layer):
         """log Z - score(path) for the tagged path's pieces ``gold`` (``_gold``), by the forward
         recursion on left-aligned inputs (the state carried over padding) with each step's scores
         taken relative to the path's: the numbers stay small, and the result is accurate (and not
-        below 0) whatever the scale of the emissions."""
+        below 0) whatever the scale of the emissions. Its gradient is the forward-backward one
+        (``_relative_nll``), not the recursion differentiated step by step."""
         trans, start, end = self._scores()
         emitted, into, closing = gold
-        emissions = emissions - emitted[:, :, None]
-
-        def step(t, alpha):
-            new = _logsumexp(alpha[:, :, None] + trans[None], 1) + _at(emissions, t) - _at(into, t)[:, None]
-            return ops.where(_at(mask, t)[:, None], new, alpha)
-
-        alpha = start[None, :] + emissions[:, 0] - into[:, :1]
-        alpha = _loop(lambda t, a: step(t + 1, a), alpha, ops.shape(emissions)[1] - 1)
-        total = _logsumexp(alpha + end[None, :], 1) - closing
+        x = ops.transpose(emissions - emitted[:, :, None] - into[:, :, None], (1, 0, 2))  # time major
+        last = ops.maximum(ops.sum(ops.cast(mask, "int32"), axis=1) - 1, 0)
+        total = _relative_nll(x, closing, trans, start, end, ops.transpose(mask, (1, 0)), last)
         return ops.where(ops.any(mask, axis=1), total, 0.0)
 
     def _nll(self, emissions, tags, mask, ok=None):
@@ -488,6 +649,44 @@ class CRF(keras.layers.Layer):
         _, tags = _loop(backward, (last, tags), steps)
         return tags, final, offset
 
+    def _best_path(self, emissions, mask):
+        """The best path on left-aligned inputs, as ``_viterbi`` returns it for k = 1, with less work
+        a step: one max and argmax over the previous tag, no k-best bookkeeping. The state is taken
+        relative to its maximum each step (so it stays small) and its score is summed along the path
+        afterwards (``_gold``, which also finds a row without any possible path)."""
+        trans, start, end = self._scores()
+        x = ops.transpose(emissions, (1, 0, 2))
+        real = ops.transpose(mask, (1, 0))
+        stay = ops.zeros_like(real[0], "int32")[:, None] + ops.arange(self.num_tags, dtype="int32")[None, :]
+        pairs = trans[None]
+
+        def forward(score, inputs):  # padding steps keep the state
+            x_t, real_t = inputs
+            best = ops.max(score[:, :, None] + pairs, axis=1) + x_t
+            top = ops.max(best, axis=1, keepdims=True)
+            score = ops.where(real_t[:, None], best - ops.where(ops.isfinite(top), top, 0.0), score)
+            return score, score
+
+        first, _ = _shift(start[None, :] + x[0], 1)
+        last, scores = _scan(forward, first, (x[1:], real[1:]))
+        best = ops.cast(ops.argmax(last + end[None, :], axis=1), "int32")
+        # Where each step's best came from, for all steps at once from the stored states (the loop
+        # only carries scores); a padding step points back to the same tag.
+        scores = ops.concatenate([first[None], scores[:-1]], axis=0)
+        came = ops.argmax(scores[:, :, None, :] + ops.transpose(trans)[None, None], axis=3)
+        came = ops.where(real[1:, :, None], ops.cast(came, "int32"), stay[None])
+        rows = ops.arange(ops.shape(came)[1], dtype="int32") * self.num_tags
+
+        def backward(tag, came_t):  # the tag at step t - 1 from the tag at step t
+            tag = ops.take(ops.reshape(came_t[0], (-1,)), rows + tag)
+            return tag, tag
+
+        _, tags = _scan(backward, best, (came,), reverse=True)
+        tags = ops.transpose(ops.concatenate([tags, best[None]], axis=0), (1, 0))  # (batch, T)
+        emitted, into, closing, possible = self._gold(emissions, tags, mask)
+        final = ops.where(possible, ops.sum(emitted + into, axis=1) + closing, FORBIDDEN)
+        return tags[:, None], final[:, None], ops.zeros_like(final)
+
     def decode(self, emissions, mask=None, top_k=None):
         """Viterbi decoding.
 
@@ -505,7 +704,7 @@ class CRF(keras.layers.Layer):
         if 0 in emissions.shape[:2]:  # no step or no row: nothing to compute
             tags, scores = ops.zeros((batch, k, steps), "int32"), ops.zeros((batch, k), "float32")
         else:
-            tags, final, offset = self._viterbi(emissions, mask, k)
+            tags, final, offset = self._viterbi(emissions, mask, k) if top_k else self._best_path(emissions, mask)
             found = ops.logical_not(broken[:, None] | ops.equal(final, FORBIDDEN))  # (batch, k)
             scores = ops.where(found, final + (offset + lift)[:, None], FORBIDDEN)
             scores = ops.where(ops.any(mask, axis=1)[:, None], scores, 0.0)
