@@ -92,7 +92,10 @@ def _loop(body, state, n):
 
 def _lse(x, axis):
     """log(sum(exp(x))) over ``axis`` for values only (no gradient is taken through it): -inf when
-    every term is -inf. The recursions whose gradient is written out by hand use it."""
+    every term is -inf. The recursions whose gradient is written out by hand use it. (PyTorch's own
+    ``logsumexp`` is one call; TensorFlow's adds ops that cost more than these, with or without XLA.)"""
+    if keras.backend.backend() == "torch":
+        return ops.logsumexp(x, axis=axis)
     top = ops.max(x, axis=axis, keepdims=True)
     top = ops.where(ops.isfinite(top), top, 0.0)
     return ops.log(ops.sum(ops.exp(x - top), axis=axis)) + ops.squeeze(top, axis)
@@ -101,6 +104,19 @@ def _lse(x, axis):
 # Steps run per iteration of a compiled scan: a loop iteration costs several bookkeeping ops on
 # TensorFlow (reading and writing its arrays), about as many as one step's own arithmetic.
 _CHUNK = 8
+
+
+def _lse_softmax(x):
+    """``_lse`` and the softmax over the last axis, for values only; a row of -inf (a tag that no
+    tag after it may follow) gets -inf and a softmax of zeros."""
+    if keras.backend.backend() == "torch":
+        total = ops.logsumexp(x, axis=-1)
+        return total, ops.exp(x - ops.where(ops.isfinite(total), total, 0.0)[..., None])
+    top = ops.max(x, axis=-1, keepdims=True)
+    top = ops.where(ops.isfinite(top), top, 0.0)
+    e = ops.exp(x - top)
+    total = ops.sum(e, axis=-1, keepdims=True)
+    return ops.log(total[..., 0]) + top[..., 0], e / ops.maximum(total, 1e-30)
 
 
 def _scan(body, state, xs, reverse=False):
@@ -210,10 +226,7 @@ def _relative_nll(x, closing, trans, start, end, real, last):
         pairs = trans[None]
 
         def forward(alpha, x_t):  # runs on over the padding too: only real steps are read
-            scores = alpha[:, :, None] + pairs
-            top = ops.max(scores, axis=1, keepdims=True)
-            top = ops.where(ops.isfinite(top), top, 0.0)  # a tag no path reaches: -inf, not NaN
-            alpha = ops.log(ops.sum(ops.exp(scores - top), axis=1)) + top[:, 0] + x_t[0]
+            alpha = _lse(alpha[:, :, None] + pairs, 1) + x_t[0]
             return alpha, alpha
 
         first = start[None, :] + x[0]
@@ -236,18 +249,13 @@ def _relative_nll(x, closing, trans, start, end, real, last):
                 beta, moves = state
                 x_t, real_t, alpha = inputs
                 scores = pairs + (x_t + beta)[:, None, :]
-                top = ops.max(scores, axis=2, keepdims=True)
-                top = ops.where(ops.isfinite(top), top, 0.0)
-                e = ops.exp(scores - top)
-                total = ops.sum(e, axis=2, keepdims=True)
-                new = ops.log(total[:, :, 0]) + top[:, :, 0]
-                total = ops.maximum(total, 1e-30)  # 0 only where e is: no tag after i is reachable
+                new, given = _lse_softmax(scores)
                 if summing:
                     share = ops.exp(alpha + new - log_z_ok[:, None]) * weight[:, None]
                     share = ops.where((real_t & ok)[:, None], share, 0.0)
-                    moves = moves + ops.einsum("bij,bi->ij", e / total, share)
+                    moves = moves + ops.einsum("bij,bi->ij", given, share)
                 else:
-                    moves = e / total
+                    moves = given
                 state = ops.where(real_t[:, None], new, beta), moves
                 return state, state  # (TensorFlow's scan outputs what it carries)
 
@@ -663,8 +671,8 @@ class CRF(keras.layers.Layer):
         def forward(score, inputs):  # padding steps keep the state
             x_t, real_t = inputs
             best = ops.max(score[:, :, None] + pairs, axis=1) + x_t
-            top = ops.max(best, axis=1, keepdims=True)
-            score = ops.where(real_t[:, None], best - ops.where(ops.isfinite(top), top, 0.0), score)
+            # (NaN when no tag is reachable: then no path exists, which ``_gold`` reports)
+            score = ops.where(real_t[:, None], best - ops.max(best, axis=1, keepdims=True), score)
             return score, score
 
         first, _ = _shift(start[None, :] + x[0], 1)
