@@ -243,34 +243,22 @@ def _relative_nll(x, closing, trans, start, end, real, last):
 
             def backward(state, inputs):
                 # beta_{t-1}[i] = logsumexp_j(trans[i, j] + x_t[j] + beta_t[j]). The softmax over j of
-                # those terms is p(y_t = j | y_{t-1} = i): times p(y_{t-1} = i), the pair marginal.
-                # Under JAX the loop sums the pair marginals as it goes (XLA fuses it); elsewhere it
-                # returns the softmax and one product after the loop sums them (fewer ops a step).
-                beta, moves = state
-                x_t, real_t, alpha = inputs
-                scores = pairs + (x_t + beta)[:, None, :]
-                new, given = _lse_softmax(scores)
-                if summing:
-                    share = ops.exp(alpha + new - log_z_ok[:, None]) * weight[:, None]
-                    share = ops.where((real_t & ok)[:, None], share, 0.0)
-                    moves = moves + ops.einsum("bij,bi->ij", given, share)
-                else:
-                    moves = given
-                state = ops.where(real_t[:, None], new, beta), moves
+                # those terms is p(y_t = j | y_{t-1} = i); times p(y_{t-1} = i), the pair marginal.
+                beta, _ = state
+                x_t, real_t = inputs
+                new, given = _lse_softmax(pairs + (x_t + beta)[:, None, :])
+                state = ops.where(real_t[:, None], new, beta), given
                 return state, state  # (TensorFlow's scan outputs what it carries)
 
-            summing = keras.backend.backend() == "jax"
             closing_beta = ops.broadcast_to(end[None, :], ops.shape(first))
-            moves = ops.zeros_like(trans) if summing else ops.zeros_like(x[0])[:, :, None] + pairs
-            (_, moves), (betas, steps_moves) = _scan(
-                backward, (closing_beta, moves), (x[1:], real[1:], alphas[:-1]), reverse=True
-            )
+            start_state = (closing_beta, ops.zeros_like(x[0])[:, :, None] + pairs)
+            _, (betas, given) = _scan(backward, start_state, (x[1:], real[1:]), reverse=True)
             betas = ops.concatenate([betas, closing_beta[None]], axis=0)  # betas[t] = beta_t
             used = real & ok[None, :]
             node = ops.where(used[:, :, None], ops.exp(alphas + betas - log_z_ok[None, :, None]), 0.0)
-            if not summing:  # p(y_{t-1} = i, y_t = j) = p(y_{t-1} = i) p(y_t = j | y_{t-1} = i), real t >= 1
-                before = ops.where(used[1:, :, None], node[:-1], 0.0) * weight[None, :, None]
-                moves = ops.einsum("tbij,tbi->ij", steps_moves, before)
+            # p(y_{t-1} = i, y_t = j) = p(y_{t-1} = i) p(y_t = j | y_{t-1} = i), summed over real t >= 1
+            before = ops.where(used[1:, :, None], node[:-1], 0.0) * weight[None, :, None]
+            moves = ops.einsum("tbij,tbi->ij", given, before)
             final_p = ops.where(ok[:, None], ops.exp(final + end[None, :] - log_z_ok[:, None]), 0.0)
             return (
                 node * weight[None, :, None],
@@ -525,7 +513,21 @@ class CRF(keras.layers.Layer):
         emitted, into, closing = gold
         x = ops.transpose(emissions - emitted[:, :, None] - into[:, :, None], (1, 0, 2))  # time major
         last = ops.maximum(ops.sum(ops.cast(mask, "int32"), axis=1) - 1, 0)
-        total = _relative_nll(x, closing, trans, start, end, ops.transpose(mask, (1, 0)), last)
+        if keras.backend.backend() == "jax":
+            # JAX differentiates the scan itself: XLA makes that faster than the written-out gradient
+            # (22 against 12 ms for 17 tags in the peer benchmark). ``_logsumexp`` keeps the gradient
+            # finite at unreachable tags; the state runs on over the padding, which only the real
+            # steps' gather reads past.
+            def step(alpha, x_t):
+                alpha = _logsumexp(alpha[:, :, None] + trans[None], 1) + x_t
+                return alpha, alpha
+
+            first = start[None, :] + x[0]
+            alphas = ops.concatenate([first[None], ops.scan(step, first, x[1:])[1]], axis=0)
+            final = ops.take_along_axis(alphas, last[None, :, None], axis=0)[0]
+            total = _logsumexp(final + end[None, :], 1) - closing
+        else:
+            total = _relative_nll(x, closing, trans, start, end, ops.transpose(mask, (1, 0)), last)
         return ops.where(ops.any(mask, axis=1), total, 0.0)
 
     def _nll(self, emissions, tags, mask, ok=None):
