@@ -262,6 +262,97 @@ def test_gradients_match_finite_differences_of_the_oracle(padding, scheme):
         np.testing.assert_allclose(grad(ll_of, np_(variable)), fd, atol=TOL)
 
 
+def dynamic_programming(e, trans, start, end):
+    """Forward-backward and Viterbi for one sequence ``e`` (n, K) in float64 NumPy, loops over steps,
+    constraints as -inf scores: log Z, the marginals (n, K), the expected transition counts (K, K),
+    the best path and its score. Independent of the layer (and of the brute-force oracle, too slow
+    for long sequences)."""
+    n, k = e.shape
+    lse = lambda a, axis: np.logaddexp.reduce(a, axis=axis)
+    alpha, beta = np.zeros((n, k)), np.zeros((n, k))
+    alpha[0] = start + e[0]
+    for t in range(1, n):
+        alpha[t] = lse(alpha[t - 1][:, None] + trans, 0) + e[t]
+    beta[-1] = end
+    for t in range(n - 2, -1, -1):
+        beta[t] = lse(trans + (e[t + 1] + beta[t + 1])[None, :], 1)
+    log_z = lse(alpha[-1] + end, 0)
+    with np.errstate(invalid="ignore"):
+        marginals = np.nan_to_num(np.exp(alpha + beta - log_z))
+        pairs = sum(
+            np.nan_to_num(np.exp(alpha[t - 1][:, None] + trans + (e[t] + beta[t])[None, :] - log_z))
+            for t in range(1, n)
+        )
+    delta, back = start + e[0], []
+    for t in range(1, n):
+        scores = delta[:, None] + trans
+        back.append(scores.argmax(0))
+        delta = scores.max(0) + e[t]
+    path = [int((delta + end).argmax())]
+    for pointers in reversed(back):
+        path.append(int(pointers[path[-1]]))
+    return log_z, marginals, pairs, path[::-1], float((delta + end).max())
+
+
+@pytest.mark.layers
+@pytest.mark.parametrize("scheme", [None, "bmes"])
+def test_long_sequences_across_loop_chunks_match_dynamic_programming(scheme):
+    """Lengths 1 to 29 (the recursions run 8 steps per compiled iteration, so these cross 0 to 3 chunk
+    boundaries and pad the last chunk differently), right padding, left padding and holes: the
+    log-likelihood, its gradients for the emissions (one-hot minus marginals) and the transitions
+    (counted minus expected moves), the best path and its score, against float64 dynamic programming."""
+    k = 4
+    constraints = allowed_transitions("bmes", "sbme") if scheme else {}
+    crf = make_crf(k, True, seed=5, **constraints)
+    rng = np.random.default_rng(6)
+    steps = 29
+    lengths = [29, 1, 8, 9, 16, 17, 24, 25]
+    mask = np.zeros((len(lengths) * 2, steps), bool)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = True  # right padding
+        mask[len(lengths) + b, np.sort(rng.choice(steps, n, replace=False))] = True  # holes / left padding
+    emissions = (rng.normal(size=(mask.shape[0], steps, k)) * 2).astype("float32")
+    trans, start, end = weights(crf)
+    if scheme:
+        trans = np.where(constraints["allowed"], trans, -np.inf)
+        start = np.where(constraints["allowed_start"], start, -np.inf)
+        end = np.where(constraints["allowed_end"], end, -np.inf)
+    tags = np.zeros(mask.shape, "int32")
+    expected_ll, expected_e, expected_t = np.zeros(len(mask)), np.zeros(mask.shape + (k,)), np.zeros((k, k))
+    paths, best = [], []
+    for b in range(len(mask)):
+        positions = np.flatnonzero(mask[b])
+        e = emissions[b, positions].astype(np.float64)
+        log_z, marginals, pairs, path, score = dynamic_programming(e, trans, start, end)
+        tags[b, positions] = path  # the best path is a possible gold path
+        gold = e[range(len(path)), path].sum() + start[path[0]] + end[path[-1]]
+        gold += sum(trans[a, c] for a, c in zip(path, path[1:]))
+        expected_ll[b] = gold - log_z
+        expected_e[b, positions] = np.eye(k)[path] - marginals
+        for a, c in zip(path, path[1:]):
+            expected_t[a, c] += 1
+        expected_t -= pairs
+        paths.append(path)
+        best.append(score)
+
+    np.testing.assert_allclose(np_(crf.log_likelihood(emissions, tags, mask)), expected_ll, atol=1e-3, rtol=1e-4)
+    got_e = grad(lambda x: crf.log_likelihood(x, tags, mask), emissions)
+    np.testing.assert_allclose(got_e, expected_e, atol=1e-4)
+
+    def ll_of_transitions(t):
+        with keras.StatelessScope(state_mapping=[(crf.transitions, t)]):
+            return crf.log_likelihood(emissions, tags, mask)
+
+    got_t = grad(ll_of_transitions, np_(crf.transitions))
+    if scheme:  # a forbidden move's score is not used, so it gets no gradient
+        expected_t = np.where(constraints["allowed"], expected_t, 0.0)
+    np.testing.assert_allclose(got_t, expected_t, atol=2e-3)
+    decoded, scores = map(np_, crf.decode(emissions, mask))
+    for b in range(len(mask)):
+        assert decoded[b, mask[b]].tolist() == paths[b] and np.all(decoded[b, ~mask[b]] == -1)
+    np.testing.assert_allclose(scores, best, atol=1e-3, rtol=1e-5)
+
+
 # ---- numerics ---------------------------------------------------------------------------------------
 
 
