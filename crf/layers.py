@@ -101,11 +101,6 @@ def _lse(x, axis):
     return ops.log(ops.sum(ops.exp(x - top), axis=axis)) + ops.squeeze(top, axis)
 
 
-# Steps run per iteration of a compiled scan: a loop iteration costs several bookkeeping ops on
-# TensorFlow (reading and writing its arrays), about as many as one step's own arithmetic.
-_CHUNK = 8
-
-
 def _lse_softmax(x):
     """``_lse`` and the softmax over the last axis, for values only; a row of -inf (a tag that no
     tag after it may follow) gets -inf and a softmax of zeros."""
@@ -117,6 +112,11 @@ def _lse_softmax(x):
     e = ops.exp(x - top)
     total = ops.sum(e, axis=-1, keepdims=True)
     return ops.log(total[..., 0]) + top[..., 0], e / ops.maximum(total, 1e-30)
+
+
+# Steps run per iteration of a compiled scan: a loop iteration costs several bookkeeping ops on
+# TensorFlow (reading and writing its arrays), about as many as one step's own arithmetic.
+_CHUNK = 8
 
 
 def _scan(body, state, xs, reverse=False):
@@ -163,7 +163,7 @@ def _scan(body, state, xs, reverse=False):
     flat = [len(x.shape) == 2 for x in xs]
     widths = [1 if f else x.shape[2] for f, x in zip(flat, xs)]
     kinds = [x.dtype for x in xs]
-    packed = ops.concatenate([ops.cast(x[:, :, None] if len(x.shape) == 2 else x, "float32") for x in xs], axis=2)
+    packed = ops.concatenate([ops.cast(x[:, :, None] if f else x, "float32") for f, x in zip(flat, xs)], axis=2)
 
     def unpack(chunk):
         pieces, at = [], 0
