@@ -122,10 +122,60 @@ def pad(rows, value=PAD, length=None):
     return out
 
 
-def viterbi(emissions, lengths, transitions, start, end):
+class Encoder:
+    """``features`` for a fixed vocabulary, in NumPy: the same arrays, several times faster on many
+    texts (the segmenter's input side). Characters are looked up by code point in a table, bigrams
+    by a sorted array of keys (first code point, next code point or ``</s>``); the full-width mapping
+    of ``normalize`` is applied to the code points."""
+
+    END = 0x110000  # stands for "</s>": one past the last code point
+
+    def __init__(self, vocab):
+        problem = _vocab_problem(vocab)
+        if problem:
+            raise ValueError(f"Encoder: {problem}; build the vocabulary with build_vocab()")
+        self.vocab = vocab
+        chars = vocab["chars"]
+        self.chars = np.full(max((ord(c) for c in chars), default=0) + 1, UNKNOWN, dtype="int32")
+        for char, i in chars.items():
+            self.chars[ord(char)] = i
+        table = vocab.get("bigrams")
+        if table:
+            keys = np.array([self._key(ord(b[0]), ord(b[1]) if len(b) == 2 else self.END) for b in table], "int64")
+            order = np.argsort(keys)
+            self.bigram_keys = keys[order]
+            self.bigram_ids = np.array(list(table.values()), dtype="int32")[order]
+
+    @classmethod
+    def _key(cls, first, second):
+        return first * (cls.END + 1) + second
+
+    def __call__(self, texts, length=None):
+        lengths = np.array([len(t) for t in texts], dtype="int64")
+        width = length or int(lengths.max(initial=0)) or 1
+        # every text's code points, one array; ASCII 0x21-0x7e read as full width (normalize())
+        points = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype="<u4").astype("int64")
+        points = np.where((points >= 0x21) & (points <= 0x7E), points + 0xFEE0, points)
+        rows = np.repeat(np.arange(len(texts)), lengths)
+        columns = np.arange(len(points)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        ids = np.where(points < len(self.chars), self.chars[np.minimum(points, len(self.chars) - 1)], UNKNOWN)
+        chars = np.zeros((len(texts), width), dtype="int32")
+        chars[rows, columns] = ids
+        if not self.vocab.get("bigrams"):
+            return chars
+        last = columns == np.repeat(lengths - 1, lengths)
+        keys = self._key(points, np.where(last, self.END, np.roll(points, -1)))
+        at = np.minimum(np.searchsorted(self.bigram_keys, keys), len(self.bigram_keys) - 1)
+        pairs = np.zeros_like(chars)
+        pairs[rows, columns] = np.where(self.bigram_keys[at] == keys, self.bigram_ids[at], UNKNOWN)
+        return [chars, pairs]
+
+
+def viterbi(emissions, lengths, transitions, start, end, as_array=False):
     """The best tag path of each row, in NumPy: ``emissions`` (batch, T, K) right-padded, ``lengths``
     (batch,) real steps per row, and the CRF's scores as ``CRF.decoding_scores`` gives them. Returns
-    a list of tag lists (``[]`` for a row of length 0).
+    a list of tag lists (``[]`` for a row of length 0), or with ``as_array`` the (batch, T) array of
+    tags (past a row's length: the tag its last step ended with).
 
     The same dynamic programme as ``CRF.decode`` (checked against it in tests/test_crf.py). The
     segmenter uses it because a loop step here costs microseconds, where a TensorFlow ``while_loop``
@@ -141,17 +191,23 @@ def viterbi(emissions, lengths, transitions, start, end):
         )
     batch, steps, num = emissions.shape
     if steps == 0:
-        return [[] for _ in lengths]
+        return np.zeros((batch, 0), dtype="int32") if as_array else [[] for _ in lengths]
     transitions = np.asarray(transitions, dtype="float32")[None]
     stay = np.arange(num, dtype="int32")[None, :]
     score = np.asarray(start, dtype="float32")[None, :] + emissions[:, 0]
     pointers = np.empty((steps, batch, num), dtype="int32")
+    by_step = np.ascontiguousarray(emissions.transpose(1, 0, 2))  # (T, batch, K): each step's rows together
+    shortest = int(lengths.min(initial=steps))
     for t in range(1, steps):
         extended = score[:, :, None] + transitions  # [b, i, j]: best path ending in i, then i -> j
         came_from = extended.argmax(axis=1)
-        best = np.take_along_axis(extended, came_from[:, None, :], axis=1)[:, 0]
+        best = extended.max(axis=1)
+        if t < shortest:  # every row is still real (the segmenter's batches hold similar lengths)
+            score = best + by_step[t]
+            pointers[t] = came_from
+            continue
         real = (t < lengths)[:, None]
-        score = np.where(real, best + emissions[:, t], score)  # padding steps keep the state ...
+        score = np.where(real, best + by_step[t], score)  # padding steps keep the state ...
         pointers[t] = np.where(real, came_from, stay)  # ... and point back to themselves
     tags = np.empty((batch, steps), dtype="int32")
     cursor = (score + np.asarray(end, dtype="float32")[None, :]).argmax(axis=1).astype("int32")
@@ -160,7 +216,7 @@ def viterbi(emissions, lengths, transitions, start, end):
         tags[:, t] = cursor
         if t:
             cursor = pointers[t, rows, cursor]
-    return [tags[i, :n].tolist() for i, n in enumerate(lengths)]
+    return tags if as_array else [tags[i, :n].tolist() for i, n in enumerate(lengths)]
 
 
 class Segmenter:
@@ -175,6 +231,7 @@ class Segmenter:
         self.tagger = tagger
         self.vocab = vocab
         self.emissions, self.crf = _split_tagger(tagger) if host_decode else (None, None)
+        self.encoder = Encoder(vocab)
         if jit_compile:  # XLA on TensorFlow: one compile per (batch, padded length) shape
             (self.emissions or tagger).compile(jit_compile=True)
 
@@ -221,29 +278,34 @@ class Segmenter:
         smaller batches), each padded a little (``padded_length``: few shapes, few retraces). ``progress``:
         a label; a progress bar then counts the characters on standard error (in a terminal, for
         100,000 characters or more)."""
+
+        out = [None] * len(texts)
+        for chunk, tags, lengths in self._tag_batches(texts, batch_size, max_chars, progress):
+            for row, (i, n) in enumerate(zip(chunk, lengths)):
+                out[i] = tags[row, :n].tolist()
+        return out
+
+    def _tag_batches(self, texts, batch_size, max_chars, progress):
+        """``tag``'s work, batch by batch: (indices into ``texts``, their tags (batch, longest), their
+        lengths), from the texts sorted by length."""
         from utils.progress import Bar
 
         bar = Bar(sum(len(t) for t in texts), progress, minimum=100_000) if progress else None
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = [None] * len(texts)
         crf_scores = self._crf_scores() if self.crf is not None else None
         for chunk in _batches(order, [len(texts[i]) for i in order], batch_size, max_chars):
             batch = [texts[i] for i in chunk]
             longest, lengths = len(batch[-1]), [len(t) for t in batch]
             if crf_scores is None:
-                tags = np.asarray(
-                    self.tagger.predict_on_batch(features(batch, self.vocab, length=padded_length(longest)))
-                )
-                paths = [tags[row, :n].tolist() for row, n in enumerate(lengths)]
+                tags = np.asarray(self.tagger.predict_on_batch(self.encoder(batch, padded_length(longest))))
             else:
-                paths = viterbi(self._emission_scores(batch, padded_length(longest))[:, :longest], lengths, *crf_scores)
-            for i, path in zip(chunk, paths):
-                out[i] = path
+                emissions = self._emission_scores(batch, padded_length(longest))[:, :longest]
+                tags = viterbi(emissions, lengths, *crf_scores, as_array=True)
+            yield chunk, tags, lengths
             if bar is not None:
                 bar.add(sum(lengths))
         if bar is not None:
             bar.close()
-        return out
 
     def _crf_scores(self):
         """The CRF's (transitions, start, end) as NumPy arrays, for ``viterbi``."""
@@ -253,17 +315,18 @@ class Segmenter:
 
     def _emission_scores(self, texts, length):
         """Emission scores (len(texts), length, K) of a batch of texts padded to ``length``."""
-        return np.asarray(self.emissions.predict_on_batch(features(texts, self.vocab, length=length)))[
-            ..., : self.crf.num_tags
-        ]
+        return np.asarray(self.emissions.predict_on_batch(self.encoder(texts, length)))[..., : self.crf.num_tags]
 
     def cut_lines(self, lines, batch_size=256, max_chars=16384, progress=None):
         """Segment many lines at once; returns a list of word lists (``[]`` for an empty line).
         ``progress``: a label for a progress bar on standard error (see ``tag``)."""
         texts = ["".join(line.split()) for line in lines]
         todo = [i for i, t in enumerate(texts) if t]
-        tagged = dict(zip(todo, self.tag([texts[i] for i in todo], batch_size, max_chars, progress)))
-        return [apply_rules(line, tagged.get(i, [])) for i, line in enumerate(lines)]
+        out = [[] for _ in lines]
+        for chunk, tags, lengths in self._tag_batches([texts[i] for i in todo], batch_size, max_chars, progress):
+            for i, starts in zip(chunk, _word_starts(tags, lengths)):
+                out[todo[i]] = _apply_rules(lines[todo[i]], texts[todo[i]], starts)
+        return out
 
     def cut(self, text):
         return self.cut_lines([text])[0]
@@ -408,15 +471,33 @@ def apply_rules(line, tags):
     """Words of ``line`` from sbme ``tags`` of its characters (spaces removed): a word starts where a
     tag is s or b or follows an s or e, and where the line had a space; no word boundary falls inside
     a run of ASCII letters and digits (``Keras3``, ``3.14``), whose edges the model still decides."""
-    parts = line.split()
-    starts = _tag_starts(tags)
+    text = "".join(line.split())
+    return _apply_rules(line, text, sorted(s for s in _tag_starts(tags) if s < len(text)))
+
+
+def _word_starts(tags, lengths):
+    """``_tag_starts`` for a batch: ``tags`` (batch, T), ``lengths`` real steps per row; a sorted list
+    of word starts per row."""
+    tags = np.asarray(tags)
+    begins = (tags == 0) | (tags == 1)  # s or b
+    begins[:, 1:] |= (tags[:, :-1] == 0) | (tags[:, :-1] == 3)  # after s or e
+    if begins.shape[1]:
+        begins[:, 0] = True
+    return [np.flatnonzero(begins[row, :n]).tolist() for row, n in enumerate(lengths)]
+
+
+def _apply_rules(line, text, starts):
+    """``apply_rules`` given ``text`` (the line without spaces) and the tags' sorted word ``starts``."""
+    if len(text) == len(line) and not _LATIN.search(text):
+        return [text[a:b] for a, b in zip(starts, starts[1:] + [len(text)])]  # nothing to apply
+    starts = set(starts)
     offset = 0
-    for part in parts:
+    for part in line.split():
         starts.add(offset)
         for run in _LATIN.finditer(part):
             starts -= set(range(offset + run.start() + 1, offset + run.end()))
         offset += len(part)
-    return _cut("".join(parts), starts)
+    return _cut(text, starts)
 
 
 def main(argv=None):

@@ -23,8 +23,12 @@ import keras  # noqa: E402
 from crf.layers import CRF, FORBIDDEN, ZeroMasked, allowed_transitions, build_tagger  # noqa: E402
 from crf.scoring import bakeoff_score, spans, word_set_score  # noqa: E402
 from crf.segment import (  # noqa: E402
+    Encoder,
     Ensemble,
     Segmenter,
+    _apply_rules,
+    _tag_starts,
+    _word_starts,
     apply_rules,
     bigrams,
     build_vocab,
@@ -682,6 +686,67 @@ def test_segmenter_rules_keep_the_gold_segmentation(require_data):
     assert normalize("2001年 A-b") == "２００１年 Ａ－ｂ"
 
 
+def test_encoder_gives_what_features_gives():
+    """The segmenter's NumPy ``Encoder`` against ``features`` (dictionary lookups per character), on
+    random texts: known, unknown and ASCII characters (read as full width), code points above and
+    below the table's, a lone surrogate, empty texts, a longer padded length; with and without
+    bigrams (a text's last character pairs with </s>)."""
+    rng = np.random.default_rng(0)
+    sentences = [list("我爱北京天安门") + ["２００１年", "Ａ"], list("中国人民ｘ") + ["😀"]] * 2
+    alphabet = list("我爱北京天安门中国人民從未年ｘ") + ["2", "0", "A", "x", " ", "😀", "\udcff", "\x00", "~", "\x7f"]
+    texts = ["".join(rng.choice(alphabet, n)) for n in rng.integers(0, 12, 40)] + ["", "京", "ｘ"]
+    for with_bigrams in (False, True):
+        vocab = build_vocab(sentences, min_count=1, with_bigrams=with_bigrams)
+        assert with_bigrams == any(b.endswith("</s>") for b in vocab["bigrams"] or [])
+        encoder = Encoder(vocab)
+        for batch, length in ((texts, None), (texts[:5], 30), ([""], None), ([], None)):
+            want, got = features(batch, vocab, length=length), encoder(batch, length)
+            want, got = (want, got) if with_bigrams else ([want], [got])
+            assert len(got) == len(want)
+            for w, g in zip(want, got):
+                assert g.dtype == w.dtype and g.shape == w.shape
+                np.testing.assert_array_equal(g, w)
+        with pytest.raises(ValueError, match="'ab' is not one character; build the vocabulary with build_vocab"):
+            Encoder({"chars": {"ab": 2}, "bigrams": None})
+        # the texts reach every case: unknown characters (id 1), and ASCII read as its full-width form
+        chars = features(texts, vocab)[0] if with_bigrams else features(texts, vocab)
+        assert np.any(chars == 1) and encode("A", vocab) == [vocab["chars"]["Ａ"]]
+
+
+def test_batch_word_starts_and_rules_match_the_tag_by_tag_ones():
+    """``_word_starts`` (a batch of tags at once) gives ``_tag_starts`` of each row; the rules with
+    the fast path (a line without spaces or ASCII runs) cut as the general path does."""
+    rng = np.random.default_rng(0)
+    tags = rng.integers(0, 4, (50, 20))
+    lengths = rng.integers(0, 21, 50)
+    for starts, row, n in zip(_word_starts(tags, lengths), tags, lengths):
+        assert starts == sorted(s for s in _tag_starts(row[:n].tolist()) if s < n)
+    alphabet = list("我爱北京天安门") + [" ", "a", "3", ".", "Ｋ"]
+    for _ in range(300):
+        line = "".join(rng.choice(alphabet, rng.integers(1, 15)))
+        text = "".join(line.split())
+        t = rng.integers(0, 4, len(text)).tolist()
+        general = _cut_reference(line, t)
+        assert _apply_rules(line, text, _word_starts(np.array([t]), [len(t)])[0]) == general
+        assert apply_rules(line, t) == general
+
+
+def _cut_reference(line, tags):
+    """The rules written out the slow way (the segmenter's code before its fast path)."""
+    import re
+
+    starts = {0} | {i for i, t in enumerate(tags) if t in (0, 1)} | {i + 1 for i, t in enumerate(tags) if t in (0, 3)}
+    offset = 0
+    for part in line.split():
+        starts.add(offset)
+        for run in re.finditer(r"[A-Za-z0-9]+(?:[.'_-][A-Za-z0-9]+)*", part):
+            starts -= set(range(offset + run.start() + 1, offset + run.end()))
+        offset += len(part)
+    text = "".join(line.split())
+    cuts = sorted(s for s in starts if 0 <= s < len(text)) + [len(text)]
+    return [text[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
 def test_bakeoff_score_by_hand():
     gold = [["中国", "人民", "站", "起来", "了"], ["你好"]]
     pred = [["中国人民", "站", "起", "来", "了"], ["你好"]]
@@ -946,7 +1011,7 @@ def runs_load(path):
 
 
 @pytest.mark.layers
-@pytest.mark.parametrize("variant", ["article", "bmes", "strong", "strong_bd"])
+@pytest.mark.parametrize("variant", ["article", "bmes", "strong", "strong_bd", "strong_ema"])
 def test_every_variant_trains_on_generated_batches(variant):
     """Each model variant fits a few steps from the article-style batch generator (synthetic
     sentences) and its loss goes down."""
@@ -963,6 +1028,46 @@ def test_every_variant_trains_on_generated_batches(variant):
     assert history["loss"][-1] < history["loss"][0]
     seg = Segmenter(tagger, vocab)
     assert seg.cut_lines(["中国人民爱北京"])[0] and "".join(seg.cut("我爱北京天安门")) == "我爱北京天安门"
+
+
+@pytest.mark.layers
+def test_ema_variant_ends_each_epoch_on_the_moving_average_of_its_weights():
+    """``strong_ema``'s optimizer: the weights a run ends an epoch with are the moving average
+    ``a = m a + (1 - m) w`` of the weights plain Adam reaches after each step (a NumPy oracle on the
+    same batches from the same start); mid-epoch the weights are Adam's own."""
+    from crf import train
+
+    rng = np.random.default_rng(1)
+    lexicon = ["中国", "人民", "的", "天安门", "我", "爱", "北京"]
+    sentences = [[lexicon[i] for i in rng.integers(0, len(lexicon), rng.integers(2, 7))] for _ in range(64)]
+    vocab = build_vocab(sentences, with_bigrams=True)
+    variant, steps = train.VARIANTS["strong_ema"], 3
+
+    def weights_after_each_step(optimizer):
+        keras.utils.set_random_seed(0)
+        model, crf, _ = train.build_model(vocab, "strong_ema")
+        model.compile(optimizer=optimizer, loss=crf.loss)
+        seen, data = [], train.batches(sentences, vocab)
+        for _ in range(steps):
+            model.train_on_batch(*next(data))
+            seen.append([np.array(w, dtype="float64") for w in model.trainable_weights])
+        return seen
+
+    plain = weights_after_each_step(keras.optimizers.Adam())
+    averaged = weights_after_each_step(train.optimizer(variant, steps))
+    assert train.optimizer(train.VARIANTS["strong"], steps) == "adam"
+    momentum = variant["ema"]
+    average = plain[0]
+    for w in plain[1:]:
+        average = [momentum * a + (1 - momentum) * x for a, x in zip(average, w)]
+    for got, step_weights in zip(averaged[:-1], plain[:-1]):  # within the epoch: Adam's own weights
+        for g, w in zip(got, step_weights):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    moved = 0
+    for g, a, w in zip(averaged[-1], average, plain[-1]):
+        np.testing.assert_allclose(g, a, rtol=1e-5, atol=1e-6)
+        moved += not np.allclose(a, w, rtol=1e-5, atol=1e-6)
+    assert moved  # control: the average differs from the last step's weights, so the check can fail
 
 
 @pytest.mark.layers
