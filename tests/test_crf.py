@@ -1071,6 +1071,69 @@ def test_ema_variant_ends_each_epoch_on_the_moving_average_of_its_weights():
 
 
 @pytest.mark.layers
+@pytest.mark.parametrize("variant", sorted(["article", "bmes"]))
+def test_packed_batches_train_exactly_as_padded_ones(variant):
+    """The article's network on packed batches (``pack``, ``packed_model``) computes what it computes
+    on the padded batch: the emissions at every real step (random weights, a nonzero padding
+    embedding), the loss, and the weights after a training step. Rows of every kind: the longest
+    (no padding after it), 1-3 padding steps short of it, much shorter, one character. Controls:
+    without the zeroed steps, or with too few padding ids kept, the emissions differ."""
+    from crf import train
+
+    assert variant in train.PACKED
+    lengths = [40, 39, 38, 37, 36, 20, 20, 7, 3, 1, 1, 12]
+    rng = np.random.default_rng(0)
+    chars = np.zeros((len(lengths), max(lengths)), dtype="int32")
+    for row, n in enumerate(lengths):
+        chars[row, :n] = rng.integers(1, 30, n)
+    tags = rng.integers(0, 4, chars.shape).astype("int32")
+    packed, keep, index = train.pack(chars)
+    assert packed.shape[0] < len(lengths) and packed.shape[1] == chars.shape[1] + 1
+    real = chars != 0
+    assert np.array_equal(packed.reshape(-1)[index][real], chars[real]) and np.all(index[~real] == 0)
+    assert len(set(index[real].tolist())) == real.sum()
+
+    def built():
+        keras.utils.set_random_seed(0)
+        vocab = {"chars": {chr(0x4E00 + i): i for i in range(2, 30)}, "bigrams": None}
+        model, crf, _ = train.build_model(vocab, variant)
+        for w in model.weights:
+            w.assign(0.3 * np.random.default_rng(zlib.crc32(w.path.encode())).normal(size=w.shape).astype("float32"))
+        return model, crf
+
+    model, crf = built()
+    packed_net = train.packed_model(model, crf, variant)
+    assert [w.path for w in packed_net.weights] == [w.path for w in model.weights]  # checkpoints line up
+    emissions = keras.Model(model.inputs, model.get_layer("emissions").output)
+    padded = np_(emissions(chars))
+
+    def packed_emissions(packed_, keep_, index_):
+        return np_(train.packed_emissions(model, variant)([packed_, keep_, index_]))
+
+    np.testing.assert_allclose(packed_emissions(packed, keep, index)[real], padded[real], rtol=1e-5, atol=1e-5)
+    unkept = packed_emissions(packed, np.ones_like(keep), index)
+    assert not np.allclose(unkept[real], padded[real], atol=1e-3)  # control: the zeroed steps are needed
+    too_short = packed_emissions(*train.pack(chars, reach=2))
+    assert not np.allclose(too_short[real], padded[real], atol=1e-3)  # control: 3 padding ids are needed
+
+    def one_step(packed_input):
+        model, crf = built()
+        net = train.packed_model(model, crf, variant) if packed_input else model
+        net.compile(optimizer=keras.optimizers.SGD(0.1), loss=crf.loss)
+        loss = float(net.train_on_batch([packed, keep, index, chars] if packed_input else chars, tags))
+        return loss, [np_(w) for w in model.weights]
+
+    (loss_padded, after_padded), (loss_packed, after_packed) = one_step(False), one_step(True)
+    assert loss_packed == pytest.approx(loss_padded, rel=1e-5)
+    for a, b in zip(after_padded, after_packed):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="characters then padding"):
+        train.pack(np.array([[3, 0, 4]]))
+    with pytest.raises(ValueError, match="strong variant is not the article's plain network"):
+        train.packed_model(model, crf, "strong")
+
+
+@pytest.mark.layers
 def test_zero_masked_makes_same_convolutions_blind_to_padding():
     """Zeroing padded steps before each 'same' convolution: a sentence's outputs at its real steps
     are those it gets alone, however much padding its batch adds (without, they differ)."""
