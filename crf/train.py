@@ -13,9 +13,10 @@ Data: ``--corpus pku`` (default) or ``msr`` from the icwb2-data layout (utils/da
 project's offline machines the PKU training set is a reconstruction from the People's Daily 1998-01
 corpus, not the bakeoff's file; every result here says so.
 
-Run:  python crf/train.py                       (article recipe, 3 seeds, ~25 min a seed on 2 CPU cores)
+Run:  python crf/train.py                       (article recipe, 3 seeds, ~18 min a seed on 2 CPU cores)
       python crf/train.py --variant bmes        (+ BMES rules and start/end scores)
       python crf/train.py --variant strong      (our best: bigrams, wider dilated residual CNN, early stopping)
+      python crf/train.py --variant strong_ema  (strong on a moving average of its weights; not yet measured)
       python crf/train.py --quick               (article network, 2 x 150 length-bucketed steps, 1 seed)
       python crf/train.py --variant article bmes strong strong_bd --ensembles strong all   (crf/README.md)
       python crf/train.py --smoke               (seconds of training: checks that the script runs)
@@ -240,10 +241,12 @@ def pack(chars, reach=3):
     return packed.reshape(len(rows), width), keep.reshape(len(rows), width), index
 
 
-def packed_batches(batches):
-    """``batches`` with each batch's char ids packed (``pack``), for the packed training model."""
+def packed_batches(batches, reach=3):
+    """``batches`` with each batch's char ids packed (``pack``), for the packed training model: the
+    padded ids first (Keras weighs each batch in the epoch's mean loss by the first input's rows,
+    which must stay the batch's 128 sentences), then the packed ids, ``keep`` and ``index``."""
     for chars, tags in batches:
-        yield (*pack(chars), chars), tags
+        yield (chars, *pack(chars, reach)), tags
 
 
 """## 2. Model: CNN emissions, CRF on top"""
@@ -290,12 +293,12 @@ def build_model(vocab, variant):
 
 
 def packed_model(model, crf, variant):
-    """``model`` (from ``build_model``: same layers, same weights) reading packed batches: the ids,
-    ``keep`` and ``index`` that ``pack`` makes, and the batch's char ids for the CRF's mask."""
-    ids, keep, index = packed_inputs()
+    """``model`` (from ``build_model``: same layers, same weights) reading packed batches: the batch's
+    char ids (the CRF's mask), then the ids, ``keep`` and ``index`` that ``pack`` makes."""
     chars = keras.Input((None,), dtype="int32", name="padded_chars")
+    ids, keep, index = packed_inputs()
     emissions = packed_emissions(model, variant)([ids, keep, index])
-    return keras.Model([ids, keep, index, chars], crf(emissions, mask=chars), name=f"cws_{variant}_packed")
+    return keras.Model([chars, ids, keep, index], crf(emissions, mask=chars), name=f"cws_{variant}_packed")
 
 
 def packed_inputs():
@@ -400,8 +403,9 @@ def train_seed(job, checkpoint):
         checkpoint.monitor, checkpoint.patience = stopping.get("monitor"), stopping.get("patience")
     with cli.distribution(args):
         model, crf, tagger = build_model(vocab, cfg["variant"])
-        # Not under --distribute: the strategy would split the packed rows and the batch's rows apart.
-        packed = cfg["variant"] in PACKED and not args.distribute
+        # Corpus-order batches only (length-bucketed ones have little padding to save), and not under
+        # --distribute: the strategy would split the packed rows and the batch's rows apart.
+        packed = cfg["variant"] in PACKED and not cfg.get("bucket") and not args.distribute
         if packed:
             model = packed_model(model, crf, cfg["variant"])
         model.compile(optimizer=optimizer(variant, cfg["steps_per_epoch"]), loss=crf.loss, metrics=[crf.accuracy])
@@ -422,7 +426,7 @@ def train_seed(job, checkpoint):
             bigram_dropout=variant.get("bigram_dropout", 0.0),
         )
         model.fit(
-            packed_batches(stream) if packed else stream,
+            packed_batches(stream, reach=len(variant["dilations"])) if packed else stream,
             steps_per_epoch=cfg["steps_per_epoch"],
             epochs=cfg["epochs"],
             initial_epoch=initial_epoch,
