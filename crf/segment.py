@@ -134,12 +134,11 @@ class Encoder:
         problem = _vocab_problem(vocab)
         if problem:
             raise ValueError(f"Encoder: {problem}; build the vocabulary with build_vocab()")
-        self.vocab = vocab
         chars = vocab["chars"]
         self.chars = np.full(max((ord(c) for c in chars), default=0) + 1, UNKNOWN, dtype="int32")
         for char, i in chars.items():
             self.chars[ord(char)] = i
-        table = vocab.get("bigrams")
+        table, self.bigram_keys = vocab.get("bigrams"), None
         if table:
             keys = np.array([self._key(ord(b[0]), ord(b[1]) if len(b) == 2 else self.END) for b in table], "int64")
             order = np.argsort(keys)
@@ -161,7 +160,7 @@ class Encoder:
         ids = np.where(points < len(self.chars), self.chars[np.minimum(points, len(self.chars) - 1)], UNKNOWN)
         chars = np.zeros((len(texts), width), dtype="int32")
         chars[rows, columns] = ids
-        if not self.vocab.get("bigrams"):
+        if self.bigram_keys is None:
             return chars
         last = columns == np.repeat(lengths - 1, lengths)
         keys = self._key(points, np.where(last, self.END, np.roll(points, -1)))
@@ -278,7 +277,6 @@ class Segmenter:
         smaller batches), each padded a little (``padded_length``: few shapes, few retraces). ``progress``:
         a label; a progress bar then counts the characters on standard error (in a terminal, for
         100,000 characters or more)."""
-
         out = [None] * len(texts)
         for chunk, tags, lengths in self._tag_batches(texts, batch_size, max_chars, progress):
             for row, (i, n) in enumerate(zip(chunk, lengths)):

@@ -296,27 +296,23 @@ def packed_model(model, crf, variant):
     """``model`` (from ``build_model``: same layers, same weights) reading packed batches: the batch's
     char ids (the CRF's mask), then the ids, ``keep`` and ``index`` that ``pack`` makes."""
     chars = keras.Input((None,), dtype="int32", name="padded_chars")
-    ids, keep, index = packed_inputs()
-    emissions = packed_emissions(model, variant)([ids, keep, index])
-    return keras.Model([chars, ids, keep, index], crf(emissions, mask=chars), name=f"cws_{variant}_packed")
-
-
-def packed_inputs():
-    return (
-        keras.Input((None,), dtype="int32", name="packed_chars"),
-        keras.Input((None,), dtype="float32", name="keep"),
-        keras.Input((None,), dtype="int32", name="index"),
-    )
+    network = packed_emissions(model, variant)
+    outputs = crf(network.outputs[0], mask=chars)
+    return keras.Model([chars, *network.inputs], outputs, name=f"cws_{variant}_packed")
 
 
 def packed_emissions(model, variant):
-    """The emissions of ``model``'s network from a packed batch, in the batch's (batch, T, 4) layout:
-    the convolutions run over the packed rows, with the steps ``keep`` marks zeroed before each, and
-    the results are gathered back by ``index``."""
+    """The emissions of ``model``'s network from a packed batch (ids, ``keep``, ``index``), in the
+    batch's (batch, T, 4) layout: the convolutions run over the packed rows, with the steps ``keep``
+    marks zeroed before each, and the results are gathered back by ``index``."""
     cfg = VARIANTS[variant]
     if cfg["bigrams"] or cfg["dropout"] or cfg.get("zero_padding") or set(cfg["dilations"]) != {1}:
-        raise ValueError(f"packed_model: the {variant} variant is not the article's plain network; train it unpacked")
-    ids, keep, index = packed_inputs()
+        raise ValueError(
+            f"packed training: the {variant} variant is not the article's plain network; train it unpacked"
+        )
+    ids = keras.Input((None,), dtype="int32", name="packed_chars")
+    keep = keras.Input((None,), dtype="float32", name="keep")
+    index = keras.Input((None,), dtype="int32", name="index")
     x = model.get_layer("embedding")(ids) * keras.ops.expand_dims(keep, -1)
     for i in range(len(cfg["dilations"])):
         x = model.get_layer(f"conv{i}")(x) * keras.ops.expand_dims(keep, -1)
