@@ -877,3 +877,84 @@ def test_norb_downsample_standardize_by_hand():
     assert data.norb_downsample_standardize(x[:, 0]).shape == (3, 48, 48)  # left images only
     with pytest.raises(ValueError, match=r"cannot be averaged down to 40x40"):
         data.norb_downsample_standardize(x, size=40)
+
+
+# ---- optimizers --------------------------------------------------------------------------------------
+
+
+TF_ONLY = pytest.mark.skipif(BACKEND != "tensorflow", reason="a TensorFlow kernel; elsewhere adam() is Keras's Adam")
+
+
+def _adam_oracle(grads, w, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Adam in float64 NumPy (Kingma & Ba, Keras's epsilon placement) on dense gradients."""
+    w, m, v = w.astype(np.float64), np.zeros(w.shape), np.zeros(w.shape)
+    for t, g in enumerate(grads, 1):
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g**2
+        w = w - lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t) * m / (np.sqrt(v) + epsilon)
+    return w, m, v
+
+
+@TF_ONLY
+def test_fused_adam_is_adam_on_dense_and_on_row_gradients(monkeypatch):
+    """Against a float64 oracle: dense gradients, and an embedding's rows with repeated ids (the rows of
+    one id add up to its gradient). Keras's own Adam on TensorFlow squares each row before adding the
+    rows of one id, so it misses the oracle there: the control that the comparison can fail."""
+    import keras
+    import tensorflow as tf
+
+    from utils import optimizers
+
+    calls = []
+    kernel = tf.raw_ops.ResourceApplyAdam
+    monkeypatch.setattr(tf.raw_ops, "ResourceApplyAdam", lambda **kw: calls.append(1) or kernel(**kw))
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(6, 3)).astype("float32")
+    dense = [rng.normal(size=(6, 3)).astype("float32") for _ in range(5)]
+    ids = [np.array([0, 2, 2, 5]), np.array([1, 1, 1, 3]), np.array([4, 0, 4, 2]), np.array([5]), np.array([2, 2])]
+    rows = [rng.normal(size=(len(i), 3)).astype("float32") for i in ids]
+    as_dense = [np.stack([r[i == k].sum(0) for k in range(6)]) for i, r in zip(ids, rows)]
+
+    def run(optimizer, grads):
+        var = keras.Variable(start)
+        for g in grads:
+            optimizer.apply([g], [var])
+        index = optimizer._get_variable_index(var)
+        return [np.array(x) for x in (var, optimizer._momentums[index], optimizer._velocities[index])]
+
+    slices = [tf.IndexedSlices(tf.constant(r), tf.constant(i), tf.constant([6, 3])) for i, r in zip(ids, rows)]
+    for grads, oracle_grads in ((dense, dense), (slices, as_dense)):
+        calls.clear()
+        got = run(optimizers.adam(0.05), grads)
+        assert len(calls) == len(grads), "the fused kernel was not used"
+        for a, b in zip(got, _adam_oracle(oracle_grads, start, 0.05)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    keras_rows = run(keras.optimizers.Adam(0.05), slices)
+    assert not np.allclose(keras_rows[2], _adam_oracle(as_dense, start, 0.05)[2], rtol=1e-5, atol=1e-6)
+
+
+@TF_ONLY
+def test_fused_adam_trains_a_model_and_saves_and_loads_as_itself(tmp_path):
+    import keras
+
+    from utils import optimizers
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    start = [np.array(w) for w in model.weights]
+    model.compile(optimizer=optimizers.adam(0.01, beta_2=0.99), loss="mse")
+    x, y = np.random.default_rng(1).normal(size=(16, 4)), np.zeros((16, 1))
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+    twin = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    twin.set_weights(start)
+    twin.compile(optimizer=keras.optimizers.Adam(0.01, beta_2=0.99), loss="mse")
+    twin.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+    for a, b in zip(model.weights, twin.weights):  # dense gradients: Keras's Adam is the same Adam
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.optimizer, optimizers.FusedAdam)
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
