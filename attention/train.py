@@ -143,7 +143,7 @@ def train_seed(job, checkpoint):
     with cli.distribution(job.spec["args"]):
         model = build_model(**VARIANTS[cfg["variant"]])
         model.compile(
-            # Keras's Adam; on TensorFlow in one fused kernel per variable (same arithmetic, utils/optimizers.py)
+            # Keras's Adam; on TensorFlow its update in one fused kernel per variable (utils/optimizers.py)
             optimizer=optimizers.adam(1e-3),
             loss="binary_crossentropy",
             metrics=["accuracy"],

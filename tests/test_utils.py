@@ -885,6 +885,17 @@ def test_norb_downsample_standardize_by_hand():
 TF_ONLY = pytest.mark.skipif(BACKEND != "tensorflow", reason="a TensorFlow kernel; elsewhere adam() is Keras's Adam")
 
 
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """A list that grows by one at each call of TensorFlow's fused Adam kernel (in a traced step: at tracing)."""
+    import tensorflow as tf
+
+    calls = []
+    kernel = tf.raw_ops.ResourceApplyAdam
+    monkeypatch.setattr(tf.raw_ops, "ResourceApplyAdam", lambda **kw: calls.append(1) or kernel(**kw))
+    return calls
+
+
 def _adam_oracle(grads, w, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
     """Adam in float64 NumPy (Kingma & Ba, Keras's epsilon placement) on dense gradients."""
     w, m, v = w.astype(np.float64), np.zeros(w.shape), np.zeros(w.shape)
@@ -896,7 +907,7 @@ def _adam_oracle(grads, w, lr, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
 
 
 @TF_ONLY
-def test_fused_adam_is_adam_on_dense_and_on_row_gradients(monkeypatch):
+def test_fused_adam_is_adam_on_dense_and_on_row_gradients(fused_calls):
     """Against a float64 oracle: dense gradients, and an embedding's rows with repeated ids (the rows of
     one id add up to its gradient). Keras's own Adam on TensorFlow squares each row before adding the
     rows of one id, so it misses the oracle there: the control that the comparison can fail."""
@@ -905,9 +916,6 @@ def test_fused_adam_is_adam_on_dense_and_on_row_gradients(monkeypatch):
 
     from utils import optimizers
 
-    calls = []
-    kernel = tf.raw_ops.ResourceApplyAdam
-    monkeypatch.setattr(tf.raw_ops, "ResourceApplyAdam", lambda **kw: calls.append(1) or kernel(**kw))
     rng = np.random.default_rng(0)
     start = rng.normal(size=(6, 3)).astype("float32")
     dense = [rng.normal(size=(6, 3)).astype("float32") for _ in range(5)]
@@ -924,9 +932,9 @@ def test_fused_adam_is_adam_on_dense_and_on_row_gradients(monkeypatch):
 
     slices = [tf.IndexedSlices(tf.constant(r), tf.constant(i), tf.constant([6, 3])) for i, r in zip(ids, rows)]
     for grads, oracle_grads in ((dense, dense), (slices, as_dense)):
-        calls.clear()
+        fused_calls.clear()
         got = run(optimizers.adam(0.05), grads)
-        assert len(calls) == len(grads), "the fused kernel was not used"
+        assert len(fused_calls) == len(grads), "the fused kernel was not used"
         for a, b in zip(got, _adam_oracle(oracle_grads, start, 0.05)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     keras_rows = run(keras.optimizers.Adam(0.05), slices)
@@ -934,26 +942,23 @@ def test_fused_adam_is_adam_on_dense_and_on_row_gradients(monkeypatch):
 
 
 @TF_ONLY
-def test_fused_adam_trains_a_model_and_saves_as_keras_adam(tmp_path, monkeypatch):
+def test_fused_adam_trains_a_model_and_saves_as_keras_adam(tmp_path, fused_calls):
     import keras
-    import tensorflow as tf
 
     from utils import optimizers
 
-    calls = []
-    kernel = tf.raw_ops.ResourceApplyAdam
-    monkeypatch.setattr(tf.raw_ops, "ResourceApplyAdam", lambda **kw: calls.append(1) or kernel(**kw))
-    keras.utils.set_random_seed(3)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
-    start = [np.array(w) for w in model.weights]
-    model.compile(optimizer=optimizers.adam(0.01, beta_2=0.99), loss="mse")
     x, y = np.random.default_rng(1).normal(size=(16, 4)), np.zeros((16, 1))
-    model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
-    assert calls, "fit did not use the fused kernel"  # called while fit traces its step
-    twin = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
-    twin.set_weights(start)
-    twin.compile(optimizer=keras.optimizers.Adam(0.01, beta_2=0.99), loss="mse")
-    twin.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+
+    def trained(optimizer):  # the same start, batches and order for both optimizers
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+        model.compile(optimizer=optimizer, loss="mse")
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+        return model
+
+    model = trained(optimizers.adam(0.01, beta_2=0.99))
+    assert fused_calls, "fit did not use the fused kernel"  # called while fit traces its step
+    twin = trained(keras.optimizers.Adam(0.01, beta_2=0.99))
     for a, b in zip(model.weights, twin.weights):  # dense gradients: Keras's Adam is the same Adam
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-5, atol=1e-6)
     path = tmp_path / "m.keras"

@@ -9,8 +9,8 @@ attention. ``tf.raw_ops.ResourceApplyAdam`` does the same three lines in one mul
 
 The arithmetic is Adam's as Keras writes it (``alpha = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)``, ``t``
 the step counted from 1, ``w -= alpha m / (sqrt(v) + epsilon)``); the optimizer is Keras's Adam
-object with its ``update_step`` replaced, so checkpoints and ``.keras`` files are Keras's Adam's. One difference, in
-Adam's favour: for an embedding's gradient, Keras 3's Adam on TensorFlow squares each row before
+object with its ``update_step`` replaced, so checkpoints and ``.keras`` files are Keras's Adam's.
+One difference, in Adam's favour: for an embedding's gradient, Keras 3's Adam on TensorFlow squares each row before
 adding up the rows of a repeated id, so ``v`` gets ``sum(g_i^2)`` where Adam (and Keras 2.1, which
 the articles used, and Keras 3 on JAX and PyTorch, whose gradients are dense) has ``(sum g_i)^2``.
 Here the rows are added first. tests/test_utils.py checks both kinds of gradient against a float64
