@@ -222,12 +222,19 @@ def routing_inputs(seed, batch=2, positions=3, slots=5, parents=3, d=16, n_child
 
 
 def assert_history_close(got, expected, scale):
+    """Each iteration's R, μ, σ², a against the float64 loops. R (and the a computed from it) comes
+    from log-densities divided by the previous iteration's variances: where one has shrunk towards the
+    floor, a float32 rounding of the votes' scale (scale² ε) becomes scale² ε / σ² in the E-step's
+    logits, and R is compared to within that (1.5e-4 was measured on PyTorch for a variance of
+    1.6e-4 against votes up to 1.7: the bound is 2e-3 there, 1e-4 where variances stay large)."""
     assert len(got) == len(expected)
+    tolerance = 1e-4
     for g, e in zip(got, expected):
-        np.testing.assert_allclose(np_(g["R"]), e["R"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np_(g["R"]), e["R"], rtol=1e-4, atol=tolerance)
         np.testing.assert_allclose(np_(g["mean"]), e["mean"], rtol=1e-4, atol=1e-4 * scale)
         np.testing.assert_allclose(np_(g["variance"]), e["variance"], rtol=1e-4, atol=1e-4 * scale**2)
-        np.testing.assert_allclose(np_(g["activation"]), e["activation"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np_(g["activation"]), e["activation"], rtol=1e-4, atol=tolerance)
+        tolerance = max(1e-4, float(scale) ** 2 * np.finfo("float32").eps / e["variance"].min())
 
 
 # --------------------------------------------------------------------------------------------------
