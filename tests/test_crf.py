@@ -6,6 +6,7 @@ the log-likelihood, the k best paths and the marginals from that list. It shares
 """
 
 import ast
+import io
 import itertools
 import os
 import subprocess
@@ -20,6 +21,7 @@ from conftest import BACKEND, REPO, Killed, check_smoke_run, grad, run_copied_al
 pytest.importorskip(BACKEND, reason=f"KERAS_BACKEND={BACKEND} but {BACKEND} is not installed")
 import keras  # noqa: E402
 
+from crf import segment  # noqa: E402
 from crf.layers import CRF, FORBIDDEN, ZeroMasked, allowed_transitions, build_tagger  # noqa: E402
 from crf.scoring import bakeoff_score, spans, word_set_score  # noqa: E402
 from crf.segment import (  # noqa: E402
@@ -810,7 +812,7 @@ def test_segmenter_rules_spaces_latin_empty_unknown(variant):
 
 
 @pytest.mark.layers
-def test_segmenter_save_load_and_cli(tmp_path):
+def test_segmenter_save_load_and_cli(tmp_path, monkeypatch, capsys):
     seg = tiny_segmenter("strong")
     seg.save(tmp_path / "model")
     loaded = Segmenter.load(tmp_path / "model")
@@ -818,31 +820,43 @@ def test_segmenter_save_load_and_cli(tmp_path):
     lines = ["我爱北京天安门", "北京我爱", "天安门abc"]
     assert loaded.cut_lines(lines) == seg.cut_lines(lines)
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    env = {**os.environ, "KERAS_BACKEND": BACKEND}
-    run = lambda *a, **kw: subprocess.run(
-        [sys.executable, str(REPO / "crf" / "segment.py"), *a],
-        env=env,
+    expected = "\n".join(" ".join(w) for w in seg.cut_lines(lines)) + "\n"
+    # once as the command a user types (its own process, the text on stdin) ...
+    done = subprocess.run(
+        [sys.executable, str(REPO / "crf" / "segment.py"), str(tmp_path / "model")],
+        env={**os.environ, "KERAS_BACKEND": BACKEND},
+        input="\n".join(lines),
         capture_output=True,
         text=True,
         timeout=300,
-        **kw,
     )
-    expected = "\n".join(" ".join(w) for w in seg.cut_lines(lines)) + "\n"
-    assert run(str(tmp_path / "model"), "--input", str(tmp_path / "in.txt")).stdout == expected
-    assert run(str(tmp_path / "model"), input="\n".join(lines)).stdout == expected
-    assert run(str(tmp_path / "model"), *lines).stdout == expected
-    assert (
-        run(str(tmp_path / "model"), "--input", str(tmp_path / "in.txt"), "--ensemble", str(tmp_path / "model")).stdout
-        == expected
-    )
-    missing = run(str(tmp_path / "nowhere"), "我")
-    assert missing.returncode == 2 and "tagger.keras not found" in missing.stderr
-    assert run(str(tmp_path / "model"), input="").stdout == ""  # nothing in, nothing out
+    assert done.returncode == 0 and done.stdout == expected, done.stderr[-2000:]
+
+    # ... then each way in and each refusal through its main() here (a process costs a Keras import)
+    def run(*argv, stdin=b""):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+        capsys.readouterr()
+        try:
+            segment.main([str(a) for a in argv])
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    model = tmp_path / "model"
+    assert run(model, "--input", tmp_path / "in.txt") == (0, expected, "")
+    assert run(model, stdin="\n".join(lines).encode()) == (0, expected, "")
+    assert run(model, *lines) == (0, expected, "")
+    assert run(model, "--input", tmp_path / "in.txt", "--ensemble", model) == (0, expected, "")
+    code, out, err = run(tmp_path / "nowhere", "我")
+    assert code == 2 and "tagger.keras not found" in err
+    assert run(model, stdin=b"") == (0, "", "")  # nothing in, nothing out
     (tmp_path / "bad.txt").write_bytes("北京\n".encode() + "天".encode("gbk") + b"\n")
-    bad = run(str(tmp_path / "model"), "--input", str(tmp_path / "bad.txt"))
-    assert bad.returncode == 2 and "bad.txt:2: not valid UTF-8" in bad.stderr
-    odd = run(str(tmp_path / "model"), input="北京\x0c天安门\n我")  # a form feed is not a line end
-    assert odd.stdout.count("\n") == 2
+    code, _, err = run(model, "--input", tmp_path / "bad.txt")
+    assert code == 2 and "bad.txt:2: not valid UTF-8" in err
+    code, out, _ = run(model, stdin="北京\x0c天安门\n我".encode())  # a form feed is not a line end
+    assert code == 0 and out.count("\n") == 2
 
 
 PKU_PARTS = (
