@@ -1,9 +1,12 @@
 # The two commands of the Quickstart. Both use one virtual environment (.venv, made when missing):
 #   make reproduce   install what the articles need, then run every article's quick mode and report
 #   make test        install the test tools and the other Keras backends too, then lint and test
-# Options: make reproduce ARGS="--full"; make test PYTHON=python3.12; VENV=/elsewhere.
+# Options: make reproduce ARGS="--full"; make test PYTHON=python3.12; VENV=/elsewhere; make test WORKERS=1
+# (the tests run in WORKERS processes, pytest-xdist; 2 by default, the cores of the CI machines: most of
+# a test's time is tracing and compiling, which runs on one core).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
+WORKERS ?= 2
 PY := $(VENV)/bin/python
 
 .PHONY: reproduce test lint
@@ -12,9 +15,9 @@ reproduce: $(VENV)/.run-installed
 	$(PY) reproduce.py $(ARGS)
 
 test: $(VENV)/.test-installed lint
-	KERAS_BACKEND=tensorflow $(PY) -m pytest $(ARGS)
-	KERAS_BACKEND=jax $(PY) -m pytest -m "layers or backends" $(ARGS)
-	KERAS_BACKEND=torch $(PY) -m pytest -m "layers or backends" $(ARGS)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -n $(WORKERS) $(ARGS)
+	KERAS_BACKEND=jax $(PY) -m pytest -n $(WORKERS) -m "layers or backends" $(ARGS)
+	KERAS_BACKEND=torch $(PY) -m pytest -n $(WORKERS) -m "layers or backends" $(ARGS)
 
 lint: $(VENV)/.test-installed
 	$(PY) -m ruff check .
