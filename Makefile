@@ -1,10 +1,11 @@
 # The two commands of the Quickstart. Both use one virtual environment (.venv, made when missing):
 #   make reproduce   install what the articles need, then run every article's quick mode and report
 #   make test        install the test tools and the other Keras backends too, then lint and test
-# Options: make reproduce ARGS="--full"; make test PYTHON=python3.12; VENV=/elsewhere; make test WORKERS=1
-# (the tests run in WORKERS processes, pytest-xdist; 2 by default, the cores of the CI machines: most of
-# a test's time is tracing and compiling, which runs on one core). PyTorch's run stays in one process: its
-# tests are mostly eager ops that use both cores already (here 184 s in one process, 253 s in two).
+# Options: make reproduce ARGS="--full"; make test PYTHON=python3.12; VENV=/elsewhere; make test WORKERS=0
+# (the TensorFlow and JAX tests run in WORKERS processes, pytest-xdist; 0: in pytest's own; 2 by default,
+# the cores of the CI machines: most of a test's time is tracing and compiling, which runs on one core).
+# PyTorch's run stays in one process: its tests are mostly eager ops that use both cores already (here
+# 184 s in one process, 253 s in two).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 WORKERS ?= 2

@@ -188,7 +188,8 @@ def _scan(body, state, xs, reverse=False):
 def _came_from(scores, trans):
     """``argmax_i(scores[t, b, i] + trans[i, j])`` for every t, b, j as int32 (T, batch, K): the first
     best on ties. PyTorch: one comparison per previous tag (its ``argmax`` over rows of 4 to 17 scores
-    took 6-10x longer here); elsewhere one ``argmax``, which TensorFlow and XLA do well."""
+    took 6-10x longer here; a NaN, only in a row with no possible path, is never chosen, and ``decode``
+    gives such a row tags -1 either way); elsewhere one ``argmax``, which TensorFlow and XLA do well."""
     if keras.backend.backend() != "torch":
         return ops.cast(ops.argmax(scores[:, :, None, :] + ops.transpose(trans)[None, None], axis=3), "int32")
     best = scores[:, :, :1] + trans[None, None, 0]
