@@ -187,11 +187,11 @@ def _scan(body, state, xs, reverse=False):
 
 def _came_from(scores, trans):
     """``argmax_i(scores[t, b, i] + trans[i, j])`` for every t, b, j as int32 (T, batch, K): the first
-    best on ties. PyTorch: one comparison per previous tag (its ``argmax`` over rows of 4 to 17 scores
-    took 6-10x longer here; a NaN, only in a row with no possible path, is never chosen, and ``decode``
-    gives such a row tags -1 either way); elsewhere one ``argmax``, which TensorFlow and XLA do well."""
-    if keras.backend.backend() != "torch":
-        return ops.cast(ops.argmax(scores[:, :, None, :] + ops.transpose(trans)[None, None], axis=3), "int32")
+    best on ties. One comparison per previous tag rather than one ``argmax`` over a (T, batch, K, K)
+    array, whose rows of 4 to 17 scores every backend reduces slowly (measured here, 127 x 64 rows:
+    TensorFlow 25 against 13 ms at 17 tags, with XLA 2.0 against 0.8; JAX 9.9 against 0.3; PyTorch
+    6-10x). A NaN, only in a row with no possible path, is never chosen; ``decode`` gives such a row
+    tags -1 either way."""
     best = scores[:, :, :1] + trans[None, None, 0]
     came = ops.zeros(ops.shape(best), "int32")
     for i in range(1, trans.shape[0]):
@@ -210,8 +210,19 @@ def _left_align(mask):
     (right padding, left padding, holes) is right padding. Returns the order and its inverse."""
     steps = ops.shape(mask)[1]
     position = ops.arange(steps, dtype="int32")[None, :]
-    order = ops.argsort(ops.where(mask, position, position + steps), axis=1)  # keys are distinct
-    return ops.cast(order, "int32"), ops.cast(ops.argsort(order, axis=1), "int32")
+    if keras.backend.backend() == "torch":  # its argsort is fast, its scatter slow (0.3 against 180 ms)
+        order = ops.argsort(ops.where(mask, position, position + steps), axis=1)  # keys are distinct
+        return ops.cast(order, "int32"), ops.cast(ops.argsort(order, axis=1), "int32")
+    # Where each step goes: the n real steps to 0 .. n - 1 in their order, the padding after them.
+    # That is the inverse order; the order is one scatter of it. (XLA sorts slowly: two argsorts
+    # took 3-7x longer than this, under TensorFlow's jit_compile and JAX alike.)
+    real = ops.cast(mask, "int32")
+    count = ops.sum(real, axis=1, keepdims=True)
+    inverse = ops.where(mask, ops.cumsum(real, axis=1) - 1, count + ops.cumsum(1 - real, axis=1) - 1)
+    rows = ops.arange(ops.shape(mask)[0], dtype="int32")[:, None] + 0 * inverse
+    where = ops.reshape(ops.stack([rows, inverse], axis=-1), (-1, 2))
+    order = ops.scatter(where, ops.reshape(position + 0 * inverse, (-1,)), ops.shape(mask))
+    return ops.cast(order, "int32"), ops.cast(inverse, "int32")
 
 
 def _take(x, order):
@@ -235,58 +246,187 @@ def _relative_nll(x, closing, trans, start, end, real, last):
     ``start``, the last real step's for ``end``, and the pair marginals summed over steps and rows
     for ``trans``. Differentiating the loop instead stores every step's intermediates and, on
     TensorFlow, adds a gradient the size of ``x`` at every step (time quadratic in T). A row with
-    no possible path gets -inf (the caller reports it) and no gradient."""
+    no possible path gets -inf (the caller reports it) and no gradient.
+
+    Both recursions run scaled (``_scaled_forward``, ``_scaled_grads``): a matrix product a step
+    instead of a logsumexp over (batch, K, K). Where that may have lost accuracy to an underflow
+    (``_FLOOR``), the whole batch is computed again in log space (``_log_space``), which is exact
+    for any scores: the answer never depends on which one ran, only the time does."""
 
     @ops.custom_gradient
     def relative_nll(x, closing, trans, start, end):
-        pairs = trans[None]
-
-        def forward(alpha, x_t):  # runs on over the padding too: only real steps are read
-            alpha = _lse(alpha[:, :, None] + pairs, 1) + x_t[0]
-            return alpha, alpha
-
-        first = start[None, :] + x[0]
-        _, alphas = _scan(forward, first, (x[1:],))
-        alphas = ops.concatenate([first[None], alphas], axis=0)  # (T, batch, K)
-        final = ops.take_along_axis(alphas, last[None, :, None], axis=0)[0]
-        log_z = _lse(final + end[None, :], 1)
+        forward = _scaled_forward(x, trans, start, end, real, last)
+        low = forward[-1]
+        value = ops.cond(
+            low,
+            lambda: _log_space(x, closing, trans, start, end, real, last),
+            lambda: forward[0] - closing,
+        )
 
         def grad(*args, upstream=None):
             upstream = ops.cast(args[0] if upstream is None else upstream, "float32")
-            ok = ops.isfinite(log_z)  # rows without a path have no gradient
-            weight = ops.where(ok, upstream, 0.0)
-            log_z_ok = ops.where(ok, log_z, 0.0)
-
-            def backward(state, inputs):
-                # beta_{t-1}[i] = logsumexp_j(trans[i, j] + x_t[j] + beta_t[j]). The softmax over j of
-                # those terms is p(y_t = j | y_{t-1} = i); times p(y_{t-1} = i), the pair marginal.
-                beta, _ = state
-                x_t, real_t = inputs
-                new, given = _lse_softmax(pairs + (x_t + beta)[:, None, :])
-                state = ops.where(real_t[:, None], new, beta), given
-                return state, state  # (TensorFlow's scan outputs what it carries)
-
-            closing_beta = ops.broadcast_to(end[None, :], ops.shape(first))
-            start_state = (closing_beta, ops.zeros_like(x[0])[:, :, None] + pairs)
-            _, (betas, given) = _scan(backward, start_state, (x[1:], real[1:]), reverse=True)
-            betas = ops.concatenate([betas, closing_beta[None]], axis=0)  # betas[t] = beta_t
-            used = real & ok[None, :]
-            node = ops.where(used[:, :, None], ops.exp(alphas + betas - log_z_ok[None, :, None]), 0.0)
-            # p(y_{t-1} = i, y_t = j) = p(y_{t-1} = i) p(y_t = j | y_{t-1} = i), summed over real t >= 1
-            before = ops.where(used[1:, :, None], node[:-1], 0.0) * weight[None, :, None]
-            moves = ops.einsum("tbij,tbi->ij", given, before)
-            final_p = ops.where(ok[:, None], ops.exp(final + end[None, :] - log_z_ok[:, None]), 0.0)
-            return (
-                node * weight[None, :, None],
-                -upstream,
-                moves,
-                ops.sum(node[0] * weight[:, None], axis=0),
-                ops.sum(final_p * weight[:, None], axis=0),
+            grads, also_low = _scaled_grads(real, forward, upstream)
+            return ops.cond(
+                low | also_low,
+                lambda: _log_space(x, closing, trans, start, end, real, last, upstream),
+                lambda: grads,
             )
 
-        return log_z - closing, grad
+        return value, grad
 
     return relative_nll(x, closing, trans, start, end)
+
+
+# The scaled recursions keep each step's state at a maximum of 1, in float32, whose numbers keep
+# their relative precision down to 1.2e-38: sums of products of nonnegative numbers lose nothing
+# but rounding, except a term below that, which becomes 0. Against a state entry of at least
+# _FLOOR such a term changes it by less than K x 1.2e-38 / 1e-29 (below float32's rounding for any
+# K up to 100); an entry below _FLOOR that is not 0 for a structural reason (a forbidden move, or a
+# -inf score) may have lost everything, and a later step could need it (that path may win in the
+# end). Then the whole batch is computed again in log space, where every entry keeps its precision.
+_FLOOR = 1e-29
+
+
+def _exp_shifted(v, axis):
+    """``exp(v - top)`` and ``top``, the maximum of ``v`` over ``axis`` (kept; 0 where every entry
+    is -inf, so that the exps are 0 and not NaN)."""
+    top = ops.max(v, axis=axis, keepdims=True)
+    top = ops.where(ops.isfinite(top), top, 0.0)
+    return ops.exp(v - top), top
+
+
+def _scaled_forward(x, trans, start, end, real, last):
+    """The forward recursion of ``_relative_nll`` on exps: alpha_t = (alpha_{t-1} @ exp(trans)) *
+    exp(x_t), divided by its maximum at each step (the logs of those scales are summed afterwards,
+    in one cumulative sum). Returns log Z (batch,), the pieces ``_scaled_grads`` reuses, and ``low``
+    (a scalar): whether an entry of a real step's state that could be above 0 fell below ``_FLOOR``
+    (or an end score's exp, or a row's final sum)."""
+    moves, top_move = _exp_shifted(trans, (0, 1))
+    emitted, top_x = _exp_shifted(x, 2)  # (all steps: TensorFlow's max refuses an empty tensor)
+    emitted, top_x = emitted[1:], top_x[1:]  # (T - 1, batch, K), (T - 1, batch, 1)
+    first, top_first = _exp_shifted(start[None, :] + x[0], 1)
+
+    def forward(state, x_t):  # runs on over the padding too: only real steps are read
+        alpha, _ = state
+        alpha = ops.matmul(alpha, moves) * x_t[0]
+        top = ops.max(alpha, axis=1, keepdims=True)
+        state = alpha / ops.where(top > 0.0, top, 1.0), top
+        return state, state
+
+    _, (alphas, tops) = _scan(forward, (first, ops.ones_like(top_first)), (emitted,))
+    alphas = ops.concatenate([first[None], alphas], axis=0)  # (T, batch, K), each row's maximum 1
+    logs = ops.log(ops.where(tops > 0.0, tops, 1.0)) + top_x + top_move[0]
+    logs = ops.concatenate([top_first[None], logs], axis=0)[..., 0]  # (T, batch)
+    scale = ops.take_along_axis(ops.cumsum(logs, axis=0), last[None, :], axis=0)[0]
+    final = ops.take_along_axis(alphas, last[None, :, None], axis=0)[0]
+    closing, top_end = _exp_shifted(end, 0)
+    total = ops.sum(final * closing[None, :], axis=1)
+    # Entries that could be above 0: a possible score, reached by an allowed move from an entry
+    # above 0 one step before (by induction, the entries above 0 are then those of the exact state).
+    allowed = ops.cast(ops.isfinite(trans), "float32")
+    possible = ops.isfinite(x[1:])
+    reach = (ops.matmul(ops.cast(alphas[:-1] > 0.0, "float32"), allowed) > 0.0) & possible
+    low = (
+        ops.any(real[1:, :, None] & reach & (alphas[1:] * tops < _FLOOR))
+        | ops.any(real[0][:, None] & ops.isfinite(start[None, :] + x[0]) & (first < _FLOOR))
+        | ops.any(ops.isfinite(end) & (closing < _FLOOR))
+        | ops.any(real[0] & ops.logical_not(total >= _FLOOR))
+    )
+    log_z = ops.log(ops.where(total > 0.0, total, 1.0)) + top_end[0] + scale
+    return log_z, moves, emitted, alphas, final, closing, total, allowed, possible, low
+
+
+def _scaled_grads(real, forward, upstream):
+    """The gradients of ``_relative_nll`` from ``_scaled_forward``'s pieces: the backward recursion
+    on exps, beta_{t-1} = exp(trans) @ (exp(x_t) * beta_t), scaled like the forward one. Node
+    marginals are alpha_t * beta_t over their sum; the pair marginals summed over steps and rows
+    are exp(trans) times one product of (K, T x batch) and (T x batch, K) matrices, not a (batch,
+    K, K) array at every step. Returns the five gradients and ``low``: an underflow (as in the
+    forward recursion, an entry that could be above 0 below ``_FLOOR``; or a node marginals' sum
+    below it) or a non-finite gradient."""
+    _, moves, emitted, alphas, final, closing, total, allowed, possible, _ = forward
+
+    def backward(state, inputs):
+        beta, _ = state
+        x_t, real_t = inputs
+        beta_before = ops.matmul(x_t * beta, ops.transpose(moves))
+        top = ops.max(beta_before, axis=1, keepdims=True)
+        real_t = real_t[:, None]
+        state = ops.where(real_t, beta_before / ops.where(top > 0.0, top, 1.0), beta), ops.where(real_t, top, 1.0)
+        return state, state
+
+    closing_beta = ops.broadcast_to(closing[None, :], ops.shape(final))
+    start_state = (closing_beta, ops.ones_like(final[:, :1]))
+    _, (betas, tops) = _scan(backward, start_state, (emitted, real[1:]), reverse=True)
+    betas = ops.concatenate([betas, closing_beta[None]], axis=0)  # (T, batch, K)
+    node = alphas * betas
+    norm = ops.sum(node, axis=2, keepdims=True)
+    reach = ops.matmul(ops.cast((betas[1:] > 0.0) & possible, "float32"), ops.transpose(allowed)) > 0.0
+    low = ops.any(real[1:, :, None] & reach & (betas[:-1] * tops < _FLOOR)) | ops.any(
+        real & ops.logical_not(norm[..., 0] >= _FLOOR)
+    )
+    weight = ops.where(real, upstream[None, :], 0.0)[..., None]  # (T, batch, 1)
+    norm = ops.where(norm > 0.0, norm, 1.0)
+    node = node / norm * weight
+    # p(y_{t-1} = i, y_t = j) = alpha_{t-1}[i] exp(trans)[i, j] exp(x_t)[j] beta_t[j] / (that summed
+    # over i and j), and the sum is beta_{t-1}'s scale times alpha_{t-1} . beta_{t-1}.
+    before = alphas[:-1] * (weight[1:] / norm[:-1])
+    after = emitted * betas[1:] / tops
+    pairs = moves * ops.einsum("tbi,tbj->ij", before, after)
+    ends = ops.sum(final * closing[None, :] * (upstream / ops.where(total > 0.0, total, 1.0))[:, None], axis=0)
+    grads = (node, -upstream, pairs, ops.sum(node[0], axis=0), ends)
+    finite = [ops.all(ops.isfinite(g)) for g in (node, pairs, ends)]
+    return grads, low | ops.logical_not(finite[0] & finite[1] & finite[2])
+
+
+def _log_space(x, closing, trans, start, end, real, last, upstream=None):
+    """``log Z - closing`` (batch,) of ``_relative_nll`` by the forward recursion in log space, and
+    with ``upstream`` its five gradients instead, from the backward one (each step's conditionals
+    p(y_t | y_{t-1}) times the node marginals for the pairs): exact for any scores, and the
+    scaled recursions' fallback."""
+    pairs = trans[None]
+
+    def forward(alpha, x_t):  # runs on over the padding too: only real steps are read
+        alpha = _lse(alpha[:, :, None] + pairs, 1) + x_t[0]
+        return alpha, alpha
+
+    first = start[None, :] + x[0]
+    _, alphas = _scan(forward, first, (x[1:],))
+    alphas = ops.concatenate([first[None], alphas], axis=0)  # (T, batch, K)
+    final = ops.take_along_axis(alphas, last[None, :, None], axis=0)[0]
+    log_z = _lse(final + end[None, :], 1)
+    if upstream is None:
+        return log_z - closing
+    ok = ops.isfinite(log_z)  # rows without a path have no gradient
+    weight = ops.where(ok, upstream, 0.0)
+    log_z_ok = ops.where(ok, log_z, 0.0)
+
+    def backward(state, inputs):
+        # beta_{t-1}[i] = logsumexp_j(trans[i, j] + x_t[j] + beta_t[j]). The softmax over j of
+        # those terms is p(y_t = j | y_{t-1} = i); times p(y_{t-1} = i), the pair marginal.
+        beta, _ = state
+        x_t, real_t = inputs
+        new, given = _lse_softmax(pairs + (x_t + beta)[:, None, :])
+        state = ops.where(real_t[:, None], new, beta), given
+        return state, state  # (TensorFlow's scan outputs what it carries)
+
+    closing_beta = ops.broadcast_to(end[None, :], ops.shape(first))
+    start_state = (closing_beta, ops.zeros_like(x[0])[:, :, None] + pairs)
+    _, (betas, given) = _scan(backward, start_state, (x[1:], real[1:]), reverse=True)
+    betas = ops.concatenate([betas, closing_beta[None]], axis=0)  # betas[t] = beta_t
+    used = real & ok[None, :]
+    node = ops.where(used[:, :, None], ops.exp(alphas + betas - log_z_ok[None, :, None]), 0.0)
+    # p(y_{t-1} = i, y_t = j) = p(y_{t-1} = i) p(y_t = j | y_{t-1} = i), summed over real t >= 1
+    before = ops.where(used[1:, :, None], node[:-1], 0.0) * weight[None, :, None]
+    moves = ops.einsum("tbij,tbi->ij", given, before)
+    final_p = ops.where(ok[:, None], ops.exp(final + end[None, :] - log_z_ok[:, None]), 0.0)
+    return (
+        node * weight[None, :, None],
+        -upstream,
+        moves,
+        ops.sum(node[0] * weight[:, None], axis=0),
+        ops.sum(final_p * weight[:, None], axis=0),
+    )
 
 
 @keras.saving.register_keras_serializable(package="kexue_crf")
@@ -686,20 +826,21 @@ class CRF(keras.layers.Layer):
         stay = ops.zeros_like(real[0], "int32")[:, None] + ops.arange(self.num_tags, dtype="int32")[None, :]
         pairs = trans[None]
 
-        def forward(score, inputs):  # padding steps keep the state
-            x_t, real_t = inputs
-            best = ops.max(score[:, :, None] + pairs, axis=1) + x_t
+        def forward(score, x_t):  # runs on over the padding too: only real steps are read
+            best = ops.max(score[:, :, None] + pairs, axis=1) + x_t[0]
             # (NaN when no tag is reachable: then no path exists, which ``_gold`` reports)
-            score = ops.where(real_t[:, None], best - ops.max(best, axis=1, keepdims=True), score)
+            score = best - ops.max(best, axis=1, keepdims=True)
             return score, score
 
         first, _ = _shift(start[None, :] + x[0], 1)
-        last, scores = _scan(forward, first, (x[1:], real[1:]))
-        best = ops.cast(ops.argmax(last + end[None, :], axis=1), "int32")
+        _, scores = _scan(forward, first, (x[1:],))
+        scores = ops.concatenate([first[None], scores], axis=0)  # the state after each step
+        last = ops.maximum(ops.sum(ops.cast(mask, "int32"), axis=1) - 1, 0)
+        final = ops.take_along_axis(scores, last[None, :, None], axis=0)[0]
+        best = ops.cast(ops.argmax(final + end[None, :], axis=1), "int32")
         # Where each step's best came from, for all steps at once from the stored states (the loop
         # only carries scores); a padding step points back to the same tag.
-        scores = ops.concatenate([first[None], scores[:-1]], axis=0)
-        came = ops.where(real[1:, :, None], _came_from(scores, trans), stay[None])
+        came = ops.where(real[1:, :, None], _came_from(scores[:-1], trans), stay[None])
         rows = ops.arange(ops.shape(came)[1], dtype="int32") * self.num_tags
 
         def backward(tag, came_t):  # the tag at step t - 1 from the tag at step t

@@ -359,6 +359,98 @@ def test_long_sequences_across_loop_chunks_match_dynamic_programming(scheme):
     np.testing.assert_allclose(scores, best, atol=1e-3, rtol=1e-5)
 
 
+def dp_expectations(emissions, mask, trans, start, end):
+    """Gold tags (the best paths), log-likelihoods and their gradients for the emissions and the
+    transitions, by ``dynamic_programming`` in float64 (constraints as -inf scores)."""
+    k = trans.shape[0]
+    tags = np.zeros(mask.shape, "int32")
+    ll, d_e, d_t = np.zeros(len(mask)), np.zeros(mask.shape + (k,)), np.zeros((k, k))
+    for b in range(len(mask)):
+        positions = np.flatnonzero(mask[b])
+        e = emissions[b, positions].astype(np.float64)
+        log_z, marginals, pairs, path, score = dynamic_programming(e, trans, start, end)
+        tags[b, positions] = path
+        ll[b] = score - log_z
+        d_e[b, positions] = np.eye(k)[path] - marginals
+        for a, c in zip(path, path[1:]):
+            d_t[a, c] += 1
+        d_t -= pairs
+    return tags, ll, d_e, np.where(np.isfinite(trans), d_t, 0.0)
+
+
+@pytest.mark.layers
+def test_likelihood_is_exact_on_both_sides_of_the_scaled_recursions_floor(monkeypatch):
+    """On TensorFlow and PyTorch the likelihood's recursions run on exps scaled each step, and fall
+    back to log space for the whole batch when a state drops below ``_FLOOR`` (an underflow could have
+    lost terms that matter). Emission scales from 1 to 1000, with and without BMES rules: every
+    log-likelihood and gradient equals float64 dynamic programming, ordinary scales run scaled, the
+    extreme ones in log space."""
+    import crf.layers as layers
+
+    k, steps = 4, 23
+    rng = np.random.default_rng(11)
+    lengths = [23, 1, 9, 16, 17, 5]
+    mask = np.zeros((len(lengths), steps), bool)
+    for b, n in enumerate(lengths):
+        mask[b, np.sort(rng.choice(steps, n, replace=False)) if b % 2 else slice(0, n)] = True
+    fallbacks = []
+    real_log_space = layers._log_space
+    monkeypatch.setattr(layers, "_log_space", lambda *a: fallbacks.append(1) or real_log_space(*a))
+    ran = {}
+    for scheme in (None, "bmes"):
+        constraints = allowed_transitions("bmes", "sbme") if scheme else {}
+        crf = make_crf(k, True, seed=12, **constraints)
+        trans, start, end = weights(crf)
+        if scheme:
+            trans = np.where(constraints["allowed"], trans, -np.inf)
+            start = np.where(constraints["allowed_start"], start, -np.inf)
+            end = np.where(constraints["allowed_end"], end, -np.inf)
+        for scale in (1, 4, 16, 64, 1000):
+            emissions = (rng.normal(size=(len(lengths), steps, k)) * scale).astype("float32")
+            tags, ll, d_e, d_t = dp_expectations(emissions, mask, trans, start, end)
+            fallbacks.clear()
+            got = np_(crf.log_likelihood(emissions, tags, mask))
+            np.testing.assert_allclose(got, ll, atol=1e-3 * max(1, scale / 16), rtol=1e-5)
+            got_e = grad(lambda x: crf.log_likelihood(x, tags, mask), emissions)
+            np.testing.assert_allclose(got_e, d_e, atol=1e-4)
+
+            def ll_of_transitions(t):
+                with keras.StatelessScope(state_mapping=[(crf.transitions, t)]):
+                    return crf.log_likelihood(emissions, tags, mask)
+
+            np.testing.assert_allclose(grad(ll_of_transitions, np_(crf.transitions)), d_t, atol=2e-3)
+            ran[scheme, scale] = bool(fallbacks)
+    if BACKEND != "jax":  # JAX differentiates its log-space scan and never runs the scaled recursions
+        assert not ran[None, 1] and not ran["bmes", 1] and not ran[None, 4], ran
+        assert ran[None, 1000] and ran["bmes", 1000], ran
+
+
+@pytest.mark.layers
+def test_a_path_that_underflowed_early_and_wins_late_is_not_lost(monkeypatch):
+    """Two tags that never switch. Tag 1 starts 120 below tag 0 (e^-120 is 0 in float32), then tag 0
+    scores -60 twice: log Z = log(2) - 120, the two paths tie. The scaled recursion drops tag 1 at
+    step 0, and the largest entries of the later states stay above 1e-27; the floor on each entry that could be above
+    0 sends the batch to log space. Control: with the floor at 0 the answer is off by log 2 (and by
+    180 with a third step)."""
+    import crf.layers as layers
+
+    crf = CRF(2, boundary=True, allowed=np.eye(2, dtype=bool))
+    crf.build((None, None, 2))
+    for w in crf.weights:
+        w.assign(np.zeros(w.shape, "float32"))
+    emissions = np.array([[[0.0, -120.0], [-60.0, 0.0], [-60.0, 0.0]]], "float32")
+    tags = np.array([[1, 1, 1]])
+    expected = -np.log(2.0)  # path 1 1 1 scores -120, as 0 0 0 does
+    np.testing.assert_allclose(np_(crf.log_likelihood(emissions, tags)), [expected], atol=1e-5)
+    d_e = np.zeros((1, 3, 2))
+    d_e[0, :, 1], d_e[0, :, 0] = 0.5, -0.5
+    np.testing.assert_allclose(grad(lambda e: crf.log_likelihood(e, tags), emissions), d_e, atol=1e-5)
+    monkeypatch.setattr(layers, "_FLOOR", 0.0)
+    unguarded = np_(crf.log_likelihood(emissions, tags))
+    if BACKEND != "jax":  # (JAX never runs the scaled recursions)
+        assert abs(unguarded[0] - expected) > 0.5, unguarded
+
+
 # ---- numerics ---------------------------------------------------------------------------------------
 
 
