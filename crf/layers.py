@@ -265,6 +265,11 @@ def _relative_nll(x, closing, trans, start, end, real, last):
 
     @ops.custom_gradient
     def relative_nll(x, closing, trans, start, end):
+        if keras.backend.backend() == "torch" and trans.shape[0] < _TORCH_SCALED_FROM:
+            forward = _log_forward(x, closing, trans, start, end, last)
+            return forward[0], lambda *args, upstream=None: _log_grads(
+                x, trans, end, real, forward, ops.cast(args[0] if upstream is None else upstream, "float32")
+            )
         forward = _scaled_forward(x, trans, start, end, real, last)
         low = forward[-1]
         value = ops.cond(
@@ -285,6 +290,13 @@ def _relative_nll(x, closing, trans, start, end, real, last):
         return value, grad
 
     return relative_nll(x, closing, trans, start, end)
+
+
+# PyTorch runs each op eagerly, at a cost per op: with few tags the scaled recursions' extra ops a step
+# cost more than the logsumexp over (batch, K, K) they replace. Measured here (likelihood and
+# gradient, batch 64, lengths 64-128, both layers in one process, median ms): 4 tags 27.6 in log
+# space against 34.9 scaled, 8 tags 33.5 / 36.9, 12 tags 40.3 / 35.6, 17 tags 50.9 / 39.1.
+_TORCH_SCALED_FROM = 10
 
 
 # The scaled recursions keep each step's state at a maximum of 1, in float32, whose numbers keep
@@ -391,10 +403,15 @@ def _scaled_grads(real, forward, upstream):
 
 
 def _log_space(x, closing, trans, start, end, real, last, upstream=None):
-    """``log Z - closing`` (batch,) of ``_relative_nll`` by the forward recursion in log space, and
-    with ``upstream`` its five gradients instead, from the backward one (each step's conditionals
-    p(y_t | y_{t-1}) times the node marginals for the pairs): no entry can underflow, whatever the
-    scores; the scaled recursions' fallback."""
+    """``log Z - closing`` (batch,) of ``_relative_nll`` by the recursions in log space, or with
+    ``upstream`` its five gradients: the scaled recursions' fallback."""
+    forward = _log_forward(x, closing, trans, start, end, last)
+    return forward[0] if upstream is None else _log_grads(x, trans, end, real, forward, upstream)
+
+
+def _log_forward(x, closing, trans, start, end, last):
+    """``log Z - closing`` by the forward recursion in log space, whose entries cannot underflow
+    whatever the scores, and the alphas, final alphas and log Z that ``_log_grads`` reuses."""
     pairs = trans[None]
 
     def forward(alpha, x_t):  # runs on over the padding too: only real steps are read
@@ -406,8 +423,15 @@ def _log_space(x, closing, trans, start, end, real, last, upstream=None):
     alphas = ops.concatenate([first[None], alphas], axis=0)  # (T, batch, K)
     final = ops.take_along_axis(alphas, last[None, :, None], axis=0)[0]
     log_z = _lse(final + end[None, :], 1)
-    if upstream is None:
-        return log_z - closing
+    return log_z - closing, alphas, final, log_z
+
+
+def _log_grads(x, trans, end, real, forward, upstream):
+    """The five gradients of ``_relative_nll`` from ``_log_forward``'s pieces, by the backward
+    recursion in log space: each step's conditionals p(y_t | y_{t-1}) times the node marginals give
+    the pair marginals. A row without a possible path gets no gradient."""
+    _, alphas, final, log_z = forward
+    pairs = trans[None]
     ok = ops.isfinite(log_z)  # rows without a path have no gradient
     weight = ops.where(ok, upstream, 0.0)
     log_z_ok = ops.where(ok, log_z, 0.0)
@@ -421,7 +445,7 @@ def _log_space(x, closing, trans, start, end, real, last, upstream=None):
         state = ops.where(real_t[:, None], new, beta), given
         return state, state  # (TensorFlow's scan outputs what it carries)
 
-    closing_beta = ops.broadcast_to(end[None, :], ops.shape(first))
+    closing_beta = ops.broadcast_to(end[None, :], ops.shape(final))
     start_state = (closing_beta, ops.zeros_like(x[0])[:, :, None] + pairs)
     _, (betas, given) = _scan(backward, start_state, (x[1:], real[1:]), reverse=True)
     betas = ops.concatenate([betas, closing_beta[None]], axis=0)  # betas[t] = beta_t

@@ -393,6 +393,7 @@ def test_likelihood_is_exact_on_both_sides_of_the_scaled_recursions_floor(monkey
     mask = np.zeros((len(lengths), steps), bool)
     for b, n in enumerate(lengths):
         mask[b, np.sort(rng.choice(steps, n, replace=False)) if b % 2 else slice(0, n)] = True
+    monkeypatch.setattr(layers, "_TORCH_SCALED_FROM", 0)  # (PyTorch runs them from 10 tags on)
     fallbacks = []
     real_log_space = layers._log_space
     monkeypatch.setattr(layers, "_log_space", lambda *a: fallbacks.append(1) or real_log_space(*a))
@@ -434,6 +435,7 @@ def test_a_path_that_underflowed_early_and_wins_late_is_not_lost(monkeypatch):
     180 with a third step)."""
     import crf.layers as layers
 
+    monkeypatch.setattr(layers, "_TORCH_SCALED_FROM", 0)  # (PyTorch runs them from 10 tags on)
     crf = CRF(2, boundary=True, allowed=np.eye(2, dtype=bool))
     crf.build((None, None, 2))
     for w in crf.weights:
