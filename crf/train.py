@@ -15,8 +15,8 @@ corpus, not the bakeoff's file; every result here says so.
 
 Run:  python crf/train.py                       (article recipe, 3 seeds, ~18 min a seed on 2 CPU cores)
       python crf/train.py --variant bmes        (+ BMES rules and start/end scores)
-      python crf/train.py --variant strong      (our best: bigrams, wider dilated residual CNN, early stopping)
-      python crf/train.py --variant strong_ema  (strong on a moving average of its weights; not yet measured)
+      python crf/train.py --variant strong      (bigrams, wider dilated residual CNN, early stopping)
+      python crf/train.py --variant strong_ema  (strong on a moving average of its weights: our best single model)
       python crf/train.py --quick               (article network, 2 x 150 length-bucketed steps, 1 seed)
       python crf/train.py --variant article bmes strong strong_bd --ensembles strong all   (crf/README.md)
       python crf/train.py --smoke               (seconds of training: checks that the script runs)
