@@ -190,9 +190,9 @@ def _came_from(scores, trans):
     best on ties. One comparison per previous tag rather than one ``argmax`` over a (T, batch, K, K)
     array, whose rows of 4 to 17 scores every backend reduces slowly (measured here, 127 x 64 rows:
     TensorFlow 25 against 13 ms at 17 tags, with XLA 2.0 against 0.8; JAX 9.9 against 0.3; PyTorch
-    6-10x). A NaN score is never preferred to a number; a row of NaN (a state past a dead end, on
-    padding or in a row with no possible path) points to tag 0, which ``_best_path`` replaces on
-    padding and ``decode`` marks -1 in a row without a path."""
+    6-10x). A NaN at a tag after the first is never preferred; NaN comes only as whole rows (a
+    state past a dead end, on padding or in a row with no possible path), which point to tag 0:
+    ``_best_path`` replaces that on padding, and ``decode`` marks a row without a path -1."""
     best = scores[:, :, :1] + trans[None, None, 0]
     came = ops.zeros(ops.shape(best), "int32")
     for i in range(1, trans.shape[0]):
@@ -249,7 +249,8 @@ def _relative_nll(x, closing, trans, start, end, real, last):
     TensorFlow, adds a gradient the size of ``x`` at every step (time quadratic in T). A row with
     no possible path gets -inf (the caller reports it) and no gradient.
 
-    Both recursions run scaled (``_scaled_forward``, ``_scaled_grads``): a matrix product a step
+    Both recursions run scaled (``_scaled_forward``, ``_scaled_grads``; on PyTorch from
+    ``_TORCH_SCALED_FROM`` tags, below which they stay in log space): a matrix product a step
     instead of a logsumexp over (batch, K, K). Where that may have lost accuracy to an underflow
     (``_FLOOR``), the whole batch is computed again in log space (``_log_space``, the recursions of
     earlier versions), whose entries cannot underflow. Both agree with float64 to float32's rounding;

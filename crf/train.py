@@ -18,7 +18,7 @@ Run:  python crf/train.py                       (article recipe, 3 seeds, ~18 mi
       python crf/train.py --variant strong      (bigrams, wider dilated residual CNN, early stopping)
       python crf/train.py --variant strong_ema  (strong on a moving average of its weights: our best single model)
       python crf/train.py --quick               (article network, 2 x 150 length-bucketed steps, 1 seed)
-      python crf/train.py --variant article bmes strong strong_bd --ensembles strong all   (crf/README.md)
+      python crf/train.py --variant article bmes strong strong_bd strong_ema --ensembles strong all   (crf/README.md)
       python crf/train.py --smoke               (seconds of training: checks that the script runs)
 Records go to runs/results/ (the committed reference: results/, written only with --reference);
 trained segmenters to runs/crf/<experiment>-seed<k>/ (crf/segment.py loads them).
