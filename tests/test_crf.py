@@ -300,6 +300,39 @@ def dynamic_programming(e, trans, start, end):
     return log_z, marginals, pairs, path[::-1], float((delta + end).max())
 
 
+def constrained_weights(crf, constraints):
+    """The layer's transition, start and end scores in float64, with what ``constraints`` forbid as -inf."""
+    trans, start, end = weights(crf)
+    if constraints:
+        trans = np.where(constraints["allowed"], trans, -np.inf)
+        start = np.where(constraints["allowed_start"], start, -np.inf)
+        end = np.where(constraints["allowed_end"], end, -np.inf)
+    return trans, start, end
+
+
+def dp_expectations(emissions, mask, trans, start, end):
+    """Gold tags (the best paths: possible gold paths), log-likelihoods and their gradients for the
+    emissions and the transitions (0 for a forbidden move, whose score is not used), the best paths and
+    their scores, by ``dynamic_programming`` in float64 (constraints as -inf scores)."""
+    k = trans.shape[0]
+    tags = np.zeros(mask.shape, "int32")
+    ll, d_e, d_t = np.zeros(len(mask)), np.zeros(mask.shape + (k,)), np.zeros((k, k))
+    paths, best = [], []
+    for b in range(len(mask)):
+        positions = np.flatnonzero(mask[b])
+        e = emissions[b, positions].astype(np.float64)
+        log_z, marginals, pairs, path, score = dynamic_programming(e, trans, start, end)
+        tags[b, positions] = path
+        ll[b] = score - log_z
+        d_e[b, positions] = np.eye(k)[path] - marginals
+        for a, c in zip(path, path[1:]):
+            d_t[a, c] += 1
+        d_t -= pairs
+        paths.append(path)
+        best.append(score)
+    return tags, ll, d_e, np.where(np.isfinite(trans), d_t, 0.0), paths, best
+
+
 @pytest.mark.layers
 @pytest.mark.parametrize("scheme", [None, "bmes"])
 def test_long_sequences_across_loop_chunks_match_dynamic_programming(scheme):
@@ -318,28 +351,9 @@ def test_long_sequences_across_loop_chunks_match_dynamic_programming(scheme):
         mask[b, :n] = True  # right padding
         mask[len(lengths) + b, np.sort(rng.choice(steps, n, replace=False))] = True  # holes / left padding
     emissions = (rng.normal(size=(mask.shape[0], steps, k)) * 2).astype("float32")
-    trans, start, end = weights(crf)
-    if scheme:
-        trans = np.where(constraints["allowed"], trans, -np.inf)
-        start = np.where(constraints["allowed_start"], start, -np.inf)
-        end = np.where(constraints["allowed_end"], end, -np.inf)
-    tags = np.zeros(mask.shape, "int32")
-    expected_ll, expected_e, expected_t = np.zeros(len(mask)), np.zeros(mask.shape + (k,)), np.zeros((k, k))
-    paths, best = [], []
-    for b in range(len(mask)):
-        positions = np.flatnonzero(mask[b])
-        e = emissions[b, positions].astype(np.float64)
-        log_z, marginals, pairs, path, score = dynamic_programming(e, trans, start, end)
-        tags[b, positions] = path  # the best path is a possible gold path
-        gold = e[range(len(path)), path].sum() + start[path[0]] + end[path[-1]]
-        gold += sum(trans[a, c] for a, c in zip(path, path[1:]))
-        expected_ll[b] = gold - log_z
-        expected_e[b, positions] = np.eye(k)[path] - marginals
-        for a, c in zip(path, path[1:]):
-            expected_t[a, c] += 1
-        expected_t -= pairs
-        paths.append(path)
-        best.append(score)
+    tags, expected_ll, expected_e, expected_t, paths, best = dp_expectations(
+        emissions, mask, *constrained_weights(crf, constraints)
+    )
 
     np.testing.assert_allclose(np_(crf.log_likelihood(emissions, tags, mask)), expected_ll, atol=1e-3, rtol=1e-4)
     got_e = grad(lambda x: crf.log_likelihood(x, tags, mask), emissions)
@@ -350,32 +364,11 @@ def test_long_sequences_across_loop_chunks_match_dynamic_programming(scheme):
             return crf.log_likelihood(emissions, tags, mask)
 
     got_t = grad(ll_of_transitions, np_(crf.transitions))
-    if scheme:  # a forbidden move's score is not used, so it gets no gradient
-        expected_t = np.where(constraints["allowed"], expected_t, 0.0)
     np.testing.assert_allclose(got_t, expected_t, atol=2e-3)
     decoded, scores = map(np_, crf.decode(emissions, mask))
     for b in range(len(mask)):
         assert decoded[b, mask[b]].tolist() == paths[b] and np.all(decoded[b, ~mask[b]] == -1)
     np.testing.assert_allclose(scores, best, atol=1e-3, rtol=1e-5)
-
-
-def dp_expectations(emissions, mask, trans, start, end):
-    """Gold tags (the best paths), log-likelihoods and their gradients for the emissions and the
-    transitions, by ``dynamic_programming`` in float64 (constraints as -inf scores)."""
-    k = trans.shape[0]
-    tags = np.zeros(mask.shape, "int32")
-    ll, d_e, d_t = np.zeros(len(mask)), np.zeros(mask.shape + (k,)), np.zeros((k, k))
-    for b in range(len(mask)):
-        positions = np.flatnonzero(mask[b])
-        e = emissions[b, positions].astype(np.float64)
-        log_z, marginals, pairs, path, score = dynamic_programming(e, trans, start, end)
-        tags[b, positions] = path
-        ll[b] = score - log_z
-        d_e[b, positions] = np.eye(k)[path] - marginals
-        for a, c in zip(path, path[1:]):
-            d_t[a, c] += 1
-        d_t -= pairs
-    return tags, ll, d_e, np.where(np.isfinite(trans), d_t, 0.0)
 
 
 @pytest.mark.layers
@@ -401,14 +394,9 @@ def test_likelihood_is_exact_on_both_sides_of_the_scaled_recursions_floor(monkey
     for scheme in (None, "bmes"):
         constraints = allowed_transitions("bmes", "sbme") if scheme else {}
         crf = make_crf(k, True, seed=12, **constraints)
-        trans, start, end = weights(crf)
-        if scheme:
-            trans = np.where(constraints["allowed"], trans, -np.inf)
-            start = np.where(constraints["allowed_start"], start, -np.inf)
-            end = np.where(constraints["allowed_end"], end, -np.inf)
         for scale in (1, 4, 16, 64, 1000):
             emissions = (rng.normal(size=(len(lengths), steps, k)) * scale).astype("float32")
-            tags, ll, d_e, d_t = dp_expectations(emissions, mask, trans, start, end)
+            tags, ll, d_e, d_t, _, _ = dp_expectations(emissions, mask, *constrained_weights(crf, constraints))
             fallbacks.clear()
             got = np_(crf.log_likelihood(emissions, tags, mask))
             np.testing.assert_allclose(got, ll, atol=1e-3 * max(1, scale / 16), rtol=1e-5)
@@ -430,8 +418,8 @@ def test_likelihood_is_exact_on_both_sides_of_the_scaled_recursions_floor(monkey
 def test_a_path_that_underflowed_early_and_wins_late_is_not_lost(monkeypatch):
     """Two tags that never switch. Tag 1 starts 120 below tag 0 (e^-120 is 0 in float32), then tag 0
     scores -60 twice: log Z = log(2) - 120, the two paths tie. The scaled recursion drops tag 1 at
-    step 0, and the largest entries of the later states stay above 1e-27; the floor on each entry that could be above
-    0 sends the batch to log space. Control: with the floor at 0 the answer is off by log 2."""
+    step 0, and the largest entries of the later states stay above 1e-27; the floor on each entry
+    that could be above 0 sends the batch to log space. Control: with the floor at 0 the answer is off by log 2."""
     import crf.layers as layers
 
     monkeypatch.setattr(layers, "_TORCH_SCALED_FROM", 0)  # (PyTorch runs them from 10 tags on)
