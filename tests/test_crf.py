@@ -1107,7 +1107,7 @@ def runs_load(path):
 
 
 @pytest.mark.layers
-@pytest.mark.parametrize("variant", ["article", "bmes", "strong", "strong_bd"])
+@pytest.mark.parametrize("variant", ["article", "bmes", "strong", "strong_bd", "fast", "fast_e32"])
 def test_every_variant_trains_on_generated_batches(variant):
     """Each model variant fits a few steps from the article-style batch generator (synthetic
     sentences) and its loss goes down."""
@@ -1124,6 +1124,26 @@ def test_every_variant_trains_on_generated_batches(variant):
     assert history["loss"][-1] < history["loss"][0]
     seg = Segmenter(tagger, vocab)
     assert seg.cut_lines(["中国人民爱北京"])[0] and "".join(seg.cut("我爱北京天安门")) == "我爱北京天安门"
+
+
+def test_held_out_checks_split_each_epoch_into_shorter_ones():
+    """A variant with ``checks`` runs the same steps as shorter epochs (a held-out check and an
+    average written into the weights after each), in every mode and with ``--epochs``; others keep
+    the mode's epochs."""
+    from crf import train
+    from utils import cli
+
+    def config(variant, *argv):
+        args = cli.parse(train.parser(), ["--variant", variant, *argv])
+        job = [j for j in train.jobs(args, None) if j.config.get("variant") == variant][0]
+        return job.config["epochs"], job.config["steps_per_epoch"], job.protocol
+
+    assert train.VARIANTS["fast_fine"]["checks"] == 5
+    assert config("fast_fine")[:2] == (50, 100) and config("fast")[:2] == (10, 500)
+    assert config("fast_fine", "--quick")[:2] == (10, 30) and config("fast", "--quick")[:2] == (2, 150)
+    assert config("fast_fine", "--smoke")[:2] == (5, 1)
+    assert config("fast_fine", "--epochs", "3")[:2] == (15, 100)
+    assert config("fast_fine")[2].startswith("full: 50 x 100 steps")
 
 
 @pytest.mark.layers
