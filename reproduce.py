@@ -57,7 +57,18 @@ ARTICLES = {
         "title": "简明条件随机场CRF介绍（附带纯Keras实现） (A concise CRF, with a pure-Keras implementation)",
         "url": "https://kexue.fm/archives/5542",
         # every variant and ensemble in crf/README.md
-        "full": ["--variant", "article", "bmes", "strong", "strong_bd", "strong_ema", "fast", "--ensembles", "strong", "all"],
+        "full": [
+            "--variant",
+            "article",
+            "bmes",
+            "strong",
+            "strong_bd",
+            "strong_ema",
+            "fast",
+            "--ensembles",
+            "strong",
+            "all",
+        ],
         "quick_s": 100,
     },
     "vae": {
