@@ -70,7 +70,7 @@ VARIANTS = {
     # segmentation), five wider convolutions whose dilations see 2 x (1+1+2+4+1) + 1 = 19 characters,
     # residual connections, dropout, and the BMES CRF; batches of similar lengths (``batches``), which
     # makes its steps about 5x cheaper than padding corpus-order batches; padded steps zeroed
-    # (``ZeroMasked``), so a sentence is tagged the same in any batch. Its 15M parameters (most in
+    # (``ZeroMasked``), so a sentence is tagged the same in any batch. Its 18M parameters (most in
     # the bigram table) memorise PKU's 19k sentences within 2 epochs, so it holds out 1000 sentences
     # (not 5000: a quarter of PKU's training text) and keeps the epoch with the best held-out F1,
     # stopping after 2 epochs without a better one.
@@ -97,20 +97,20 @@ VARIANTS["strong_bd"] = {**VARIANTS["strong"], "bigram_dropout": 0.33}
 # next epoch starts from. ``strong`` peaks after 1-2 epochs, while Adam's steps are still large: the
 # average is a cheap ensemble of the last steps' weights in one network.
 VARIANTS["strong_ema"] = {**VARIANTS["strong"], "ema": 0.99}
-# Small enough to segment faster than jieba (crf/bench.py): 64-wide character and bigram embeddings,
-# three 128-wide residual convolutions with dilations 1, 2, 1 (9 characters seen), the rest as
-# strong_ema. About a seventh of strong's multiplications per character.
+# Smaller: 64-wide character and bigram embeddings, three 128-wide residual convolutions with
+# dilations 1, 2, 1 (9 characters seen), the rest as strong_ema. About a seventh of strong's
+# multiplications per character; better than strong_ema on held-out and test text (crf/README.md).
 VARIANTS["fast"] = {**VARIANTS["strong_ema"], "embedding": 64, "width": 128, "dilations": [1, 2, 1]}
 # Tried against fast on one seed each, chosen between by held-out F1 (crf/README.md): held-out checks
 # every 100 steps (and the average written into the weights as often), stopping after 500 steps
-# without a better one; a fourth convolution (dilation 4: 17 characters seen); 32-wide embeddings; the
-# fourth convolution with dropout 0.3.
+# without a better one; a fourth convolution (dilation 4: 17 characters seen); 32-wide embeddings; and
+# (changing fast_deep) dropout 0.3.
 VARIANTS["fast_fine"] = {**VARIANTS["fast"], "checks": 5, "early_stopping": {"monitor": "heldout_f1", "patience": 5}}
 VARIANTS["fast_deep"] = {**VARIANTS["fast"], "dilations": [1, 2, 4, 1]}
 VARIANTS["fast_e32"] = {**VARIANTS["fast"], "embedding": 32}
 VARIANTS["fast_deep_d3"] = {**VARIANTS["fast_deep"], "dropout": 0.3}
-# fast measured at 0.8-0.9x jieba's speed (crf/bench.py), so a narrower one: 48-wide embeddings,
-# 96-wide convolutions (about half of fast's multiplications per character).
+# For speed (fast is about jieba's speed, crf/bench.py): 48-wide embeddings, 96-wide convolutions,
+# about half of fast's multiplications per character.
 VARIANTS["fast_small"] = {**VARIANTS["fast"], "embedding": 48, "width": 96}
 MODES = {
     "full": {"epochs": 10, "steps_per_epoch": 500, "seeds": 3},
