@@ -1146,6 +1146,49 @@ def test_held_out_checks_split_each_epoch_into_shorter_ones():
     assert config("fast_fine")[2].startswith("full: 50 x 100 steps")
 
 
+def test_refits_train_every_sentence_for_the_epochs_held_out_text_chose():
+    """A refit variant holds nothing out, has no early stopping and caps the mode's epochs at its own
+    (quick and smoke modes keep their shorter runs and their held-out sentences; ``--epochs`` wins);
+    everything else is the variant it refits. The cap must not touch other variants."""
+    from crf import train
+    from utils import cli
+
+    def config(variant, *argv):
+        args = cli.parse(train.parser(), ["--variant", variant, *argv])
+        return [j for j in train.jobs(args, None) if j.config.get("variant") == variant][0]
+
+    for name in ("fast", "fast_deep", "fast_small"):
+        refit, original = train.VARIANTS[f"{name}_refit"], train.VARIANTS[name]
+        rest = lambda variant: {k: v for k, v in variant.items() if k not in train.REFIT}
+        assert rest(refit) == rest(original) and {k: refit[k] for k in train.REFIT} == train.REFIT
+    job = config("fast_refit")
+    assert (job.config["epochs"], job.config["steps_per_epoch"], job.config["heldout"]) == (1, 500, 0)
+    assert job.config["early_stopping"] is None and job.protocol.startswith("full: 1 x 500 steps")
+    assert "0 held out" in job.protocol
+    assert config("fast").config["epochs"] == 10 and config("fast").config["heldout"] == 1000
+    quick = config("fast_refit", "--quick").config
+    assert (quick["epochs"], quick["heldout"]) == (1, 1000)
+    assert config("fast_refit", "--epochs", "3").config["epochs"] == 3
+
+
+@pytest.mark.data
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the training script end to end; checked once")
+def test_a_refit_trains_on_every_sentence_and_scores_its_last_epoch(tmp_path, require_data, capsys):
+    """A refit's run (smoke steps, nothing held out as in the full protocol): every training sentence
+    is trained on, no held-out score is made up, and the last epoch's weights are the ones scored."""
+    for part in PKU_PARTS:
+        require_data(f"icwb2/{part}")
+    from crf import train
+
+    argv = ["--smoke", "--variant", "fast_refit", "--heldout", "0", "--epochs", "2"]
+    _, record = train.main([*argv, "--out", str(tmp_path / "r"), "--save", str(tmp_path / "m")])
+    lines = len(train.data.icwb2("pku", "train"))
+    assert f"{lines} training sentences, 0 held out" in capsys.readouterr().out
+    metrics = record["metrics"]
+    assert record["config"]["heldout"] == 0 and metrics["heldout_f1"] is None and metrics["heldout_word_set"] is None
+    assert (metrics["epochs_trained"], metrics["scored_epoch"]) == (2, 2) and 0 < metrics["test_f1"] <= 1
+
+
 @pytest.mark.layers
 def test_ema_variant_ends_each_epoch_on_the_moving_average_of_its_weights():
     """``strong_ema``'s optimizer: the weights a run ends an epoch with are the moving average
