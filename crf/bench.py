@@ -3,6 +3,7 @@
     python crf/bench.py                       # layer timings, then the segmenter comparison
     python crf/bench.py --segment-only --model runs/crf/article-pku-seed0 runs/crf/strong-pku-seed0 --repeats 3
     python crf/bench.py --segment-only --peers thulac,jieba --lines 200 --repeats 1    # a quick check
+    python crf/bench.py --segment-only --model runs/crf/fast_small-pku-seed0 --peers jieba --processes 7
     KERAS_BACKEND=jax python crf/bench.py --layer-only
 
 1. The layer: milliseconds per call of (negative log-likelihood + its gradient) and of Viterbi
@@ -16,7 +17,9 @@
    and OOV recall (crf/scoring.py, against the official training-word list, as crf/train.py scores)
    and its speed: one untimed pass over the text (loading, compiling, caches), then the best of
    ``--repeats`` timed passes, in this one process, in characters per second and relative to jieba
-   timed in the same run (always run: it is the yardstick). Ours segment in batches
+   timed in the same run (always run: it is the yardstick). With ``--processes N`` each is timed
+   instead in N fresh processes, in rounds, and its median is reported: jieba's speed here changes
+   up to 2x from one process to the next. Ours segment in batches
    (``Segmenter.cut_lines``), the peers line by line through their own Python API, as they run by
    default (one thread; TensorFlow runs ours on every core).
    The record goes to ``runs/results/crf/segmenters/segmenters.json`` (``--reference``: to
@@ -30,8 +33,10 @@ import datetime
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -471,16 +476,75 @@ def load_test_set(lines=None):
 
 def measure(cut_lines, test, gold, training_words, repeats, clean=None):
     """Bakeoff scores and speed of ``cut_lines`` (lines -> lists of words) on the text ``test``: one
-    untimed pass (loading, compiling, caches), then ``repeats`` timed ones. Scored on the last pass's
-    output (through ``clean`` first, untimed); chars/s from the fastest pass."""
-    cut_lines(test)
+    untimed pass (loading, compiling, caches), then ``repeats`` timed ones (``timed_passes``). Scored
+    on the last pass's output (through ``clean`` first, untimed); chars/s from the fastest pass
+    (``None`` with ``repeats`` 0: scores only)."""
+    seconds, predicted = timed_passes(cut_lines, test, repeats)
+    scores = bakeoff_score(gold, clean(predicted) if clean else predicted, training_words)
+    chars = sum(len(line) for line in test)
+    return {**scores, "seconds": seconds, "chars_per_s": chars / min(seconds) if seconds else None}
+
+
+def timed_passes(cut_lines, test, repeats):
+    """(seconds of each of ``repeats`` timed passes of ``cut_lines`` over ``test``, the last output),
+    after one untimed pass."""
+    predicted = cut_lines(test)
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
         predicted = cut_lines(test)
         seconds.append(time.perf_counter() - start)
-    scores = bakeoff_score(gold, clean(predicted) if clean else predicted, training_words)
-    return {**scores, "seconds": seconds, "chars_per_s": sum(len(line) for line in test) / min(seconds)}
+    return seconds, predicted
+
+
+def time_one(args):
+    """``--time-one``: time one segmenter in this process (a child of ``time_in_processes``) and print
+    its passes' seconds as a JSON line: ``ours:K`` is the K-th setting of the one ``--model``
+    (``our_contenders``), ``peer:NAME`` a peer of ``PEERS``."""
+    test = load_test_set(args.lines)[0]
+    kind, _, key = args.time_one.partition(":")
+    if kind == "ours":
+        from crf.segment import Segmenter
+
+        folder = args.model[0]
+        cut_lines, _ = our_contenders({folder: (Segmenter.load(folder), 0.0)}, args.variants)[int(key)][3]()
+    else:
+        with contextlib.redirect_stdout(sys.stderr):
+            cut_lines = line_by_line(PEERS[key].load(args))
+    seconds, _ = timed_passes(cut_lines, test, args.repeats)
+    print(json.dumps({"seconds": seconds}))
+
+
+def _child(command):
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def time_in_processes(args, timers):
+    """Each segmenter of ``timers`` (``{row label: (--time-one spec, its model folder or None)}``)
+    timed in ``args.processes`` fresh processes of this script, one at a time: in each round every
+    segmenter once, the order rotated by one each round, so that a slow or fast spell of the machine
+    falls on all of them alike. Returns
+    ``{label: [the seconds of each process's timed passes]}``."""
+    labels = list(timers)
+    out = {label: [] for label in labels}
+    for round_ in range(args.processes):
+        shift = round_ % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            spec, folder = timers[label]
+            command = [sys.executable, str(Path(__file__).resolve()), "--segment-only", "--repeats", str(args.repeats)]
+            command += ["--time-one", spec, *(["--model", str(folder)] if folder else [])]
+            command += ["--variants"] if args.variants else []
+            command += ["--lines", str(args.lines)] if args.lines else []
+            command += ["--pkuseg-model", str(args.pkuseg_model)] if args.pkuseg_model else []
+            done = _child(command)
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"timing {label} in a process of its own failed (exit {done.returncode}); its last output:\n"
+                    + done.stderr[-2000:]
+                )
+            out[label].append(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+        print(f"  round {round_ + 1} of {args.processes} timed", flush=True)
+    return out
 
 
 def line_by_line(cut):
@@ -543,13 +607,17 @@ def compare_segmenters(args, loaded, peer_list):
     if not loaded:
         print("(no --model given: only the peers are measured; train a model with python crf/train.py)")
     peers, skipped = available_peers(peer_list, args)
-    rows = []
+    rows, timers = [], {}
+    repeats = args.repeats if args.processes == 1 else 0  # with --processes: timed in processes of their own
     version = runs.describe_version(runs.code_version())
+    settings = {}  # each folder's settings in our_contenders' order: what --time-one names
     for label, how, folder, make in our_contenders(loaded, args.variants):
         cut_lines, load_s = make()
-        result = measure(cut_lines, test, gold, training_words, args.repeats)
+        result = measure(cut_lines, test, gold, training_words, repeats)
         row = {"segmenter": label, "kind": "ours", "model": str(folder), "version": version, "how": how}
         rows.append({**row, "load_s": load_s, **result})
+        settings[folder] = settings.get(folder, -1) + 1
+        timers[label] = (f"ours:{settings[folder]}", folder)
         _progress(rows[-1])
     for peer in peers:
         installed = package_version(peer.package)
@@ -558,7 +626,7 @@ def compare_segmenters(args, loaded, peer_list):
             with contextlib.redirect_stdout(sys.stderr):  # thulac and spacy-pkuseg talk as they load
                 cut = peer.load(args)
             load_s = time.perf_counter() - start
-            result = measure(line_by_line(cut), test, gold, training_words, args.repeats, clean=words_only)
+            result = measure(line_by_line(cut), test, gold, training_words, repeats, clean=words_only)
             facts = peer.facts(args)
         except Exception as err:  # a peer is someone else's code: note its failure, go on with the others
             why = f"failed ({type(err).__name__}: {str(err)[:300]})"
@@ -578,7 +646,15 @@ def compare_segmenters(args, loaded, peer_list):
                 **facts,
             }
         )
+        timers[rows[-1]["segmenter"]] = (f"peer:{peer.name}", None)
         _progress(rows[-1])
+    if args.processes > 1:
+        print(f"\ntiming each in {args.processes} processes of its own:", flush=True)
+        by_process = time_in_processes(args, timers)
+        for row in rows:
+            row["seconds"] = by_process[row["segmenter"]]
+            row["chars_per_s_by_process"] = [chars / min(seconds) for seconds in row["seconds"]]
+            row["chars_per_s"] = float(np.median(row["chars_per_s_by_process"]))
     yardstick = next((r for r in rows if r.get("peer") == YARDSTICK), None)
     for row in rows:
         row["vs_jieba"] = row["chars_per_s"] / yardstick["chars_per_s"] if yardstick else None
@@ -599,8 +675,15 @@ def compare_segmenters(args, loaded, peer_list):
         "gold/pku_training_words.utf8 (crf/scoring.py: bakeoff_score, as crf/train.py scores)",
         "timing": {
             "repeats": args.repeats,
-            "how": "one process; one untimed pass over the text, then the best of the timed passes; ours in batches "
-            "(TensorFlow's threads on every core), the peers line by line as they run by default",
+            "processes": args.processes,
+            "how": (
+                "one process; one untimed pass over the text, then the best of the timed passes"
+                if args.processes == 1
+                else f"each segmenter in {args.processes} fresh processes of its own, in rounds (every segmenter "
+                "once a round, the order rotated by one each round); in each, one untimed pass over the text, then "
+                "the best of the timed passes; chars/s: the median of the processes' bests"
+            )
+            + "; ours in batches (TensorFlow's threads on every core), the peers line by line as they run by default",
             "yardstick": YARDSTICK if yardstick else None,
         },
         "rows": rows,
@@ -619,19 +702,26 @@ def compare_segmenters(args, loaded, peer_list):
 
 
 def _progress(row):
+    speed = f"{row['chars_per_s']:,.0f} chars/s, " if row["chars_per_s"] else ""
     print(
         f"  {row['segmenter']}: F1 {row['f1']:.4f}, OOV recall {row['oov_recall']:.4f}, "
-        f"{row['chars_per_s']:,.0f} chars/s (loaded in {row['load_s']:.1f} s)",
+        f"{speed}loaded in {row['load_s']:.1f} s",
         flush=True,
     )
 
 
 def table(record):
     """(the footnotes, the Markdown table crf/README.md shows with its caption and notes below it)."""
-    test, marks = record["test"], "¹²³⁴⁵⁶⁷⁸⁹"
+    test, marks, timing = record["test"], "¹²³⁴⁵⁶⁷⁸⁹", record["timing"]
+    processes = timing.get("processes", 1)  # records before --processes: one
+    speed = (
+        f"best of {timing['repeats']} after a warm-up, one process"
+        if processes == 1
+        else f"median over {processes} processes of each one's best of {timing['repeats']} after a warm-up"
+    )
     lines = [
         f"PKU test set, {test['lines']:,} lines{' (a subset)' if test['subset'] else ''}, {test['characters']:,} "
-        f"characters; bakeoff scoring; chars/s: best of {record['timing']['repeats']} after a warm-up, one process; "
+        f"characters; bakeoff scoring; chars/s: {speed}; "
         f"{record['backend']} {record['versions'].get(record['backend'], '')}, {record['machine']}, {record['date']}",
         f"command: {record['command']}",
         "",
@@ -682,6 +772,14 @@ def parser():
     p.add_argument(
         "--repeats", type=cli.at_least(1), default=5, help="timed calls (layer) or passes (segmenters); default 5"
     )
+    p.add_argument(
+        "--processes",
+        type=cli.at_least(1),
+        default=1,
+        help="time each segmenter in this many fresh processes, in rounds, and report the median (default 1: "
+        "all in this process); for speeds that change from one process to the next (jieba's, here)",
+    )
+    p.add_argument("--time-one", default=None, help=argparse.SUPPRESS)  # a child of --processes
     p.add_argument("--layer-only", action="store_true", help="only the layer timings")
     p.add_argument("--segment-only", action="store_true", help="only the segmenter comparison")
     p.add_argument(
@@ -731,11 +829,14 @@ def main(argv=None):
                 ("--pkuseg-model", args.pkuseg_model),
                 ("--out", args.out),
                 ("--reference", args.reference),
+                ("--processes", args.processes > 1),
             ]
             if on
         ]
         if given:
             p.error(f"{', '.join(given)}: options of the segmenter comparison, which --layer-only skips")
+    if args.time_one:
+        return time_one(args)
     if args.out is not None and args.reference:
         p.error(f"--out {args.out} and --reference name two places for the record: give one")
     unknown = [name for name in args.peers or [] if name not in PEERS]

@@ -3,7 +3,9 @@ gold text, our models' rows, peers that are missing or unknown, bad input, the r
 write, and one real run of jieba on the first 50 PKU test lines."""
 
 import json
+import subprocess
 
+import numpy as np
 import pytest
 from conftest import BACKEND
 
@@ -158,6 +160,8 @@ def test_our_models_are_measured_with_their_variants(tmp_path, tiny_test_set):
         (["--layer-only", "--segment-only"], "leave nothing to run"),
         (["--out", "x", "--reference"], "--out x and --reference name two places for the record"),
         (["--model", ""], "an empty model folder"),
+        (["--processes", "0"], "argument --processes: must be at least 1, got 0"),
+        (["--layer-only", "--processes", "3"], "--processes: options of the segmenter comparison"),
     ],
 )
 def test_bad_options_are_refused_with_the_reason(argv, message, capsys):
@@ -220,3 +224,55 @@ def test_jieba_on_the_first_50_test_lines(tmp_path, require_data):
     test, gold = data.icwb2("pku", "test")[:50], data.icwb2("pku", "gold")[:50]
     assert row["f1"] == bakeoff_score(gold, jieba_cut_lines(test), data.icwb2("pku", "words"))["f1"]
     assert 0.7 < row["f1"] < 0.95 and 0 < row["oov_recall"] < 1 and row["chars_per_s"] > 0
+
+
+def test_processes_time_each_segmenter_in_rounds_and_report_the_median(tmp_path, tiny_test_set, monkeypatch):
+    """--processes: the scores come from this process, the speeds from child processes (stood in for
+    here): every segmenter once a round, the order rotated each round, each child's best pass, the
+    median of those, and the ratio to jieba's median."""
+    calls, passes = [], iter([[0.5, 0.4], [1.0], [0.3], [2.0], [0.2, 0.25], [3.0]])  # in the order they run
+
+    def child(command):
+        calls.append(command[command.index("--time-one") + 1])
+        assert command[command.index("--repeats") + 1] == "2" and "--processes" not in command
+        return subprocess.CompletedProcess(command, 0, stdout=f"noise\n{json.dumps({'seconds': next(passes)})}\n")
+
+    monkeypatch.setattr(bench, "_child", child)
+    argv = ["--segment-only", "--peers", "chars", "--repeats", "2", "--processes", "3", "--out", str(tmp_path)]
+    record = bench.main(argv)
+    assert calls == ["peer:chars", "peer:jieba", "peer:jieba", "peer:chars", "peer:chars", "peer:jieba"]
+    chars, jieba = record["rows"]
+    assert chars["f1"] == pytest.approx(1 / 3)  # scored here, not in the children
+    assert chars["seconds"] == [[0.5, 0.4], [2.0], [0.2, 0.25]] and jieba["seconds"] == [[1.0], [0.3], [3.0]]
+    assert chars["chars_per_s_by_process"] == pytest.approx([11 / 0.4, 11 / 2.0, 11 / 0.2])
+    assert chars["chars_per_s"] == pytest.approx(11 / 0.4) and jieba["chars_per_s"] == pytest.approx(11 / 1.0)
+    assert chars["vs_jieba"] == pytest.approx(2.5) and record["timing"]["processes"] == 3
+    assert "chars/s: median over 3 processes of each one's best of 2 after a warm-up" in record["table"]
+
+    monkeypatch.setattr(
+        bench, "_child", lambda command: subprocess.CompletedProcess(command, 1, stdout="", stderr="MemoryError\n")
+    )
+    with pytest.raises(
+        RuntimeError, match="timing every character in a process of its own failed .exit 1.(.|\n)*MemoryError"
+    ):
+        bench.main(argv)
+
+
+@pytest.mark.data
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="processes of the script end to end; checked once")
+def test_processes_time_our_model_and_jieba_in_real_child_processes(tmp_path, require_data):
+    """The children of --processes are this script: each loads one segmenter (our model folder, or a
+    peer), times it on the same lines and reports its passes, and the record holds them."""
+    for part in PKU_TEST:
+        require_data(f"icwb2/{part}")
+    from crf.segment import Segmenter, build_vocab
+    from crf.train import build_model
+
+    vocab = build_vocab([list("中国人民站起来了你好") * 2], min_count=2)
+    Segmenter(build_model(vocab, "bmes")[2], vocab).save(tmp_path / "tiny")
+    argv = ["--segment-only", "--model", str(tmp_path / "tiny"), "--peers", "jieba", "--lines", "20"]
+    record = bench.main([*argv, "--repeats", "2", "--processes", "2", "--out", str(tmp_path / "r.json")])
+    assert [row["segmenter"] for row in record["rows"]] == ["ours, tiny", "jieba 0.42.1, default mode (HMM on)"]
+    for row in record["rows"]:
+        assert len(row["seconds"]) == 2 and all(len(passes) == 2 for passes in row["seconds"])
+        assert row["chars_per_s"] == pytest.approx(np.median(row["chars_per_s_by_process"])) and row["chars_per_s"] > 0
