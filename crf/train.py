@@ -600,7 +600,12 @@ def summary(records):
         rs = [r for r in records if r["experiment"] == experiment]
         key = "f1" if experiment.startswith("jieba") else "test_f1"
         prefix = "" if experiment.startswith("jieba") else "test_"
-        col = lambda name, d=4, rs=rs: runs.format_mean_std([r["metrics"].get(name) for r in rs], d)
+        # "-": no record of the row has the number (jieba trains nothing; a refit holds nothing out)
+        col = lambda name, d=4, rs=rs: (
+            runs.format_mean_std([r["metrics"].get(name) for r in rs], d)
+            if any(r["metrics"].get(name) is not None for r in rs)
+            else "-"
+        )
         print(
             f"| {experiment} | {len(rs)} | {col(key)} | {col(prefix + 'precision')} | {col(prefix + 'recall')} "
             f"| {col(prefix + 'oov_recall')} | {col(prefix + 'iv_recall')} | {col('heldout_word_set')} "
