@@ -70,6 +70,7 @@ ARTICLES = {
             "fast_e32",
             "fast_deep_d3",
             "fast_small",
+            "fast_tiny",
             "fast_refit",
             "fast_deep_refit",
             "fast_small_refit",

@@ -1111,7 +1111,7 @@ def runs_load(path):
 
 
 @pytest.mark.layers
-@pytest.mark.parametrize("variant", ["article", "bmes", "strong", "strong_bd", "fast", "fast_e32"])
+@pytest.mark.parametrize("variant", ["article", "bmes", "strong", "strong_bd", "fast", "fast_e32", "fast_tiny"])
 def test_every_variant_trains_on_generated_batches(variant):
     """Each model variant fits a few steps from the article-style batch generator (synthetic
     sentences) and its loss goes down."""
