@@ -3,7 +3,8 @@
 #   make test        install the test tools and the other Keras backends too, then lint and test
 # Options: make reproduce ARGS="--full"; make test PYTHON=python3.12; VENV=/elsewhere; make test WORKERS=0
 # (the TensorFlow and JAX tests run in WORKERS processes, pytest-xdist; 0: in pytest's own; 2 by default,
-# the cores of the CI machines: most of a test's time is tracing and compiling, which runs on one core).
+# the cores of the CI machines: most of a test's time is tracing and compiling, which runs on one core;
+# worksteal: a worker that runs out of tests takes some of the other's, so neither idles at the end).
 # PyTorch's run stays in one process: its tests are mostly eager ops that use both cores already (here
 # 184 s in one process, 253 s in two).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -17,8 +18,8 @@ reproduce: $(VENV)/.run-installed
 	$(PY) reproduce.py $(ARGS)
 
 test: $(VENV)/.test-installed lint
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -n $(WORKERS) $(ARGS)
-	KERAS_BACKEND=jax $(PY) -m pytest -n $(WORKERS) -m "layers or backends" $(ARGS)
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -n $(WORKERS) --dist worksteal $(ARGS)
+	KERAS_BACKEND=jax $(PY) -m pytest -n $(WORKERS) --dist worksteal -m "layers or backends" $(ARGS)
 	KERAS_BACKEND=torch $(PY) -m pytest -m "layers or backends" $(ARGS)
 
 lint: $(VENV)/.test-installed
