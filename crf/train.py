@@ -17,10 +17,12 @@ Run:  python crf/train.py                       (article recipe, 3 seeds, ~18 mi
       python crf/train.py --variant bmes        (+ BMES rules and start/end scores)
       python crf/train.py --variant strong      (bigrams, wider dilated residual CNN, early stopping)
       python crf/train.py --variant strong_ema  (strong on a moving average of its weights)
-      python crf/train.py --variant fast        (smaller network, strong_ema's training: our best single model)
+      python crf/train.py --variant fast        (smaller network, strong_ema's training: best held-out F1)
+      python crf/train.py --variant fast_deep_refit  (fast + a convolution, retrained on all sentences)
       python crf/train.py --quick               (article network, 2 x 150 length-bucketed steps, 1 seed)
       python crf/train.py --variant article bmes strong strong_bd strong_ema fast fast_deep fast_fine fast_e32 \
-          fast_deep_d3 fast_small --ensembles strong all   (crf/README.md)
+          fast_deep_d3 fast_small fast_tiny fast_refit fast_deep_refit fast_small_refit --ensembles strong all
+          (crf/README.md)
       python crf/train.py --smoke               (seconds of training: checks that the script runs)
 Records go to runs/results/ (the committed reference: results/, written only with --reference);
 trained segmenters to runs/crf/<experiment>-seed<k>/ (crf/segment.py loads them).
