@@ -520,31 +520,43 @@ def _child(command):
 
 
 def time_in_processes(args, timers):
-    """Each segmenter of ``timers`` (``{row label: (--time-one spec, its model folder or None)}``)
+    """Each segmenter of ``timers`` (a list of ``(label, --time-one spec, its model folder or None)``)
     timed in ``args.processes`` fresh processes of this script, one at a time: in each round every
     segmenter once, the order rotated by one each round, so that a slow or fast spell of the machine
-    falls on all of them alike. Returns
-    ``{label: [the seconds of each process's timed passes]}``."""
-    labels = list(timers)
-    out = {label: [] for label in labels}
+    falls on all of them alike. Returns, in the order of ``timers``, the seconds of each process's
+    timed passes. A child that fails, or prints no passes, stops the run naming the segmenter."""
+    out = [[] for _ in timers]
     for round_ in range(args.processes):
-        shift = round_ % len(labels)
-        for label in labels[shift:] + labels[:shift]:
-            spec, folder = timers[label]
+        shift = round_ % len(timers)
+        for index in [*range(shift, len(timers)), *range(shift)]:
+            label, spec, folder = timers[index]
             command = [sys.executable, str(Path(__file__).resolve()), "--segment-only", "--repeats", str(args.repeats)]
-            command += ["--time-one", spec, *(["--model", str(folder)] if folder else [])]
+            command += ["--time-one", spec, *([f"--model={folder}"] if folder else [])]
             command += ["--variants"] if args.variants else []
             command += ["--lines", str(args.lines)] if args.lines else []
-            command += ["--pkuseg-model", str(args.pkuseg_model)] if args.pkuseg_model else []
+            command += [f"--pkuseg-model={args.pkuseg_model}"] if args.pkuseg_model else []
             done = _child(command)
-            if done.returncode != 0:
+            seconds = _passes(done.stdout) if done.returncode == 0 else None
+            if seconds is None:
                 raise RuntimeError(
-                    f"timing {label} in a process of its own failed (exit {done.returncode}); its last output:\n"
+                    f"timing {label} in a process of its own failed (exit {done.returncode}"
+                    f"{'' if done.returncode else ', no timed passes printed'}); its last output:\n"
                     + done.stderr[-2000:]
                 )
-            out[label].append(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+            out[index].append(seconds)
         print(f"  round {round_ + 1} of {args.processes} timed", flush=True)
     return out
+
+
+def _passes(stdout):
+    """The seconds a ``--time-one`` child printed (its last JSON line of them), or None."""
+    for line in reversed(stdout.splitlines()):
+        try:
+            seconds = json.loads(line)["seconds"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        return seconds
+    return None
 
 
 def line_by_line(cut):
@@ -601,13 +613,13 @@ def compare_segmenters(args, loaded, peer_list):
     where = f"its first {len(test):,} of {total:,} lines, a subset" if subset else f"all {total:,} lines"
     print(
         f"\n### Segmenters on the PKU test set ({where}, {chars:,} characters), best of {args.repeats} "
-        "after a warm-up\n",
+        f"after a warm-up{f', median of {args.processes} processes' if args.processes > 1 else ''}\n",
         flush=True,
     )
     if not loaded:
         print("(no --model given: only the peers are measured; train a model with python crf/train.py)")
     peers, skipped = available_peers(peer_list, args)
-    rows, timers = [], {}
+    rows, timers = [], []
     repeats = args.repeats if args.processes == 1 else 0  # with --processes: timed in processes of their own
     version = runs.describe_version(runs.code_version())
     settings = {}  # each folder's settings in our_contenders' order: what --time-one names
@@ -617,7 +629,7 @@ def compare_segmenters(args, loaded, peer_list):
         row = {"segmenter": label, "kind": "ours", "model": str(folder), "version": version, "how": how}
         rows.append({**row, "load_s": load_s, **result})
         settings[folder] = settings.get(folder, -1) + 1
-        timers[label] = (f"ours:{settings[folder]}", folder)
+        timers.append((label, f"ours:{settings[folder]}", folder))
         _progress(rows[-1])
     for peer in peers:
         installed = package_version(peer.package)
@@ -646,13 +658,12 @@ def compare_segmenters(args, loaded, peer_list):
                 **facts,
             }
         )
-        timers[rows[-1]["segmenter"]] = (f"peer:{peer.name}", None)
+        timers.append((rows[-1]["segmenter"], f"peer:{peer.name}", None))
         _progress(rows[-1])
-    if args.processes > 1:
+    if args.processes > 1 and timers:
         print(f"\ntiming each in {args.processes} processes of its own:", flush=True)
-        by_process = time_in_processes(args, timers)
-        for row in rows:
-            row["seconds"] = by_process[row["segmenter"]]
+        for row, seconds in zip(rows, time_in_processes(args, timers)):
+            row["seconds"] = seconds
             row["chars_per_s_by_process"] = [chars / min(seconds) for seconds in row["seconds"]]
             row["chars_per_s"] = float(np.median(row["chars_per_s_by_process"]))
     yardstick = next((r for r in rows if r.get("peer") == YARDSTICK), None)

@@ -256,6 +256,26 @@ def test_processes_time_each_segmenter_in_rounds_and_report_the_median(tmp_path,
         RuntimeError, match="timing every character in a process of its own failed .exit 1.(.|\n)*MemoryError"
     ):
         bench.main(argv)
+    monkeypatch.setattr(bench, "_child", lambda command: subprocess.CompletedProcess(command, 0, stdout="", stderr=""))
+    with pytest.raises(RuntimeError, match="timing every character .*failed .exit 0, no timed passes printed"):
+        bench.main(argv)
+
+
+def test_processes_keep_apart_segmenters_of_the_same_name(monkeypatch):
+    """Two model folders of the same name (runs/crf/x and runs/crf-reference/x give the same row label)
+    are timed apart, each with its own folder, passed as --model=FOLDER (a folder may start with -)."""
+    seen = []
+
+    def child(command):
+        seen.append(command[-1])
+        return subprocess.CompletedProcess(command, 0, stdout=json.dumps({"seconds": [len(seen)]}) + "\n")
+
+    monkeypatch.setattr(bench, "_child", child)
+    args = bench.parser().parse_args(["--processes", "2", "--repeats", "1"])
+    timers = [("ours, x", "ours:0", "runs/crf/x"), ("ours, x", "ours:0", "-odd/x")]
+    assert bench.time_in_processes(args, timers) == [[[1], [4]], [[2], [3]]]
+    assert seen == ["--model=runs/crf/x", "--model=-odd/x", "--model=-odd/x", "--model=runs/crf/x"]
+    assert bench.parser().parse_args(["--model=-odd/x"]).model == [bench.Path("-odd/x")]
 
 
 @pytest.mark.data
