@@ -111,8 +111,8 @@ VARIANTS["fast_fine"] = {**VARIANTS["fast"], "checks": 5, "early_stopping": {"mo
 VARIANTS["fast_deep"] = {**VARIANTS["fast"], "dilations": [1, 2, 4, 1]}
 VARIANTS["fast_e32"] = {**VARIANTS["fast"], "embedding": 32}
 VARIANTS["fast_deep_d3"] = {**VARIANTS["fast_deep"], "dropout": 0.3}
-# For speed (fast is about jieba's speed, crf/bench.py): 48-wide embeddings, 96-wide convolutions,
-# about half of fast's multiplications per character.
+# For speed (fast is slower than jieba: crf/README.md, Segmenters compared): 48-wide embeddings,
+# 96-wide convolutions, about half of fast's multiplications per character.
 VARIANTS["fast_small"] = {**VARIANTS["fast"], "embedding": 48, "width": 96}
 # Faster still, for the Pareto goal (F1 >= 0.945 at jieba's speed or more): 64-wide convolutions, about
 # half of fast_small's multiplications per character (the first convolution has no residual: 96 in, 64 out).
