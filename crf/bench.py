@@ -662,9 +662,9 @@ def compare_segmenters(args, loaded, peer_list):
         _progress(rows[-1])
     if args.processes > 1 and timers:
         print(f"\ntiming each in {args.processes} processes of its own:", flush=True)
-        for row, seconds in zip(rows, time_in_processes(args, timers)):
-            row["seconds"] = seconds
-            row["chars_per_s_by_process"] = [chars / min(seconds) for seconds in row["seconds"]]
+        for row, by_process in zip(rows, time_in_processes(args, timers)):
+            row["seconds"] = by_process
+            row["chars_per_s_by_process"] = [chars / min(passes) for passes in by_process]
             row["chars_per_s"] = float(np.median(row["chars_per_s_by_process"]))
     yardstick = next((r for r in rows if r.get("peer") == YARDSTICK), None)
     for row in rows:

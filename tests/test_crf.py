@@ -1161,9 +1161,9 @@ def test_refits_train_every_sentence_for_the_epochs_held_out_text_chose():
         args = cli.parse(train.parser(), ["--variant", variant, *argv])
         return [j for j in train.jobs(args, None) if j.config.get("variant") == variant][0]
 
+    rest = lambda variant: {k: v for k, v in variant.items() if k not in train.REFIT}
     for name in ("fast", "fast_deep", "fast_small"):
         refit, original = train.VARIANTS[f"{name}_refit"], train.VARIANTS[name]
-        rest = lambda variant: {k: v for k, v in variant.items() if k not in train.REFIT}
         assert rest(refit) == rest(original) and {k: refit[k] for k in train.REFIT} == train.REFIT
     job = config("fast_refit")
     assert (job.config["epochs"], job.config["steps_per_epoch"], job.config["heldout"]) == (1, 500, 0)
