@@ -1175,6 +1175,41 @@ def test_refits_train_every_sentence_for_the_epochs_held_out_text_chose():
     assert config("fast_refit", "--epochs", "3").config["epochs"] == 3
 
 
+def test_decay_variants_fall_to_zero_over_the_steps_they_run():
+    """``decay``: Adam's rate starts at its default 0.001 and falls along a cosine to zero at the run's last
+    step (the variant's capped epochs x the mode's steps, or ``--epochs``), with the moving average kept;
+    a variant without it keeps the constant 0.001 (and ``"adam"`` without ``ema``)."""
+    from crf import train
+    from utils import cli
+
+    def run(variant, *argv):
+        args = cli.parse(train.parser(), ["--variant", variant, *argv])
+        job = [j for j in train.jobs(args, None) if j.config.get("variant") == variant][0]
+        return job.config, train.optimizer(train.VARIANTS[variant], job.config["steps_per_epoch"], job.config["epochs"])
+
+    def rate(opt, step):  # the schedule the optimizer saves, at that step
+        schedule = keras.optimizers.schedules.deserialize(opt.get_config()["learning_rate"])
+        return float(keras.ops.convert_to_numpy(schedule(step)))
+
+    for variant, argv, steps in [
+        ("fast_deep_cos", [], 500),
+        ("fast_deep_cos2", [], 1000),
+        ("fast_deep_cos2", ["--quick"], 300),
+        ("fast_deep_cos2", ["--epochs", "3"], 1500),
+    ]:
+        config, opt = run(variant, *argv)
+        assert config["epochs"] * config["steps_per_epoch"] == steps and opt.use_ema and opt.ema_momentum == 0.99
+        assert rate(opt, 0) == pytest.approx(0.001) and rate(opt, steps // 2) == pytest.approx(0.0005, rel=1e-3)
+        assert rate(opt, steps) == pytest.approx(0.0, abs=1e-9) and rate(opt, steps - 1) > 0
+    config, opt = run("fast_deep")
+    assert float(keras.ops.convert_to_numpy(opt.learning_rate)) == pytest.approx(0.001) and opt.use_ema
+    assert train.optimizer(train.VARIANTS["article"], 500, 10) == "adam"
+    alone = train.optimizer({**train.VARIANTS["article"], "decay": "cosine"}, 100, 2)  # no moving average
+    assert not alone.use_ema and rate(alone, 100) == pytest.approx(0.0005, rel=1e-3)
+    with pytest.raises(ValueError, match="decay 'linear'"):
+        train.optimizer({**train.VARIANTS["fast"], "decay": "linear"}, 100, 2)
+
+
 def test_the_summary_marks_numbers_a_run_does_not_make(capsys):
     """train.py's closing table: a held-out score of a refit (which holds nothing out) and jieba's
     training numbers are "-", not "diverged" (what utils.runs prints for NaN, stored as null)."""
