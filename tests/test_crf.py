@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 import zlib
 
 import numpy as np
@@ -1175,7 +1176,7 @@ def test_refits_train_every_sentence_for_the_epochs_held_out_text_chose():
     assert config("fast_refit", "--epochs", "3").config["epochs"] == 3
 
 
-def test_decay_variants_fall_to_zero_over_the_steps_they_run():
+def test_decay_variants_fall_to_zero_over_the_steps_they_run(monkeypatch):
     """``decay``: Adam's rate starts at its default 0.001 and falls along a cosine to zero at the run's last
     step (the variant's capped epochs x the mode's steps, or ``--epochs``), with the moving average kept;
     a variant without it keeps the constant 0.001 (and ``"adam"`` without ``ema``)."""
@@ -1208,6 +1209,23 @@ def test_decay_variants_fall_to_zero_over_the_steps_they_run():
     assert not alone.use_ema and rate(alone, 100) == pytest.approx(0.0005, rel=1e-3)
     with pytest.raises(ValueError, match="decay 'linear'"):
         train.optimizer({**train.VARIANTS["fast"], "decay": "linear"}, 100, 2)
+    assert train.optimizer({**train.VARIANTS["fast"], "decay": None}, 100, 2).use_ema  # None: no decay
+
+    # train_seed passes the run's own steps and epochs (the variant's 2 x 500), not the mode's 10 epochs
+    class Built(Exception):
+        pass
+
+    def spy(variant, steps_per_epoch, epochs):
+        seen.append((variant["decay"], steps_per_epoch, epochs))
+        raise Built
+
+    seen, sentences = [], [["中国", "人民"], ["我", "爱", "北京"]] * 20
+    monkeypatch.setattr(train, "optimizer", spy)
+    args = cli.parse(train.parser(), ["--variant", "fast_deep_cos2", "--heldout", "5"])
+    job = [j for j in train.jobs(args, (sentences, [], [], set())) if j.config.get("variant") == "fast_deep_cos2"][0]
+    with pytest.raises(Built):
+        train.train_seed(job, types.SimpleNamespace(monitor=None, patience=None))
+    assert seen == [("cosine", 500, 2)]
 
 
 def test_the_summary_marks_numbers_a_run_does_not_make(capsys):
@@ -1274,8 +1292,8 @@ def test_ema_variant_ends_each_epoch_on_the_moving_average_of_its_weights():
         return seen
 
     plain = weights_after_each_step(keras.optimizers.Adam())
-    averaged = weights_after_each_step(train.optimizer(variant, steps))
-    assert train.optimizer(train.VARIANTS["strong"], steps) == "adam"
+    averaged = weights_after_each_step(train.optimizer(variant, steps, 1))
+    assert train.optimizer(train.VARIANTS["strong"], steps, 1) == "adam"
     momentum = variant["ema"]
     average = plain[0]
     for w in plain[1:]:
