@@ -367,18 +367,14 @@ def optimizer(variant, steps_per_epoch, epochs):
     moving average of the weights that replaces them on the last step of every epoch; with ``decay``,
     a learning rate falling from 0.001 to zero along a cosine over the ``epochs`` x ``steps_per_epoch``
     steps of the run."""
-    if not variant.get("ema") and not variant.get("decay"):
+    decay, ema = variant.get("decay"), variant.get("ema")
+    if decay and decay != "cosine":
+        raise ValueError(f"decay {decay!r}: the variants know only 'cosine' (or no decay)")
+    if not decay and not ema:
         return "adam"
-    if variant.get("decay") and variant["decay"] != "cosine":
-        raise ValueError(f"decay {variant['decay']!r}: the variants know only 'cosine' (or no decay)")
-    rate = 0.001
-    if variant.get("decay"):
-        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=epochs * steps_per_epoch)
-    if not variant.get("ema"):
-        return keras.optimizers.Adam(rate)
-    return keras.optimizers.Adam(
-        rate, use_ema=True, ema_momentum=variant["ema"], ema_overwrite_frequency=steps_per_epoch
-    )
+    rate = keras.optimizers.schedules.CosineDecay(0.001, decay_steps=epochs * steps_per_epoch) if decay else 0.001
+    averaging = {"use_ema": True, "ema_momentum": ema, "ema_overwrite_frequency": steps_per_epoch} if ema else {}
+    return keras.optimizers.Adam(rate, **averaging)
 
 
 class HeldOutMetric(keras.callbacks.Callback):

@@ -1131,16 +1131,23 @@ def test_every_variant_trains_on_generated_batches(variant):
     assert seg.cut_lines(["中国人民爱北京"])[0] and "".join(seg.cut("我爱北京天安门")) == "我爱北京天安门"
 
 
+def train_job(variant, *argv, corpus_data=None):
+    """The job crf/train.py's command line ``--variant VARIANT ARGV`` makes for that variant (seed 0)."""
+    from crf import train
+    from utils import cli
+
+    args = cli.parse(train.parser(), ["--variant", variant, *argv])
+    return [j for j in train.jobs(args, corpus_data) if j.config.get("variant") == variant][0]
+
+
 def test_held_out_checks_split_each_epoch_into_shorter_ones():
     """A variant with ``checks`` runs the same steps as shorter epochs (a held-out check and an
     average written into the weights after each), in every mode and with ``--epochs``; others keep
     the mode's epochs."""
     from crf import train
-    from utils import cli
 
     def config(variant, *argv):
-        args = cli.parse(train.parser(), ["--variant", variant, *argv])
-        job = [j for j in train.jobs(args, None) if j.config.get("variant") == variant][0]
+        job = train_job(variant, *argv)
         return job.config["epochs"], job.config["steps_per_epoch"], job.protocol
 
     assert train.VARIANTS["fast_fine"]["checks"] == 5
@@ -1156,24 +1163,19 @@ def test_refits_train_every_sentence_for_the_epochs_held_out_text_chose():
     (quick and smoke modes keep their shorter runs and their held-out sentences; ``--epochs`` wins);
     everything else is the variant it refits. The cap must not touch other variants."""
     from crf import train
-    from utils import cli
-
-    def config(variant, *argv):
-        args = cli.parse(train.parser(), ["--variant", variant, *argv])
-        return [j for j in train.jobs(args, None) if j.config.get("variant") == variant][0]
 
     rest = lambda variant: {k: v for k, v in variant.items() if k not in train.REFIT}
     for name in ("fast", "fast_deep", "fast_small"):
         refit, original = train.VARIANTS[f"{name}_refit"], train.VARIANTS[name]
         assert rest(refit) == rest(original) and {k: refit[k] for k in train.REFIT} == train.REFIT
-    job = config("fast_refit")
+    job = train_job("fast_refit")
     assert (job.config["epochs"], job.config["steps_per_epoch"], job.config["heldout"]) == (1, 500, 0)
     assert job.config["early_stopping"] is None and job.protocol.startswith("full: 1 x 500 steps")
     assert "0 held out" in job.protocol
-    assert config("fast").config["epochs"] == 10 and config("fast").config["heldout"] == 1000
-    quick = config("fast_refit", "--quick").config
+    assert train_job("fast").config["epochs"] == 10 and train_job("fast").config["heldout"] == 1000
+    quick = train_job("fast_refit", "--quick").config
     assert (quick["epochs"], quick["heldout"]) == (1, 1000)
-    assert config("fast_refit", "--epochs", "3").config["epochs"] == 3
+    assert train_job("fast_refit", "--epochs", "3").config["epochs"] == 3
 
 
 def test_decay_variants_fall_to_zero_over_the_steps_they_run(monkeypatch):
@@ -1181,12 +1183,10 @@ def test_decay_variants_fall_to_zero_over_the_steps_they_run(monkeypatch):
     step (the variant's capped epochs x the mode's steps, or ``--epochs``), with the moving average kept;
     a variant without it keeps the constant 0.001 (and ``"adam"`` without ``ema``)."""
     from crf import train
-    from utils import cli
 
     def run(variant, *argv):
-        args = cli.parse(train.parser(), ["--variant", variant, *argv])
-        job = [j for j in train.jobs(args, None) if j.config.get("variant") == variant][0]
-        return job.config, train.optimizer(train.VARIANTS[variant], job.config["steps_per_epoch"], job.config["epochs"])
+        config = train_job(variant, *argv).config
+        return config, train.optimizer(train.VARIANTS[variant], config["steps_per_epoch"], config["epochs"])
 
     def rate(opt, step):  # the schedule the optimizer saves, at that step
         schedule = keras.optimizers.schedules.deserialize(opt.get_config()["learning_rate"])
@@ -1221,8 +1221,7 @@ def test_decay_variants_fall_to_zero_over_the_steps_they_run(monkeypatch):
 
     seen, sentences = [], [["中国", "人民"], ["我", "爱", "北京"]] * 20
     monkeypatch.setattr(train, "optimizer", spy)
-    args = cli.parse(train.parser(), ["--variant", "fast_deep_cos2", "--heldout", "5"])
-    job = [j for j in train.jobs(args, (sentences, [], [], set())) if j.config.get("variant") == "fast_deep_cos2"][0]
+    job = train_job("fast_deep_cos2", "--heldout", "5", corpus_data=(sentences, [], [], set()))
     with pytest.raises(Built):
         train.train_seed(job, types.SimpleNamespace(monitor=None, patience=None))
     assert seen == [("cosine", 500, 2)]
