@@ -132,6 +132,11 @@ VARIANTS["fast_deep_cos"] = {**VARIANTS["fast_deep"], "decay": "cosine", "epochs
 VARIANTS["fast_deep_cos2"] = {**VARIANTS["fast_deep"], "decay": "cosine", "epochs": 2}
 VARIANTS["fast_deep_d1"] = {**VARIANTS["fast_deep"], "dropout": 0.1}
 VARIANTS["fast_deep_w160"] = {**VARIANTS["fast_deep"], "width": 160}
+# fast with its character and bigram embeddings pretrained on the raw text of its training sentences
+# (``pretrain_embeddings``: no segmentation used; ``pretrain``: passes over the text) before the CRF
+# training starts. A bigram seen a few times gets a vector from its neighbours, not only from its few
+# tagged occurrences.
+VARIANTS["fast_pre"] = {**VARIANTS["fast"], "pretrain": 1}
 MODES = {
     "full": {"epochs": 10, "steps_per_epoch": 500, "seeds": 3},
     # The article's network on fewer, length-bucketed batches (about 5x less padding than corpus
@@ -289,6 +294,49 @@ def packed_batches(batches, reach=3):
 """## 2. Model: CNN emissions, CRF on top"""
 
 
+def pretrain_embeddings(sentences, vocab, size, epochs=1, batch_size=1024, contexts=1024):
+    """Character and bigram embeddings learnt from the raw text of ``sentences`` (their characters
+    only; the segmentation is not used): each character's vector predicts the character before it and
+    the one after it, each bigram's the character before the pair and the one after it (skip-gram with
+    a full softmax over ``contexts`` classes: outside the sentence, unknown, the ``contexts`` - 3 most
+    frequent characters, and the rest as one). Returns the two tables, one row
+    per id of ``vocab`` as ``build_model``'s embeddings have them (0 padding, 1 unknown), each scaled
+    to the spread of Keras's default initialisation (uniform in +-0.05) so that training starts at
+    the same scale as without pretraining."""
+    if not vocab.get("bigrams"):
+        raise ValueError("pretrain_embeddings: the vocabulary has no bigrams; pretraining is for variants with bigrams")
+    chars, pairs, targets = [], [], [[], [], [], []]
+    for words in sentences:
+        c, b = (ids[0] for ids in features(["".join(words)], vocab))
+        edge = np.concatenate([[0], c, [0, 0]])  # character ids with "outside" around them
+        chars.append(c)
+        pairs.append(b)
+        n = len(c)
+        for k, offset in enumerate((0, 2, 0, 3)):  # char: before, after; bigram: before, after the pair
+            targets[k].append(edge[offset : offset + n])
+    chars, pairs = np.concatenate(chars), np.concatenate(pairs)
+    targets = [np.minimum(np.concatenate(t), contexts - 1) for t in targets]  # ids run by frequency
+    n_chars, n_pairs = len(vocab["chars"]) + 2, len(vocab["bigrams"]) + 2
+    char_in, pair_in = keras.Input((), dtype="int32"), keras.Input((), dtype="int32")
+    char_vec = keras.layers.Embedding(n_chars, size, name="embedding")(char_in)
+    pair_vec = keras.layers.Embedding(n_pairs, size, name="bigram_embedding")(pair_in)
+    heads = [
+        keras.layers.Dense(contexts, name=f"{unit}_{side}")(vec)
+        for unit, vec in (("char", char_vec), ("pair", pair_vec))
+        for side in ("before", "after")
+    ]
+    model = keras.Model([char_in, pair_in], heads)
+    model.compile(optimizer="adam", loss=[keras.losses.SparseCategoricalCrossentropy(from_logits=True)] * 4)
+    model.fit(
+        [chars, pairs], targets, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=progress.fit_verbose()
+    )
+    spread = 0.05 / np.sqrt(3)  # standard deviation of uniform(-0.05, 0.05)
+    tables = [
+        keras.ops.convert_to_numpy(model.get_layer(name).embeddings) for name in ("embedding", "bigram_embedding")
+    ]
+    return [t * (spread / t.std()) for t in tables]
+
+
 def build_model(vocab, variant):
     """The training model (emissions for ``crf.loss``), the CRF layer and the tagger (Viterbi tags)."""
     cfg = VARIANTS[variant]
@@ -442,8 +490,14 @@ def train_seed(job, checkpoint):
     stopping = variant.get("early_stopping") or {}
     if heldout:  # early stopping watches the held-out F1
         checkpoint.monitor, checkpoint.patience = stopping.get("monitor"), stopping.get("patience")
+    if variant.get("pretrain"):  # before a resume too: the checkpoint's weights then replace these
+        print(f"    pretraining the embeddings on the training text ({variant['pretrain']} pass(es))", flush=True)
+        tables = pretrain_embeddings(train, vocab, variant.get("embedding", 128), epochs=variant["pretrain"])
     with cli.distribution(args):
         model, crf, tagger = build_model(vocab, cfg["variant"])
+        if variant.get("pretrain"):
+            model.get_layer("embedding").set_weights(tables[:1])
+            model.get_layer("bigram_embedding").set_weights(tables[1:])
         # Corpus-order batches only (length-bucketed ones have little padding to save), and not under
         # --distribute: the strategy would split the packed rows and the batch's rows apart.
         packed = cfg["variant"] in PACKED and not cfg.get("bucket") and not args.distribute

@@ -1227,6 +1227,74 @@ def test_decay_variants_fall_to_zero_over_the_steps_they_run(monkeypatch):
     assert seen == [("cosine", 500, 2)]
 
 
+@pytest.mark.layers
+def test_pretrained_embeddings_put_characters_of_the_same_contexts_together():
+    """``pretrain_embeddings`` on raw text where 金 and 木 always sit between 甲 and 乙, 水 and 火 between 丙
+    and 丁: 金's vector ends near 木's and away from 水's, and the bigram 金乙 near 木乙 and further from 水丁
+    (whose neighbour before differs; both end a sentence). Both tables have a row per vocabulary id and the spread of
+    Keras's default initialisation. (Control, checked by hand: with ``epochs=0`` the vectors stay at
+    their random start and the similarity assertions fail.)"""
+    from crf import train
+
+    sentences = [["甲", x, "乙"] for x in "金木"] * 60 + [["丙", z, "丁"] for z in "水火"] * 60
+    vocab = build_vocab(sentences, with_bigrams=True)
+    keras.utils.set_random_seed(0)
+    chars, pairs = train.pretrain_embeddings(sentences, vocab, 16, epochs=20, batch_size=64, contexts=8)
+    assert chars.shape == (len(vocab["chars"]) + 2, 16) and pairs.shape == (len(vocab["bigrams"]) + 2, 16)
+    assert chars.std() == pytest.approx(0.05 / np.sqrt(3), rel=1e-4) and pairs.std() == pytest.approx(
+        0.05 / np.sqrt(3), rel=1e-4
+    )
+
+    def cos(table, ids, a, b):
+        u, v = table[ids[a]], table[ids[b]]
+        return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+
+    c, b = vocab["chars"], vocab["bigrams"]
+    assert cos(chars, c, "金", "木") > 0.8 and cos(chars, c, "水", "火") > 0.8 and cos(chars, c, "金", "水") < 0.3
+    assert cos(pairs, b, "金乙", "木乙") > 0.8 and cos(pairs, b, "金乙", "水丁") < 0.5  # both end sentences
+    with pytest.raises(ValueError, match="no bigrams"):
+        train.pretrain_embeddings(sentences, build_vocab(sentences), 16)
+
+
+def test_a_pretraining_variant_starts_from_embeddings_pretrained_on_its_training_sentences(monkeypatch):
+    """``pretrain`` in a variant: train_seed pretrains on the sentences it trains on (never the held-out
+    ones) with the variant's width and passes, and the model's embeddings start from those tables;
+    a variant without it does not pretrain."""
+    from crf import train
+
+    class Built(Exception):
+        pass
+
+    def pretrain(sentences, vocab, size, epochs):
+        calls.append((sentences, size, epochs))
+        rows = (len(vocab["chars"]) + 2, len(vocab["bigrams"]) + 2)
+        return [np.full((n, size), k + 1, "float32") for k, n in enumerate(rows)]
+
+    def stop(*_):
+        raise Built
+
+    def build(vocab, variant):
+        built.append(real_build(vocab, variant))
+        return built[-1]
+
+    calls, built, real_build = [], [], train.build_model
+    sentences = [["中国", "人民"], ["我", "爱", "北京"], ["新", "世纪"], ["天安门"]] * 10
+    monkeypatch.setattr(train, "pretrain_embeddings", pretrain)
+    monkeypatch.setattr(train, "build_model", build)
+    monkeypatch.setattr(train, "optimizer", stop)
+    for variant in ("fast_pre", "fast"):
+        job = train_job(variant, "--heldout", "5", corpus_data=(sentences, [], [], set()))
+        with pytest.raises(Built):
+            train.train_seed(job, types.SimpleNamespace(monitor=None, patience=None))
+    ((seen, size, epochs),) = calls  # only fast_pre pretrains
+    fit, heldout = train.split(sentences, 0, 5)
+    assert seen == fit and len(seen) == 35 and size == 64 and epochs == 1
+    model = built[0][0]
+    assert np.all(keras.ops.convert_to_numpy(model.get_layer("embedding").embeddings) == 1)
+    assert np.all(keras.ops.convert_to_numpy(model.get_layer("bigram_embedding").embeddings) == 2)
+    assert not np.all(keras.ops.convert_to_numpy(built[1][0].get_layer("embedding").embeddings) == 1)
+
+
 def test_the_summary_marks_numbers_a_run_does_not_make(capsys):
     """train.py's closing table: a held-out score of a refit (which holds nothing out) and jieba's
     training numbers are "-", not "diverged" (what utils.runs prints for NaN, stored as null)."""
