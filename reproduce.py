@@ -73,6 +73,7 @@ ARTICLES = {
             "fast_deep_cos2",
             "fast_deep_d1",
             "fast_deep_w160",
+            "fast_pre",
             "fast_small",
             "fast_tiny",
             "fast_refit",

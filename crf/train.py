@@ -21,8 +21,8 @@ Run:  python crf/train.py                       (article recipe, 3 seeds, ~18 mi
       python crf/train.py --variant fast_deep_refit  (fast + a convolution, retrained on all sentences)
       python crf/train.py --quick               (article network, 2 x 150 length-bucketed steps, 1 seed)
       python crf/train.py --variant article bmes strong strong_bd strong_ema fast fast_deep fast_fine fast_e32 \
-          fast_deep_d3 fast_deep_cos fast_deep_cos2 fast_deep_d1 fast_deep_w160 fast_small fast_tiny fast_refit \
-          fast_deep_refit fast_small_refit --ensembles strong all
+          fast_deep_d3 fast_deep_cos fast_deep_cos2 fast_deep_d1 fast_deep_w160 fast_pre fast_small fast_tiny \
+          fast_refit fast_deep_refit fast_small_refit --ensembles strong all
           (crf/README.md)
       python crf/train.py --smoke               (seconds of training: checks that the script runs)
 Records go to runs/results/ (the committed reference: results/, written only with --reference);
