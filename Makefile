@@ -11,14 +11,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 WORKERS ?= 2
 PY := $(VENV)/bin/python
-# The JAX run keeps every program XLA compiles in a folder made for the run and deleted after it
-# (JAX's persistent compilation cache, with no minimum compile time or size): the tests build many
-# models and layers of the same shapes, each a new trace of a program compiled before, and the two
-# workers share what either compiled. Here it cut the JAX run from 1124 s to 859 s. No size limit:
-# with one, JAX locks the folder and lists it on every write, and the run was slower than without the
-# cache. An entry read while the other worker is still writing it fails to load (a warning), and JAX
-# compiles the program itself.
-JAX_CACHE := JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+# The JAX run keeps every program XLA compiles in a folder made for the run and deleted after it, or
+# when it is stopped (JAX's persistent compilation cache, with no minimum compile time): the tests
+# build many models and layers of the same shapes, each a new trace of a program compiled before, and
+# the two workers share what either compiled. Here the JAX run took 859 s with it and 1124 s without
+# (the latter partly under other load); on 34 CRF tests in one process, 84 s against 116 s and 68 s
+# against 98 s. No size limit: with one, JAX takes a file lock on every read and write, and a run with
+# it was slower than no cache. Without the lock, an entry read while the other worker is still writing
+# it fails to load (a warning) and JAX compiles that program itself.
+JAX_CACHE := JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 
 .PHONY: reproduce test lint
 
@@ -27,9 +28,9 @@ reproduce: $(VENV)/.run-installed
 
 test: $(VENV)/.test-installed lint
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -n $(WORKERS) --dist worksteal $(ARGS)
-	cache=$$(mktemp -d) && status=0 && JAX_COMPILATION_CACHE_DIR=$$cache $(JAX_CACHE) KERAS_BACKEND=jax \
-	  $(PY) -m pytest -n $(WORKERS) --dist worksteal -m "layers or backends" $(ARGS) || status=$$?; \
-	  rm -rf $$cache; exit $$status
+	cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && trap 'exit 1' INT TERM && \
+	  JAX_COMPILATION_CACHE_DIR="$$cache" $(JAX_CACHE) KERAS_BACKEND=jax \
+	  $(PY) -m pytest -n $(WORKERS) --dist worksteal -m "layers or backends" $(ARGS)
 	KERAS_BACKEND=torch $(PY) -m pytest -m "layers or backends" $(ARGS)
 
 lint: $(VENV)/.test-installed

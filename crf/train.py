@@ -134,8 +134,8 @@ VARIANTS["fast_deep_d1"] = {**VARIANTS["fast_deep"], "dropout": 0.1}
 VARIANTS["fast_deep_w160"] = {**VARIANTS["fast_deep"], "width": 160}
 # fast with its character and bigram embeddings pretrained on the raw text of its training sentences
 # (``pretrain_embeddings``: no segmentation used; ``pretrain``: passes over the text) before the CRF
-# training starts. A bigram seen a few times gets a vector from its neighbours, not only from its few
-# tagged occurrences.
+# training starts, meant to give a bigram seen a few times a vector from its neighbours, not only from
+# its few tagged occurrences.
 VARIANTS["fast_pre"] = {**VARIANTS["fast"], "pretrain": 1}
 MODES = {
     "full": {"epochs": 10, "steps_per_epoch": 500, "seeds": 3},
@@ -294,15 +294,11 @@ def packed_batches(batches, reach=3):
 """## 2. Model: CNN emissions, CRF on top"""
 
 
-def pretrain_embeddings(sentences, vocab, size, epochs=1, batch_size=1024, contexts=1024):
-    """Character and bigram embeddings learnt from the raw text of ``sentences`` (their characters
-    only; the segmentation is not used): each character's vector predicts the character before it and
-    the one after it, each bigram's the character before the pair and the one after it (skip-gram with
-    a full softmax over ``contexts`` classes: outside the sentence, unknown, the ``contexts`` - 3 most
-    frequent characters, and the rest as one). Returns the two tables, one row
-    per id of ``vocab`` as ``build_model``'s embeddings have them (0 padding, 1 unknown), each scaled
-    to the spread of Keras's default initialisation (uniform in +-0.05) so that training starts at
-    the same scale as without pretraining."""
+def skipgram_examples(sentences, vocab, contexts):
+    """``pretrain_embeddings``'s examples, one per character of ``sentences``: its char id, the id of
+    the bigram starting there, and four target classes: the characters just before and just after
+    it, then those just before and just after the bigram (0: outside the sentence; a class is a char
+    id, and every id from ``contexts`` - 1 up, the rarer characters, is class ``contexts`` - 1)."""
     if not vocab.get("bigrams"):
         raise ValueError("pretrain_embeddings: the vocabulary has no bigrams; pretraining is for variants with bigrams")
     chars, pairs, targets = [], [], [[], [], [], []]
@@ -314,8 +310,20 @@ def pretrain_embeddings(sentences, vocab, size, epochs=1, batch_size=1024, conte
         n = len(c)
         for k, offset in enumerate((0, 2, 0, 3)):  # char: before, after; bigram: before, after the pair
             targets[k].append(edge[offset : offset + n])
-    chars, pairs = np.concatenate(chars), np.concatenate(pairs)
     targets = [np.minimum(np.concatenate(t), contexts - 1) for t in targets]  # ids run by frequency
+    return np.concatenate(chars), np.concatenate(pairs), targets
+
+
+def pretrain_embeddings(sentences, vocab, size, epochs=1, batch_size=1024, contexts=1024):
+    """Character and bigram embeddings learnt from the raw text of ``sentences`` (their characters
+    only; the segmentation is not used): each character's vector predicts the character before it and
+    the one after it, each bigram's the character before the pair and the one after it (skip-gram with
+    a full softmax over ``contexts`` classes: outside the sentence, unknown, the ``contexts`` - 3 most
+    frequent characters, and the rest as one). Returns the two tables, one row
+    per id of ``vocab`` as ``build_model``'s embeddings have them (0 padding, 1 unknown), each scaled
+    to the spread of Keras's default initialisation (uniform in +-0.05) so that training starts at
+    the same scale as without pretraining."""
+    chars, pairs, targets = skipgram_examples(sentences, vocab, contexts)
     n_chars, n_pairs = len(vocab["chars"]) + 2, len(vocab["bigrams"]) + 2
     char_in, pair_in = keras.Input((), dtype="int32"), keras.Input((), dtype="int32")
     char_vec = keras.layers.Embedding(n_chars, size, name="embedding")(char_in)
@@ -490,7 +498,9 @@ def train_seed(job, checkpoint):
     stopping = variant.get("early_stopping") or {}
     if heldout:  # early stopping watches the held-out F1
         checkpoint.monitor, checkpoint.patience = stopping.get("monitor"), stopping.get("patience")
-    if variant.get("pretrain"):  # before a resume too: the checkpoint's weights then replace these
+    # Before a resume too: the checkpoint's weights then replace these, and the random draws after it
+    # (initialisation, dropout) stay those of a run that was not interrupted.
+    if variant.get("pretrain"):
         print(f"    pretraining the embeddings on the training text ({variant['pretrain']} pass(es))", flush=True)
         tables = pretrain_embeddings(train, vocab, variant.get("embedding", 128), epochs=variant["pretrain"])
     with cli.distribution(args):

@@ -1256,6 +1256,28 @@ def test_pretrained_embeddings_put_characters_of_the_same_contexts_together():
         train.pretrain_embeddings(sentences, build_vocab(sentences), 16)
 
 
+def test_skipgram_examples_pair_each_character_and_bigram_with_its_neighbours():
+    """The pretraining's examples for 甲金乙水 (丙 rare: one class with every id from ``contexts`` - 1 up):
+    a character's targets are the characters just before and after it, the bigram at i's those just
+    before i and just after i + 1, and 0 outside the sentence."""
+    from crf import train
+
+    sentences = [["甲金乙水"], ["丙"]] + [["甲金乙水"]] * 3
+    vocab = build_vocab(sentences, min_count=1, with_bigrams=True)
+    chars, pairs, targets = train.skipgram_examples(sentences[:2], vocab, contexts=6)
+    ids = {u: vocab["chars"][u] for u in "甲金乙水丙"}
+    assert ids["丙"] == 6 and max(ids[u] for u in "甲金乙水") == 5  # the rarest, first past the classes
+    甲, 金, 乙, 水 = (ids[u] for u in "甲金乙水")
+    assert chars.tolist() == [甲, 金, 乙, 水, 6]
+    assert pairs.tolist() == [vocab["bigrams"][b] for b in ("甲金", "金乙", "乙水", "水</s>", "丙</s>")]
+    before, after, before_pair, after_pair = (t.tolist() for t in targets)
+    assert before == [0, 甲, 金, 乙, 0] and after == [金, 乙, 水, 0, 0]
+    assert before_pair == [0, 甲, 金, 乙, 0] and after_pair == [乙, 水, 0, 0, 0]
+    assert train.skipgram_examples(sentences[1:2], vocab, contexts=5)[2][0].tolist() == [0]  # 丙 alone
+    capped = [min(i, 4) for i in (金, 乙, 水)] + [0]  # contexts 5: ids 4 and 5 both class 4
+    assert 4 in capped and train.skipgram_examples(sentences[:1], vocab, contexts=5)[2][1].tolist() == capped
+
+
 def test_a_pretraining_variant_starts_from_embeddings_pretrained_on_its_training_sentences(monkeypatch):
     """``pretrain`` in a variant: train_seed pretrains on the sentences it trains on (never the held-out
     ones) with the variant's width and passes, and the model's embeddings start from those tables;
@@ -1278,7 +1300,8 @@ def test_a_pretraining_variant_starts_from_embeddings_pretrained_on_its_training
         return built[-1]
 
     calls, built, real_build = [], [], train.build_model
-    sentences = [["中国", "人民"], ["我", "爱", "北京"], ["新", "世纪"], ["天安门"]] * 10
+    lexicon = ["中国", "人民", "我", "爱", "北京", "新", "世纪", "天安门"]
+    sentences = [[lexicon[i % 8], lexicon[i // 8 % 8], lexicon[i // 64]] for i in range(40)]  # 40 different
     monkeypatch.setattr(train, "pretrain_embeddings", pretrain)
     monkeypatch.setattr(train, "build_model", build)
     monkeypatch.setattr(train, "optimizer", stop)
@@ -1289,9 +1312,9 @@ def test_a_pretraining_variant_starts_from_embeddings_pretrained_on_its_training
     ((seen, size, epochs),) = calls  # only fast_pre pretrains
     fit, heldout = train.split(sentences, 0, 5)
     assert seen == fit and len(seen) == 35 and size == 64 and epochs == 1
-    model = built[0][0]
-    assert np.all(keras.ops.convert_to_numpy(model.get_layer("embedding").embeddings) == 1)
-    assert np.all(keras.ops.convert_to_numpy(model.get_layer("bigram_embedding").embeddings) == 2)
+    for model in built[0][:3:2]:  # the training model and the tagger (what the scores use)
+        assert np.all(keras.ops.convert_to_numpy(model.get_layer("embedding").embeddings) == 1)
+        assert np.all(keras.ops.convert_to_numpy(model.get_layer("bigram_embedding").embeddings) == 2)
     assert not np.all(keras.ops.convert_to_numpy(built[1][0].get_layer("embedding").embeddings) == 1)
 
 
