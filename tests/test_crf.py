@@ -1241,9 +1241,8 @@ def test_pretrained_embeddings_put_characters_of_the_same_contexts_together():
     keras.utils.set_random_seed(0)
     chars, pairs = train.pretrain_embeddings(sentences, vocab, 16, epochs=20, batch_size=64, contexts=8)
     assert chars.shape == (len(vocab["chars"]) + 2, 16) and pairs.shape == (len(vocab["bigrams"]) + 2, 16)
-    assert chars.std() == pytest.approx(0.05 / np.sqrt(3), rel=1e-4) and pairs.std() == pytest.approx(
-        0.05 / np.sqrt(3), rel=1e-4
-    )
+    spread = 0.05 / np.sqrt(3)  # of uniform(-0.05, 0.05), Keras's default for embeddings
+    assert chars.std() == pytest.approx(spread, rel=1e-4) and pairs.std() == pytest.approx(spread, rel=1e-4)
 
     def cos(table, ids, a, b):
         u, v = table[ids[a]], table[ids[b]]
@@ -1267,14 +1266,14 @@ def test_skipgram_examples_pair_each_character_and_bigram_with_its_neighbours():
     chars, pairs, targets = train.skipgram_examples(sentences[:2], vocab, contexts=6)
     ids = {u: vocab["chars"][u] for u in "甲金乙水丙"}
     assert ids["丙"] == 6 and max(ids[u] for u in "甲金乙水") == 5  # the rarest, first past the classes
-    甲, 金, 乙, 水 = (ids[u] for u in "甲金乙水")
-    assert chars.tolist() == [甲, 金, 乙, 水, 6]
+    jia, jin, yi, shui = (ids[u] for u in "甲金乙水")
+    assert chars.tolist() == [jia, jin, yi, shui, 6]
     assert pairs.tolist() == [vocab["bigrams"][b] for b in ("甲金", "金乙", "乙水", "水</s>", "丙</s>")]
     before, after, before_pair, after_pair = (t.tolist() for t in targets)
-    assert before == [0, 甲, 金, 乙, 0] and after == [金, 乙, 水, 0, 0]
-    assert before_pair == [0, 甲, 金, 乙, 0] and after_pair == [乙, 水, 0, 0, 0]
+    assert before == [0, jia, jin, yi, 0] and after == [jin, yi, shui, 0, 0]
+    assert before_pair == [0, jia, jin, yi, 0] and after_pair == [yi, shui, 0, 0, 0]
     assert train.skipgram_examples(sentences[1:2], vocab, contexts=5)[2][0].tolist() == [0]  # 丙 alone
-    capped = [min(i, 4) for i in (金, 乙, 水)] + [0]  # contexts 5: ids 4 and 5 both class 4
+    capped = [min(i, 4) for i in (jin, yi, shui)] + [0]  # contexts 5: ids 4 and 5 both class 4
     assert 4 in capped and train.skipgram_examples(sentences[:1], vocab, contexts=5)[2][1].tolist() == capped
 
 
@@ -1312,7 +1311,9 @@ def test_a_pretraining_variant_starts_from_embeddings_pretrained_on_its_training
     ((seen, size, epochs),) = calls  # only fast_pre pretrains
     fit, heldout = train.split(sentences, 0, 5)
     assert seen == fit and len(seen) == 35 and size == 64 and epochs == 1
-    for model in built[0][:3:2]:  # the training model and the tagger (what the scores use)
+    assert not {tuple(s) for s in seen} & {tuple(s) for s in heldout}
+    trained, _, tagger = built[0]
+    for model in (trained, tagger):  # the training model, and the tagger (what the scores use)
         assert np.all(keras.ops.convert_to_numpy(model.get_layer("embedding").embeddings) == 1)
         assert np.all(keras.ops.convert_to_numpy(model.get_layer("bigram_embedding").embeddings) == 2)
     assert not np.all(keras.ops.convert_to_numpy(built[1][0].get_layer("embedding").embeddings) == 1)
