@@ -500,14 +500,14 @@ def train_seed(job, checkpoint):
         checkpoint.monitor, checkpoint.patience = stopping.get("monitor"), stopping.get("patience")
     # Before a resume too: the checkpoint's weights then replace these, and the random draws after it
     # (initialisation, dropout) stay those of a run that was not interrupted.
+    tables = []
     if variant.get("pretrain"):
         print(f"    pretraining the embeddings on the training text ({variant['pretrain']} pass(es))", flush=True)
         tables = pretrain_embeddings(train, vocab, variant.get("embedding", 128), epochs=variant["pretrain"])
     with cli.distribution(args):
         model, crf, tagger = build_model(vocab, cfg["variant"])
-        if variant.get("pretrain"):
-            model.get_layer("embedding").set_weights(tables[:1])
-            model.get_layer("bigram_embedding").set_weights(tables[1:])
+        for name, table in zip(("embedding", "bigram_embedding"), tables):
+            model.get_layer(name).set_weights([table])
         # Corpus-order batches only (length-bucketed ones have little padding to save), and not under
         # --distribute: the strategy would split the packed rows and the batch's rows apart.
         packed = cfg["variant"] in PACKED and not cfg.get("bucket") and not args.distribute

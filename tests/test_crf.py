@@ -1140,6 +1140,25 @@ def train_job(variant, *argv, corpus_data=None):
     return [j for j in train.jobs(args, corpus_data) if j.config.get("variant") == variant][0]
 
 
+def train_seed_until_optimizer(monkeypatch, job):
+    """Run crf/train.py's ``train_seed`` on ``job`` until it asks for its optimizer (the model is built by
+    then), stop it there, and return the arguments it passed to ``optimizer``."""
+    from crf import train
+
+    class Built(Exception):
+        pass
+
+    def spy(*args):
+        seen.append(args)
+        raise Built
+
+    seen = []
+    monkeypatch.setattr(train, "optimizer", spy)
+    with pytest.raises(Built):
+        train.train_seed(job, types.SimpleNamespace(monitor=None, patience=None))
+    return seen[0]
+
+
 def test_held_out_checks_split_each_epoch_into_shorter_ones():
     """A variant with ``checks`` runs the same steps as shorter epochs (a held-out check and an
     average written into the weights after each), in every mode and with ``--epochs``; others keep
@@ -1212,19 +1231,10 @@ def test_decay_variants_fall_to_zero_over_the_steps_they_run(monkeypatch):
     assert train.optimizer({**train.VARIANTS["fast"], "decay": None}, 100, 2).use_ema  # None: no decay
 
     # train_seed passes the run's own steps and epochs (the variant's 2 x 500), not the mode's 10 epochs
-    class Built(Exception):
-        pass
-
-    def spy(variant, steps_per_epoch, epochs):
-        seen.append((variant["decay"], steps_per_epoch, epochs))
-        raise Built
-
-    seen, sentences = [], [["中国", "人民"], ["我", "爱", "北京"]] * 20
-    monkeypatch.setattr(train, "optimizer", spy)
+    sentences = [["中国", "人民"], ["我", "爱", "北京"]] * 20
     job = train_job("fast_deep_cos2", "--heldout", "5", corpus_data=(sentences, [], [], set()))
-    with pytest.raises(Built):
-        train.train_seed(job, types.SimpleNamespace(monitor=None, patience=None))
-    assert seen == [("cosine", 500, 2)]
+    variant, steps_per_epoch, epochs = train_seed_until_optimizer(monkeypatch, job)
+    assert (variant["decay"], steps_per_epoch, epochs) == ("cosine", 500, 2)
 
 
 @pytest.mark.layers
@@ -1283,16 +1293,10 @@ def test_a_pretraining_variant_starts_from_embeddings_pretrained_on_its_training
     a variant without it does not pretrain."""
     from crf import train
 
-    class Built(Exception):
-        pass
-
     def pretrain(sentences, vocab, size, epochs):
         calls.append((sentences, size, epochs))
         rows = (len(vocab["chars"]) + 2, len(vocab["bigrams"]) + 2)
         return [np.full((n, size), k + 1, "float32") for k, n in enumerate(rows)]
-
-    def stop(*_):
-        raise Built
 
     def build(vocab, variant):
         built.append(real_build(vocab, variant))
@@ -1303,11 +1307,10 @@ def test_a_pretraining_variant_starts_from_embeddings_pretrained_on_its_training
     sentences = [[lexicon[i % 8], lexicon[i // 8 % 8], lexicon[i // 64]] for i in range(40)]  # 40 different
     monkeypatch.setattr(train, "pretrain_embeddings", pretrain)
     monkeypatch.setattr(train, "build_model", build)
-    monkeypatch.setattr(train, "optimizer", stop)
     for variant in ("fast_pre", "fast"):
-        job = train_job(variant, "--heldout", "5", corpus_data=(sentences, [], [], set()))
-        with pytest.raises(Built):
-            train.train_seed(job, types.SimpleNamespace(monitor=None, patience=None))
+        train_seed_until_optimizer(
+            monkeypatch, train_job(variant, "--heldout", "5", corpus_data=(sentences, [], [], set()))
+        )
     ((seen, size, epochs),) = calls  # only fast_pre pretrains
     fit, heldout = train.split(sentences, 0, 5)
     assert seen == fit and len(seen) == 35 and size == 64 and epochs == 1
