@@ -874,9 +874,9 @@ def test_vocabulary_keeps_characters_seen_twice():
 
 
 def tiny_segmenter(variant="bmes"):
-    from crf.train import build_model
+    from crf.train import VARIANTS, build_model
 
-    vocab = build_vocab([list("我爱北京天安门") * 2], min_count=2, with_bigrams=variant == "strong")
+    vocab = build_vocab([list("我爱北京天安门") * 2], min_count=2, with_bigrams=VARIANTS[variant]["bigrams"])
     _, _, tagger = build_model(vocab, variant)
     return Segmenter(tagger, vocab)
 
@@ -1112,7 +1112,9 @@ def runs_load(path):
 
 
 @pytest.mark.layers
-@pytest.mark.parametrize("variant", ["article", "bmes", "strong", "strong_bd", "fast", "fast_e32", "fast_tiny"])
+@pytest.mark.parametrize(
+    "variant", ["article", "bmes", "strong", "strong_bd", "fast", "fast_e32", "fast_tiny", "fast_lstm"]
+)
 def test_every_variant_trains_on_generated_batches(variant):
     """Each model variant fits a few steps from the article-style batch generator (synthetic
     sentences) and its loss goes down."""
@@ -1512,6 +1514,41 @@ def test_zero_masked_makes_same_convolutions_blind_to_padding():
         ZeroMasked()(x, mask=padded[:, :, None])
     masked = keras.Model(ids, ZeroMasked()(keras.layers.Embedding(20, 3, mask_zero=True)(ids)))
     assert np.all(np_(masked(padded))[0, 4:] == 0) and np.all(np_(masked(padded))[0, :4] != 0)
+
+
+@pytest.mark.layers
+def test_lstm_variant_sees_the_whole_sentence_and_not_its_padding(tmp_path):
+    """fast_lstm's emissions at a sentence's last character change with its first character, 19
+    characters away (fast's convolutions see 4 each side, so its last emissions do not), and a
+    sentence's emissions are those it gets alone, in a batch with a longer one (the LSTM reads the ids'
+    mask; run without it, the backward pass starts in the padding and they differ). Saved and
+    loaded, the segmenter gives the same emissions."""
+    rng = np.random.default_rng(0)
+    text = "".join(rng.choice(list("我爱北京天安门"), 20))
+    other = "门" + text[1:]
+    assert other != text
+    last = {}
+    for variant in ("fast", "fast_lstm"):
+        seg = tiny_segmenter(variant)
+        for w in seg.tagger.weights:  # random weights, biases too: at Keras's zero biases, zero padding is a
+            # fixed point of the LSTM (its state stays 0), so the padding's effect would not show
+            w.assign(0.1 * np.random.default_rng(zlib.crc32(w.path.encode())).normal(size=w.shape).astype("float32"))
+        out = seg._emission_scores([text, other], 20)
+        last[variant] = np.abs(out[0, -1] - out[1, -1]).max()
+    assert last["fast"] == 0 and last["fast_lstm"] > 1e-5, last  # fast's rows are computed apart: exactly 0
+    short = text[:12]
+    alone = seg._emission_scores([short], 12)[0]
+    batched = seg._emission_scores([short, text], 20)[0, :12]
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    # The control: the same LSTM without the mask, on the same inputs, is not blind to the padding.
+    bilstm = seg.tagger.get_layer("bilstm")
+    features_of = keras.Model(seg.tagger.inputs, bilstm.input[0])  # its inputs: the features, the mask
+    padded = np_(bilstm(features_of(seg.encoder([short, text], 20))))[0, :12]
+    unpadded = np_(bilstm(features_of(seg.encoder([short], 12))))[0]
+    assert not np.allclose(padded, unpadded, atol=1e-3)
+    seg.save(tmp_path / "lstm")
+    loaded = Segmenter.load(tmp_path / "lstm")
+    np.testing.assert_allclose(loaded._emission_scores([short, text], 20), seg._emission_scores([short, text], 20))
 
 
 @pytest.mark.layers
