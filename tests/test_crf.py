@@ -1324,6 +1324,34 @@ def test_a_pretraining_variant_starts_from_embeddings_pretrained_on_its_training
     assert not np.all(keras.ops.convert_to_numpy(built[1][0].get_layer("embedding").embeddings) == 1)
 
 
+def test_a_latest_variant_holds_out_the_end_of_the_training_file(monkeypatch):
+    """``heldout_latest``: the held-out sentences are the last of the file, in its order, for every
+    seed, and the rest is shuffled by the seed; train_seed trains on exactly that rest. fast_latest
+    holds out 2000 in full mode; fast's split is the article's random one."""
+    from crf import train
+
+    sentences = [[f"{i:02d}"] for i in range(40)]
+    fit, heldout = train.split(sentences, 0, 5, latest=True)
+    assert heldout == sentences[35:] and sorted(fit) == sentences[:35] and fit != sentences[:35]
+    other_fit, other_heldout = train.split(sentences, 1, 5, latest=True)
+    assert other_heldout == heldout and other_fit != fit and sorted(other_fit) == sentences[:35]
+
+    def vocab_of(sentences, **kwargs):
+        seen.append(sentences)
+        return real_vocab(sentences, **kwargs)
+
+    seen, real_vocab = [], train.build_vocab
+    monkeypatch.setattr(train, "build_vocab", vocab_of)
+    for variant in ("fast_latest", "fast"):
+        job = train_job(variant, "--heldout", "5", corpus_data=(sentences, [], [], set()))
+        train_seed_until_optimizer(monkeypatch, job)
+    assert seen[0] == fit  # fast_latest, seed 0
+    assert sorted(seen[1]) != sentences[:35] and seen[1] == train.split(sentences, 0, 5)[0]  # fast
+    config = train_job("fast_latest").config
+    assert (config["heldout"], config["heldout_latest"], config["dilations"]) == (2000, True, [1, 2, 1])
+    assert train_job("fast_deep_latest").config["dilations"] == [1, 2, 4, 1]
+
+
 def test_the_summary_marks_numbers_a_run_does_not_make(capsys):
     """train.py's closing table: a held-out score of a refit (which holds nothing out) and jieba's
     training numbers are "-", not "diverged" (what utils.runs prints for NaN, stored as null)."""
