@@ -18,8 +18,8 @@ Run:  python crf/train.py                       (article recipe, 3 seeds, ~18 mi
       python crf/train.py --variant strong      (bigrams, wider dilated residual CNN, early stopping)
       python crf/train.py --variant strong_ema  (strong on a moving average of its weights)
       python crf/train.py --variant fast        (smaller network, strong_ema's training)
-      python crf/train.py --variant fast_deep_refit  (fast + a convolution, retrained on all sentences: the
-          held-out pick on the latest days' text, crf/README.md)
+      python crf/train.py --variant fast_deep_refit  (fast + a convolution, retrained on all sentences: F1 0.950,
+          crf/README.md, Goals)
       python crf/train.py --quick               (article network, 2 x 150 length-bucketed steps, 1 seed)
       python crf/train.py --variant article bmes strong strong_bd strong_ema fast fast_deep fast_fine fast_e32 \
           fast_deep_d3 fast_deep_cos fast_deep_cos2 fast_deep_d1 fast_deep_w160 fast_pre fast_lstm fast_latest \

@@ -1563,7 +1563,8 @@ def test_lstm_variant_sees_the_whole_sentence_and_not_its_padding(tmp_path):
             w.assign(0.1 * np.random.default_rng(zlib.crc32(w.path.encode())).normal(size=w.shape).astype("float32"))
         out = seg._emission_scores([text, other], 20)
         last[variant] = np.abs(out[0, -1] - out[1, -1]).max()
-    assert last["fast"] == 0 and last["fast_lstm"] > 1e-5, last  # fast's rows are computed apart: exactly 0
+    # fast: 0 (its rows are computed apart); fast_lstm: 3.6e-4 on TensorFlow, JAX and PyTorch (2026-12-02)
+    assert last["fast"] < 1e-6 and last["fast_lstm"] > 1e-5, last
     short = text[:12]
     alone = seg._emission_scores([short], 12)[0]
     batched = seg._emission_scores([short, text], 20)[0, :12]
