@@ -146,8 +146,8 @@ VARIANTS["fast_pre"] = {**VARIANTS["fast"], "pretrain": 1}
 # its refit (trained for the epochs early stopping keeps here) is the single model.
 LATEST = {"heldout": 2000, "heldout_latest": True}
 VARIANTS.update({f"{name}_latest": {**VARIANTS[name], **LATEST} for name in ("fast", "fast_deep")})
-# fast with a bidirectional LSTM (64 units each way) added over its convolutions: its misses on held-out
-# text are mostly single characters joined to a neighbour, choices a 9-character window may not settle.
+# fast with a bidirectional LSTM (64 units each way) added over its convolutions: about half of fast's misses
+# on held-out text are single characters joined to a neighbour, choices a 9-character window may not settle.
 VARIANTS["fast_lstm"] = {**VARIANTS["fast"], "lstm": 64}
 MODES = {
     "full": {"epochs": 10, "steps_per_epoch": 500, "seeds": 3},
