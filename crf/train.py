@@ -210,12 +210,15 @@ def split(sentences, seed, heldout, latest=False):
     """Shuffle (seeded) and keep the last ``heldout`` sentences aside, as the article does. With
     ``latest``: the last ``heldout`` sentences of the file itself (PKU's is in date order, so its latest
     days) are held out, and only the rest is shuffled."""
-    if latest:
-        rest, aside = sentences[: len(sentences) - heldout], sentences[len(sentences) - heldout :]
-        return [rest[i] for i in np.random.default_rng(seed).permutation(len(rest))], aside
-    order = np.random.default_rng(seed).permutation(len(sentences))
+    kept = len(sentences) - heldout
+    rng = np.random.default_rng(seed)
+    order = (
+        np.concatenate([rng.permutation(kept), np.arange(kept, len(sentences))])
+        if latest
+        else rng.permutation(len(sentences))
+    )
     shuffled = [sentences[i] for i in order]
-    return shuffled[: len(shuffled) - heldout], shuffled[len(shuffled) - heldout :]
+    return shuffled[:kept], shuffled[kept:]
 
 
 def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout=0.0):
@@ -386,14 +389,17 @@ def build_model(vocab, variant):
     x = edge(x)
     if cfg["dropout"]:
         x = keras.layers.Dropout(cfg["dropout"])(x)
+
+    def after(x, h, residual):  # a block's output h: added to its input x where the widths allow
+        x = edge(keras.layers.Add()([x, h]) if residual and x.shape[-1] == h.shape[-1] else h)
+        return keras.layers.Dropout(cfg["dropout"])(x) if cfg["dropout"] else x
+
     for i, dilation in enumerate(cfg["dilations"]):
         h = keras.layers.Conv1D(
             cfg["width"], 3, padding="same", dilation_rate=dilation, activation="relu", name=f"conv{i}"
         )(x)
         # Residual connections only in the stronger variant (the article stacks plain convolutions).
-        x = edge(keras.layers.Add()([x, h]) if cfg["dropout"] and x.shape[-1] == h.shape[-1] else h)
-        if cfg["dropout"]:
-            x = keras.layers.Dropout(cfg["dropout"])(x)
+        x = after(x, h, residual=cfg["dropout"])
     if cfg.get("lstm"):
         # A bidirectional LSTM over the convolutions' features (``lstm`` units each way), added to them:
         # each tag then sees the whole sentence, not only the convolutions' window. It reads the char
@@ -401,9 +407,7 @@ def build_model(vocab, variant):
         h = keras.layers.Bidirectional(keras.layers.LSTM(cfg["lstm"], return_sequences=True), name="bilstm")(
             x, mask=keras.ops.not_equal(chars, 0)
         )
-        x = edge(keras.layers.Add()([x, h]) if x.shape[-1] == h.shape[-1] else h)
-        if cfg["dropout"]:
-            x = keras.layers.Dropout(cfg["dropout"])(x)
+        x = after(x, h, residual=True)
     emissions = keras.layers.Dense(4, name="emissions")(x)
     crf = CRF(4, boundary=cfg["boundary"], **constraints, name="crf")
     # The convolutions drop Keras masks, so the CRF gets the char ids as its mask: id 0 is padding.

@@ -873,6 +873,15 @@ def test_vocabulary_keeps_characters_seen_twice():
     assert bigrams("中国人") == ["中国", "国人", "人</s>"]
 
 
+def random_weights(model, scale=0.3, seed=0):
+    """Set every weight of ``model`` to ``scale`` x N(0, 1), drawn from ``seed`` and the weight's path
+    (the same values for the same model whatever the order or backend)."""
+    for w in model.weights:
+        w.assign(
+            scale * np.random.default_rng(seed + zlib.crc32(w.path.encode())).normal(size=w.shape).astype("float32")
+        )
+
+
 def tiny_segmenter(variant="bmes"):
     from crf.train import VARIANTS, build_model
 
@@ -1464,8 +1473,7 @@ def test_packed_batches_train_exactly_as_padded_ones(variant):
         keras.utils.set_random_seed(0)
         vocab = {"chars": {chr(0x4E00 + i): i for i in range(2, 30)}, "bigrams": None}
         model, crf, _ = train.build_model(vocab, variant)
-        for w in model.weights:
-            w.assign(0.3 * np.random.default_rng(zlib.crc32(w.path.encode())).normal(size=w.shape).astype("float32"))
+        random_weights(model)
         return model, crf
 
     model, crf = built()
@@ -1558,9 +1566,9 @@ def test_lstm_variant_sees_the_whole_sentence_and_not_its_padding(tmp_path):
     last = {}
     for variant in ("fast", "fast_lstm"):
         seg = tiny_segmenter(variant)
-        for w in seg.tagger.weights:  # random weights, biases too: at Keras's zero biases, zero padding is a
-            # fixed point of the LSTM (its state stays 0), so the padding's effect would not show
-            w.assign(0.1 * np.random.default_rng(zlib.crc32(w.path.encode())).normal(size=w.shape).astype("float32"))
+        # random weights, biases too: at Keras's zero biases, zero padding is a fixed point of the LSTM
+        # (its state stays 0), so the padding's effect would not show
+        random_weights(seg.tagger, scale=0.1)
         out = seg._emission_scores([text, other], 20)
         last[variant] = np.abs(out[0, -1] - out[1, -1]).max()
     # fast: 0 (its rows are computed apart); fast_lstm: 3.6e-4 on TensorFlow, JAX and PyTorch (2026-12-02)
@@ -1589,8 +1597,7 @@ def test_segmenter_decodes_on_the_host_like_the_tagger():
     one per length: on JAX each costs seconds)."""
     seg = tiny_segmenter("strong")
     keras.utils.set_random_seed(3)
-    for w in seg.tagger.weights:  # random weights, so the transitions matter
-        w.assign(0.3 * np.random.default_rng(zlib.crc32(w.path.encode())).normal(size=w.shape).astype("float32"))
+    random_weights(seg.tagger)  # so the transitions matter
     assert seg.crf is not None
     rng = np.random.default_rng(0)
     texts = ["".join(rng.choice(list("我爱北京天安门中国人民從未")) for _ in range(n)) for n in rng.integers(1, 90, 40)]
@@ -1617,10 +1624,7 @@ def test_ensemble_decodes_the_sum_of_its_members_scores():
     for seed, text in enumerate(["我爱北京天安门" * 2, "北京天安门中国人民" * 2]):
         vocab = build_vocab([list(text)], min_count=2)
         _, _, tagger = build_model(vocab, "bmes")
-        for w in tagger.weights:
-            w.assign(
-                0.3 * np.random.default_rng(seed + zlib.crc32(w.path.encode())).normal(size=w.shape).astype("float32")
-            )
+        random_weights(tagger, seed=seed)
         members.append(Segmenter(tagger, vocab))
     ensemble = Ensemble(members)
     texts = ["我爱北京", "中国人民爱北京天安门", "從", "天安门中国人民我爱北京天安门中国"]
