@@ -43,7 +43,16 @@ import numpy as np  # noqa: E402
 
 from crf.layers import CRF, ZeroMasked, allowed_transitions  # noqa: E402
 from crf.scoring import bakeoff_score, word_set_score  # noqa: E402
-from crf.segment import UNKNOWN, Ensemble, Segmenter, build_vocab, features, pad, word_tags  # noqa: E402
+from crf.segment import (  # noqa: E402
+    UNKNOWN,
+    Ensemble,
+    Segmenter,
+    build_vocab,
+    features,
+    pad,
+    padded_length,
+    word_tags,
+)
 from utils import cli, data, progress, report, runs  # noqa: E402
 from utils.callbacks import EpochTimer, PrintEpoch  # noqa: E402
 
@@ -160,6 +169,13 @@ MODES = {
 # Variants trained on packed batches (``pack``): the same sums, without most of the padding's work.
 # (Not in the variants' configs: the records name what is computed, and packing computes the same.)
 PACKED = {"article", "bmes"}
+# On JAX each new batch shape compiles the training step anew (about 2 s and 360 memory maps each for
+# the article's network here; a quick run's hundred-odd lengths reached Linux's limit of 65,530 maps
+# and crashed), so there batches are padded to a few lengths (``batches``: ``few_shapes``) and packed
+# batches to a multiple of ``ROW_STEP`` rows. For the article's network that adds padding embeddings
+# past the longest sentence's end too (as every shorter sentence has), a small change of the sums.
+FEW_SHAPES = keras.backend.backend() == "jax"
+ROW_STEP = 8
 # Ensembles of trained seeds (crf/segment.py: Ensemble), scored on the test set after the variants.
 ENSEMBLES = {"strong": ["strong"], "all": ["strong", "article"]}
 BATCH_SIZE = 128
@@ -221,7 +237,7 @@ def split(sentences, seed, heldout, latest=False):
     return shuffled[:kept], shuffled[kept:]
 
 
-def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout=0.0):
+def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout=0.0, few_shapes=False):
     """Endless (char ids, tags) batches of 128 sentences, each padded to its longest sentence (no
     maximum length); ``start_step`` resumes mid-run at exactly the batch it would have reached.
 
@@ -232,6 +248,9 @@ def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout
     batches, and the batches of the pass shuffled: the same sentences per pass, about 1.1x padding.
     ``bigram_dropout``: the share of (real) bigram ids replaced by "unknown", seeded by ``seed`` and
     the step, so a model cannot lean on the bigram table alone and learns unseen bigrams' case.
+    ``few_shapes``: each batch padded to ``segment.padded_length`` of its longest sentence, not to
+    that sentence (at most 25% more padding from 32 characters on), so a pass brings a few dozen
+    shapes, not a hundred (``FEW_SHAPES``).
     """
     n = -(-len(sentences) // BATCH_SIZE)
     step, order, order_pass = start_step, None, None
@@ -243,7 +262,8 @@ def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout
         chunk = (
             [sentences[i] for i in order[index]] if bucket else sentences[index * BATCH_SIZE : (index + 1) * BATCH_SIZE]
         )
-        x = features(["".join(words) for words in chunk], vocab)
+        texts = ["".join(words) for words in chunk]
+        x = features(texts, vocab, length=padded_length(max(map(len, texts))) if few_shapes else None)
         x = x if isinstance(x, list) else [x]
         if bigram_dropout and len(x) > 1:
             drop = np.random.default_rng([seed, step, 1]).random(x[1].shape) < bigram_dropout
@@ -264,7 +284,7 @@ def _bucketed_order(sentences, rng, pool=50):
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def pack(chars, reach=3):
+def pack(chars, reach=3, row_step=1):
     """The same convolutions over a batch without most of its padding: a corpus-order batch of 128
     sentences is on average 5.6x longer than its mean sentence, and the article's convolutions spend
     most of their time on padding. ``chars`` (batch, T), right-padded with 0; ``reach``: how many
@@ -277,7 +297,9 @@ def pack(chars, reach=3):
     - then one step that is zeroed before every convolution (``keep`` 0): what the convolution's own
       zero padding gives past the end of the row, and before the next sentence's start.
     Returns (packed ids (rows, T + 1), keep (rows, T + 1) float32, index (batch, T) int32: where each
-    step of each sentence went in the packed rows, flattened; padded steps point at step 0).
+    step of each sentence went in the packed rows, flattened; padded steps point at step 0). The
+    number of rows is rounded up to a multiple of ``row_step`` with empty rows (ids 0, ``keep`` 0),
+    which no step of ``index`` reads.
     """
     chars = np.asarray(chars)
     batch, steps = chars.shape
@@ -292,23 +314,24 @@ def pack(chars, reach=3):
         if row == len(rows):
             rows.append(0)
         starts[i], rows[row] = row * width + rows[row], rows[row] + spans[i]
-    packed = np.zeros(len(rows) * width, dtype=chars.dtype)
-    keep = np.zeros(len(rows) * width, dtype="float32")
+    count = -(-len(rows) // row_step) * row_step
+    packed = np.zeros(count * width, dtype=chars.dtype)
+    keep = np.zeros(count * width, dtype="float32")
     index = np.zeros((batch, steps), dtype="int32")
     for i in range(batch):
         n, start = lengths[i], starts[i]
         packed[start : start + n] = chars[i, :n]
         keep[start : start + spans[i] - 1] = 1.0  # the characters and the padding ids; the last step stays 0
         index[i, :n] = np.arange(start, start + n)
-    return packed.reshape(len(rows), width), keep.reshape(len(rows), width), index
+    return packed.reshape(count, width), keep.reshape(count, width), index
 
 
-def packed_batches(batches, reach=3):
+def packed_batches(batches, reach=3, row_step=1):
     """``batches`` with each batch's char ids packed (``pack``), for the packed training model: the
     padded ids first (Keras weighs each batch in the epoch's mean loss by the first input's rows,
     which must stay the batch's 128 sentences), then the packed ids, ``keep`` and ``index``."""
     for chars, tags in batches:
-        yield (chars, *pack(chars, reach)), tags
+        yield (chars, *pack(chars, reach, row_step)), tags
 
 
 """## 2. Model: CNN emissions, CRF on top"""
@@ -562,9 +585,12 @@ def train_seed(job, checkpoint):
             bucket=cfg.get("bucket", False),
             seed=seed,
             bigram_dropout=variant.get("bigram_dropout", 0.0),
+            few_shapes=cfg.get("few_shapes", False),
         )
         model.fit(
-            packed_batches(stream, reach=len(variant["dilations"])) if packed else stream,
+            packed_batches(stream, len(variant["dilations"]), ROW_STEP if cfg.get("few_shapes") else 1)
+            if packed
+            else stream,
             steps_per_epoch=cfg["steps_per_epoch"],
             epochs=cfg["epochs"],
             initial_epoch=initial_epoch,
@@ -668,9 +694,12 @@ def jobs(args, corpus_data):
             config["bucket"] = True
         if args.distribute:  # named only when on (the reference records predate the option)
             config["distribute"] = True
+        if FEW_SHAPES:
+            config["few_shapes"] = True
         protocol = (
             f"{args.mode}: {epochs} x {steps} steps of {BATCH_SIZE} sentences"
             + (", length-bucketed" if config.get("bucket") else "")
+            + (", padded to few lengths" if config.get("few_shapes") else "")
             + f", {heldout} held out"
             + on_lines
         )

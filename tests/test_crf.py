@@ -1490,6 +1490,12 @@ def test_packed_batches_train_exactly_as_padded_ones(variant):
     assert not np.allclose(unkept[real], padded[real], atol=1e-3)  # control: the zeroed steps are needed
     too_short = packed_emissions(*train.pack(chars, reach=2))
     assert not np.allclose(too_short[real], padded[real], atol=1e-3)  # control: 3 padding ids are needed
+    # Rows rounded up to a multiple of 8 (as on JAX: few shapes): empty rows that no step reads.
+    packed8, keep8, index8 = train.pack(chars, row_step=8)
+    assert packed8.shape[0] == 8 and np.array_equal(index8, index)
+    assert np.array_equal(packed8[: len(packed)], packed) and np.array_equal(keep8[: len(keep)], keep)
+    assert not packed8[len(packed) :].any() and not keep8[len(keep) :].any()
+    np.testing.assert_allclose(packed_emissions(packed8, keep8, index8)[real], padded[real], rtol=1e-5, atol=1e-5)
 
     def net(packed_input, learning_rate):
         model, crf = built()
@@ -1687,6 +1693,74 @@ def test_bucketed_training_batches_cover_each_pass_and_resume():
     for expected_batch in seen[n + 2 :]:
         x, y = next(resumed)
         assert np.array_equal(x, expected_batch[0]) and np.array_equal(y, expected_batch[1])
+
+
+def test_few_shapes_batches_pad_to_a_few_lengths_and_change_nothing_else():
+    """``few_shapes`` (crf/train.py's batches on JAX, where every new shape compiles): each batch is
+    padded to ``padded_length`` of its longest sentence, holding the same ids and tags before that
+    and padding after, so a pass brings less than half as many shapes (here 17 for 47 lengths when
+    bucketed, 2 for 20 in corpus order) for at most a quarter more padded positions."""
+    from crf import train
+
+    rng = np.random.default_rng(2)
+    lexicon = ["中国", "人民", "的", "天安门", "我", "爱", "北京", "新", "世纪"]
+    sentences = [[lexicon[i] for i in rng.integers(0, len(lexicon), n)] for n in rng.integers(1, 150, 6000)]
+    for vocab in (build_vocab(sentences), build_vocab(sentences, with_bigrams=True)):
+        n = -(-len(sentences) // train.BATCH_SIZE)
+        for bucket in (True, False):
+            plain = train.batches(sentences, vocab, bucket=bucket, seed=4)
+            few = train.batches(sentences, vocab, bucket=bucket, seed=4, few_shapes=True)
+            lengths, rounded, sizes = set(), set(), [0, 0]
+            for _ in range(n):
+                (x, y), (x_few, y_few) = next(plain), next(few)
+                x, x_few = (x, x_few) if isinstance(x, tuple) else ((x,), (x_few,))
+                steps = x[0].shape[1]
+                assert x_few[0].shape[1] == segment_padded(steps) and len(x_few) == len(x)
+                for a, b in zip((*x, y), (*x_few, y_few)):
+                    assert np.array_equal(b[:, :steps], a) and np.all(b[:, steps:] == 0)
+                lengths.add(steps)
+                rounded.add(x_few[0].shape[1])
+                sizes = [sizes[0] + x[0].size, sizes[1] + x_few[0].size]
+            assert len(rounded) < len(lengths) / 2 and sizes[0] < sizes[1] <= 1.25 * sizes[0], (lengths, rounded, sizes)
+
+
+def test_training_on_jax_asks_for_few_shapes(monkeypatch):
+    """With ``FEW_SHAPES`` on (JAX), train_seed asks ``batches`` for few shapes and packs the
+    article's batches into a multiple of ``ROW_STEP`` rows, and the record's config and protocol say
+    so; with it off, neither (the control)."""
+    from crf import train
+
+    class Asked(Exception):
+        pass
+
+    def fake_batches(*args, **kwargs):
+        seen["few_shapes"] = kwargs.get("few_shapes")
+        return iter(())
+
+    def fake_packed(stream, reach, row_step):
+        seen["row_step"] = row_step
+        raise Asked
+
+    def fake_fit(*args, **kwargs):
+        raise Asked
+
+    sentences = [["中国", "人民"], ["我", "爱", "北京"]] * 20
+    monkeypatch.setattr(train, "batches", fake_batches)
+    monkeypatch.setattr(train, "packed_batches", fake_packed)
+    monkeypatch.setattr(keras.Model, "fit", fake_fit)
+    checkpoint = types.SimpleNamespace(monitor=None, patience=None, restore=lambda model: 0, stopped=False)
+    for on in (True, False):
+        monkeypatch.setattr(train, "FEW_SHAPES", on)
+        for variant, argv in (("article", ()), ("fast", ("--quick",))):
+            seen = {}
+            job = train_job(variant, *argv, "--heldout", "5", corpus_data=(sentences, [], [], set()))
+            assert job.config.get("few_shapes", False) is on
+            assert ("padded to few lengths" in job.protocol) is on
+            with pytest.raises(Asked):
+                train.train_seed(job, checkpoint)
+            assert seen["few_shapes"] is on
+            assert seen.get("row_step") == ((train.ROW_STEP if on else 1) if variant == "article" else None)
+    assert train.ROW_STEP > 1
 
 
 def test_bigram_dropout_replaces_a_share_of_bigrams_reproducibly():
