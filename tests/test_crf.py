@@ -373,6 +373,58 @@ def test_long_sequences_across_loop_chunks_match_dynamic_programming(scheme):
 
 
 @pytest.mark.layers
+def test_only_right_padded_masks_skip_the_reordering():
+    """``_prepare`` skips moving real steps to the front when every row already has them there (the
+    oracle tests above check both kinds of masks give the right answers); holes, left padding and a
+    row of padding before a real step do not skip it."""
+    import crf.layers as layers
+
+    expected = {"right": True, "left": False, "holes": False}
+    for name, mask in MASKS.items():
+        assert bool(np_(layers._right_padded(mask))) is expected[name], name
+    assert bool(np_(layers._right_padded(np.array([[0, 0], [1, 0]], bool))))  # an empty row is right-padded
+    assert not bool(np_(layers._right_padded(np.array([[1, 1], [0, 1]], bool))))
+    assert bool(np_(layers._right_padded(np.zeros((2, 0), bool)))) and bool(
+        np_(layers._right_padded(np.ones((3, 1), bool)))
+    )
+
+
+@pytest.mark.layers
+@pytest.mark.parametrize("path_only", [False, True], ids=["every-tag", "path-only"])
+def test_both_backtracks_of_the_best_path_match_dynamic_programming(monkeypatch, path_only):
+    """``_best_path`` finds where the path came from one step at a time along it (from
+    ``_PATH_ONLY_FROM`` tags on) or for every tag and step at once (below it). Each way, at 4 tags
+    and at 9 (BIO with four kinds), over right padding, left padding and holes: the best paths and
+    scores of float64 dynamic programming, and on ties too (scores of 0 and 1: the first best
+    previous tag wins, as NumPy's argmax picks)."""
+    import crf.layers as layers
+
+    monkeypatch.setattr(layers, "_PATH_ONLY_FROM", 0 if path_only else 10**9)
+    bio = allowed_transitions("bio", ["O"] + [f"{p}-{kind}" for kind in "ABCD" for p in "BI"])
+    rng = np.random.default_rng(12)
+    steps, lengths = 21, [21, 1, 8, 9, 17, 20]
+    mask = np.zeros((2 * len(lengths), steps), bool)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = True  # right padding
+        mask[len(lengths) + b, np.sort(rng.choice(steps, n, replace=False))] = True  # holes / left padding
+    for k, constraints in ((4, {}), (9, bio)):
+        crf = make_crf(k, True, seed=4, **constraints)
+        for ties in (False, True):
+            if ties:
+                for w in crf.weights:
+                    w.assign(rng.integers(0, 2, w.shape).astype("float32"))
+                emissions = rng.integers(0, 2, (len(mask), steps, k)).astype("float32")
+            else:
+                emissions = (rng.normal(size=(len(mask), steps, k)) * 2).astype("float32")
+            *_, paths, best = dp_expectations(emissions, mask, *constrained_weights(crf, constraints))
+            decoded, scores = map(np_, crf.decode(emissions, mask))
+            for b in range(len(mask)):
+                assert decoded[b, mask[b]].tolist() == paths[b], (k, ties, b)
+                assert np.all(decoded[b, ~mask[b]] == -1)
+            np.testing.assert_allclose(scores, best, atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.layers
 @pytest.mark.skipif(
     BACKEND == "jax",
     reason="JAX runs the log-space recursions only, with no floor to cross (its extreme emissions: "
