@@ -337,16 +337,19 @@ def dp_expectations(emissions, mask, trans, start, end):
 @pytest.mark.layers
 @pytest.mark.parametrize("scheme", [None, "bmes"])
 def test_long_sequences_across_loop_chunks_match_dynamic_programming(scheme):
-    """Lengths 1 to 29 (the recursions run 8 steps per compiled iteration, so these cross 0 to 3 chunk
-    boundaries and pad the last chunk differently), right padding, left padding and holes: the
-    log-likelihood, its gradients for the emissions (one-hot minus marginals) and the transitions
-    (counted minus expected moves), the best path and its score, against float64 dynamic programming."""
+    """Lengths 1 to 3C + 5 (the recursions run C = ``_CHUNK`` steps per compiled iteration, so these
+    cross 0 to 3 chunk boundaries and pad the last chunk differently), right padding, left padding
+    and holes: the log-likelihood, its gradients for the emissions (one-hot minus marginals) and the
+    transitions (counted minus expected moves), the best path and its score, against float64 dynamic
+    programming."""
     k = 4
     constraints = allowed_transitions("bmes", "sbme") if scheme else {}
     crf = make_crf(k, True, seed=5, **constraints)
     rng = np.random.default_rng(6)
-    steps = 29
-    lengths = [29, 1, 8, 9, 16, 17, 24, 25]
+    from crf.layers import _CHUNK as c
+
+    steps = 3 * c + 5
+    lengths = [steps, 1, c, c + 1, 2 * c, 2 * c + 1, 3 * c, 3 * c + 1]
     mask = np.zeros((len(lengths) * 2, steps), bool)
     for b, n in enumerate(lengths):
         mask[b, :n] = True  # right padding
