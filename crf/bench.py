@@ -129,7 +129,7 @@ def peak_rss_mb():
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def bench_layer(repeats, long_steps=(500, 2000)):
+def bench_layer(repeats, long_steps=(500, 2000, 8000)):
     backend = keras.backend.backend()
     modes = {"tensorflow": [False, True], "jax": [True], "torch": [False]}[backend]
     print(f"\n### CRF layer, {backend} backend, batch 64, length 128 (half to full length real), median of {repeats}\n")
@@ -143,19 +143,60 @@ def bench_layer(repeats, long_steps=(500, 2000)):
                 f"| {timed(decode, repeats):.1f} |",
                 flush=True,
             )
-    # Long sequences: time and memory grow linearly with T (the recursions write each step once).
-    # Peak memory is the whole process's, so it only grows: read it row after row, shortest first.
+    long_sequences(long_steps)
+
+
+def long_sequences(long_steps):
+    """Time and memory grow linearly with T (the recursions write each step once). Each length runs in
+    a fresh process of this script (``long_one``): a process's peak memory only grows, so in one
+    process every row after the largest would show its peak."""
+    backend = keras.backend.backend()
     print(
-        f"\n### Long sequences, {backend} backend, batch 64, 17 tags, XLA {'on' if modes[0] else 'off'}, median of 3\n"
+        f"\n### Long sequences, {backend} backend, batch 64, 17 tags, XLA {'on' if backend == 'jax' else 'off'}, "
+        f"median of {LONG_REPEATS}, each length in a fresh process\n"
     )
     print(
-        "| length | NLL + gradient (ms) | decode (ms) | ms a step (NLL + gradient) | peak memory of the process (MB) |"
+        "| length | NLL + gradient (ms) | decode (ms) | ms a step (NLL + gradient) "
+        "| peak memory of the process (MB) | of which during the calls (MB) |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for steps in long_steps:
-        nll_grad, decode = layer_functions(17, 64, steps, modes[0])
-        nll_ms, decode_ms = timed(nll_grad, 3), timed(decode, 3)
-        print(f"| {steps} | {nll_ms:.0f} | {decode_ms:.0f} | {nll_ms / steps:.3f} | {peak_rss_mb():,.0f} |", flush=True)
+        done = _child([sys.executable, str(Path(__file__).resolve()), "--layer-only", "--long-one", str(steps)])
+        row = _last_json(done.stdout) if done.returncode == 0 else None
+        if row is None:
+            raise RuntimeError(
+                f"the long-sequence run of length {steps} failed (exit {done.returncode}):\n" + done.stderr[-2000:]
+            )
+        print(
+            f"| {steps} | {row['nll_ms']:.0f} | {row['decode_ms']:.0f} | {row['nll_ms'] / steps:.3f} "
+            f"| {row['peak_mb']:,.0f} | {row['peak_mb'] - row['before_mb']:,.0f} |",
+            flush=True,
+        )
+
+
+LONG_REPEATS = 3
+
+
+def long_one(steps):
+    """A child of ``bench_layer``: one long-sequence row (17 tags, batch 64, ``steps`` steps) as a JSON
+    line: the median times, the peak memory of this process, and its peak before the first call."""
+    jit = keras.backend.backend() == "jax"
+    nll_grad, decode = layer_functions(17, 64, steps, jit)
+    before = peak_rss_mb()
+    nll_ms, decode_ms = timed(nll_grad, LONG_REPEATS), timed(decode, LONG_REPEATS)
+    print(json.dumps({"nll_ms": nll_ms, "decode_ms": decode_ms, "peak_mb": peak_rss_mb(), "before_mb": before}))
+
+
+def _last_json(stdout):
+    """The last line of ``stdout`` that is a JSON object, or None."""
+    for line in reversed(stdout.splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -791,6 +832,7 @@ def parser():
         "all in this process); for speeds that change from one process to the next (jieba's, here)",
     )
     p.add_argument("--time-one", default=None, help=argparse.SUPPRESS)  # a child of --processes
+    p.add_argument("--long-one", type=int, default=None, help=argparse.SUPPRESS)  # a child of --layer-only
     p.add_argument("--layer-only", action="store_true", help="only the layer timings")
     p.add_argument("--segment-only", action="store_true", help="only the segmenter comparison")
     p.add_argument(
@@ -848,6 +890,8 @@ def main(argv=None):
             p.error(f"{', '.join(given)}: options of the segmenter comparison, which --layer-only skips")
     if args.time_one:
         return time_one(args)
+    if args.long_one:
+        return long_one(args.long_one)
     if args.out is not None and args.reference:
         p.error(f"--out {args.out} and --reference name two places for the record: give one")
     unknown = [name for name in args.peers or [] if name not in PEERS]

@@ -639,7 +639,7 @@ class CRF(keras.layers.Layer):
             mask = _numbers("CRF: mask", mask)
             self._check_steps("mask", mask, emissions)
             mask = ops.cast(mask, "bool")
-        # Reordering costs a scatter and gathers (a third of a 4-tag decode under XLA): skipped when
+        # Reordering costs a scatter and gathers (a third of a 4-tag decode on JAX): skipped when
         # every row is already its real steps then padding, as Keras masks usually are.
         aligned = _right_padded(mask)
         same = ops.broadcast_to(ops.arange(ops.shape(mask)[1], dtype="int32")[None, :], ops.shape(mask))

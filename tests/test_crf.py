@@ -376,10 +376,12 @@ def test_long_sequences_across_loop_chunks_match_dynamic_programming(scheme):
 
 
 @pytest.mark.layers
-def test_only_right_padded_masks_skip_the_reordering():
+def test_only_right_padded_masks_skip_the_reordering(monkeypatch):
     """``_prepare`` skips moving real steps to the front when every row already has them there (the
-    oracle tests above check both kinds of masks give the right answers); holes, left padding and a
-    row of padding before a real step do not skip it."""
+    oracle tests above check that both kinds of masks give the right answers): the check accepts
+    right padding, empty rows, T = 0 and 1 and an empty batch, and refuses holes, left padding and a
+    padding step before a real one; where ``ops.cond`` runs one branch (TensorFlow and PyTorch
+    outside a graph), a right-padded batch never calls ``_left_align`` and a left-padded one does."""
     import crf.layers as layers
 
     expected = {"right": True, "left": False, "holes": False}
@@ -387,9 +389,19 @@ def test_only_right_padded_masks_skip_the_reordering():
         assert bool(np_(layers._right_padded(mask))) is expected[name], name
     assert bool(np_(layers._right_padded(np.array([[0, 0], [1, 0]], bool))))  # an empty row is right-padded
     assert not bool(np_(layers._right_padded(np.array([[1, 1], [0, 1]], bool))))
-    assert bool(np_(layers._right_padded(np.zeros((2, 0), bool)))) and bool(
-        np_(layers._right_padded(np.ones((3, 1), bool)))
-    )
+    for shape in ((2, 0), (3, 1), (0, 4)):
+        assert bool(np_(layers._right_padded(np.ones(shape, bool)))), shape
+    if BACKEND == "jax":  # lax.cond traces both branches
+        return
+    calls = []
+    real_left_align = layers._left_align
+    monkeypatch.setattr(layers, "_left_align", lambda mask: calls.append(1) or real_left_align(mask))
+    crf, emissions, mask, _ = case(4, True, None, "right")
+    crf.decode(emissions, mask)
+    crf.log_likelihood(emissions, np.zeros(mask.shape, "int32"), mask)
+    assert calls == []
+    crf.decode(emissions, MASKS["left"])
+    assert calls == [1]  # control: the spy sees the reordering when it is needed
 
 
 @pytest.mark.layers
@@ -425,6 +437,14 @@ def test_both_backtracks_of_the_best_path_match_dynamic_programming(monkeypatch,
                 assert decoded[b, mask[b]].tolist() == paths[b], (k, ties, b)
                 assert np.all(decoded[b, ~mask[b]] == -1)
             np.testing.assert_allclose(scores, best, atol=1e-3, rtol=1e-5)
+        # A row with no possible path (every tag impossible at one real step): no tags, score -inf;
+        # the rows beside it are decoded as before.
+        dead = emissions.copy()
+        dead[3, np.flatnonzero(mask[3])[2]] = -np.inf
+        decoded_dead, scores_dead = map(np_, crf.decode(dead, mask))
+        assert np.all(decoded_dead[3] == -1) and scores_dead[3] == FORBIDDEN
+        keep = np.arange(len(mask)) != 3
+        assert np.array_equal(decoded_dead[keep], decoded[keep]) and np.array_equal(scores_dead[keep], scores[keep])
 
 
 @pytest.mark.layers
@@ -669,9 +689,26 @@ def test_fit_learns_the_toy_tagging_task():
     BACKEND != "tensorflow", reason="jit_compile=True is the TensorFlow/XLA check (JAX always compiles)"
 )
 def test_fit_and_decode_under_xla_jit_compile():
-    """Under XLA: the log-likelihood and decodes still match the oracle, and a BMES model trains on
-    legal gold paths (each real stretch segmented into words) with a falling, finite loss."""
+    """Under XLA: the log-likelihood and decodes (the best path both ways, and the 2 best) still match
+    the oracles, and a BMES model trains on legal gold paths (each real stretch segmented into words)
+    with a falling, finite loss."""
     import tensorflow as tf
+
+    import crf.layers as layers
+
+    # The single best path both ways (pointers for every tag below _PATH_ONLY_FROM tags, the argmax along
+    # the path from it), right- and left-padded: what float64 dynamic programming gives.
+    bio = allowed_transitions("bio", ["O"] + [f"{p}-{kind}" for kind in "ABCD" for p in "BI"])
+    for k, constraints in ((4, {}), (9, bio)):
+        crf = make_crf(k, True, seed=8, **constraints)
+        for padding in ("right", "left"):
+            mask = np.repeat(MASKS[padding][:3], 3, axis=0)
+            emissions = (np.random.default_rng(k).normal(size=(*mask.shape, k)) * 2).astype("float32")
+            *_, paths, best = dp_expectations(emissions, mask, *constrained_weights(crf, constraints))
+            decoded, scores = map(np_, tf.function(lambda e: crf.decode(e, mask), jit_compile=True)(emissions))
+            assert [decoded[b, mask[b]].tolist() for b in range(len(mask))] == paths
+            np.testing.assert_allclose(scores, best, atol=1e-3, rtol=1e-5)
+    assert layers._PATH_ONLY_FROM == 8  # so the 9-tag case took the path-only way
 
     crf, emissions, mask, oracles = case(4, True, "bmes", "left")
     ll = tf.function(lambda e: crf.log_likelihood(e, np.zeros(mask.shape, "int32"), mask), jit_compile=True)

@@ -296,3 +296,32 @@ def test_processes_time_our_model_and_jieba_in_real_child_processes(tmp_path, re
     for row in record["rows"]:
         assert len(row["seconds"]) == 2 and all(len(passes) == 2 for passes in row["seconds"])
         assert row["chars_per_s"] == pytest.approx(np.median(row["chars_per_s_by_process"])) and row["chars_per_s"] > 0
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="runs real child processes of crf/bench.py; checked once")
+def test_long_sequences_are_measured_each_in_a_fresh_process(monkeypatch, capsys):
+    """``--layer-only``'s long-sequence rows: each length in a child process of its own (a process's peak
+    memory only grows, so a shared one would carry the longest row's peak into every later row), whose
+    times and memory come back as numbers; a child that fails stops the table naming the length."""
+    commands = []
+    real_child = bench._child
+    monkeypatch.setattr(bench, "_child", lambda command: commands.append(command) or real_child(command))
+    bench.long_sequences((16, 40))
+    rows = [
+        line.strip("| ").split(" | ") for line in capsys.readouterr().out.splitlines() if line[:5] in ("| 16 ", "| 40 ")
+    ]
+    assert [row[0] for row in rows] == ["16", "40"] and len(commands) == 2
+    assert [command[-2:] for command in commands] == [["--long-one", "16"], ["--long-one", "40"]]
+    for length, nll_ms, decode_ms, per_step, peak, during in rows:
+        assert (
+            float(nll_ms) > 0
+            and float(decode_ms) > 0
+            and float(per_step) == pytest.approx(float(nll_ms) / int(length), abs=0.5 / int(length) + 1e-3)
+        )
+        assert float(peak.replace(",", "")) > 100 and 0 <= float(during.replace(",", "")) <= float(
+            peak.replace(",", "")
+        )
+    failed = subprocess.CompletedProcess([], 1, stdout="", stderr="Traceback ... MemoryError")
+    monkeypatch.setattr(bench, "_child", lambda command: failed)
+    with pytest.raises(RuntimeError, match=r"length 16 failed \(exit 1\):\n.*MemoryError"):
+        bench.long_sequences((16,))
