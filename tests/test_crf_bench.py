@@ -312,15 +312,10 @@ def test_long_sequences_are_measured_each_in_a_fresh_process(monkeypatch, capsys
     ]
     assert [row[0] for row in rows] == ["16", "40"] and len(commands) == 2
     assert [command[-2:] for command in commands] == [["--long-one", "16"], ["--long-one", "40"]]
-    for length, nll_ms, decode_ms, per_step, peak, during in rows:
-        assert (
-            float(nll_ms) > 0
-            and float(decode_ms) > 0
-            and float(per_step) == pytest.approx(float(nll_ms) / int(length), abs=0.5 / int(length) + 1e-3)
-        )
-        assert float(peak.replace(",", "")) > 100 and 0 <= float(during.replace(",", "")) <= float(
-            peak.replace(",", "")
-        )
+    for length, nll_ms, decode_ms, per_step, before, added in rows:
+        assert float(nll_ms) > 0 and float(decode_ms) > 0
+        assert float(per_step) == pytest.approx(float(nll_ms) / int(length), abs=0.5 / int(length) + 1e-3)
+        assert float(before.replace(",", "")) > 100 and 0 <= float(added.replace(",", "")) < 1000
     failed = subprocess.CompletedProcess([], 1, stdout="", stderr="Traceback ... MemoryError")
     monkeypatch.setattr(bench, "_child", lambda command: failed)
     with pytest.raises(RuntimeError, match=r"length 16 failed \(exit 1\):\n.*MemoryError"):
