@@ -190,7 +190,7 @@ def long_sequences(long_steps):
     print("|---|---|---|---|---|---|")
     for steps in long_steps:
         done = _child([sys.executable, str(Path(__file__).resolve()), "--layer-only", "--long-one", str(steps)])
-        row = _last_json(done.stdout) if done.returncode == 0 else None
+        row = _last_json(done.stdout, "nll_ms") if done.returncode == 0 else None
         if row is None:
             raise RuntimeError(
                 f"the long-sequence run of length {steps} failed (exit {done.returncode}):\n" + done.stderr[-2000:]
@@ -217,14 +217,14 @@ def long_one(steps):
     print(json.dumps({"nll_ms": nll_ms, "decode_ms": decode_ms, "peak_mb": peak_rss_mb(), "before_mb": before}))
 
 
-def _last_json(stdout):
-    """The last line of ``stdout`` that is a JSON object, or None."""
+def _last_json(stdout, key):
+    """The last line of ``stdout`` that is a JSON object holding ``key``, as a dict, or None."""
     for line in reversed(stdout.splitlines()):
         try:
             value = json.loads(line)
         except ValueError:
             continue
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key in value:
             return value
     return None
 
@@ -621,13 +621,8 @@ def time_in_processes(args, timers):
 
 def _passes(stdout):
     """The seconds a ``--time-one`` child printed (its last JSON line of them), or None."""
-    for line in reversed(stdout.splitlines()):
-        try:
-            seconds = json.loads(line)["seconds"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        return seconds
-    return None
+    row = _last_json(stdout, "seconds")
+    return row["seconds"] if row else None
 
 
 def line_by_line(cut):
