@@ -197,7 +197,11 @@ def long_sequences(long_steps):
             )
         print(
             f"| {steps} | {row['nll_ms']:.0f} | {row['decode_ms']:.0f} | {row['nll_ms'] / steps:.3f} "
-            f"| {row['before_mb']:,.0f} | {row['peak_mb'] - row['before_mb']:,.0f} |",
+            + (
+                f"| {row['before_mb']:,.0f} | {row['peak_mb'] - row['before_mb']:,.0f} |"
+                if row["before_mb"] is not None
+                else "| - | - |"  # the peak could not be reset: it would hold the imports' too
+            ),
             flush=True,
         )
 
@@ -208,11 +212,10 @@ LONG_REPEATS = 3
 def long_one(steps):
     """A child of ``bench_layer``: one long-sequence row (17 tags, batch 64, ``steps`` steps) as a JSON
     line: the median times, the peak memory of this process over the calls (the first compiles), and
-    its resident memory just before them."""
+    its resident memory just before them (None where the peak cannot be reset: no Linux /proc)."""
     jit = keras.backend.backend() == "jax"
     nll_grad, decode = layer_functions(17, 64, steps, jit)
-    before = _reset_peak()  # so the peak after the calls is theirs, not the imports'
-    before = peak_rss_mb() if before is None else before
+    before = _reset_peak()  # so the peak after the calls is theirs, not the imports' (None: not on this system)
     nll_ms, decode_ms = timed(nll_grad, LONG_REPEATS), timed(decode, LONG_REPEATS)
     print(json.dumps({"nll_ms": nll_ms, "decode_ms": decode_ms, "peak_mb": peak_rss_mb(), "before_mb": before}))
 
