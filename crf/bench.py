@@ -133,22 +133,10 @@ def _status_mb(field):
     return None
 
 
-def peak_rss_mb():
-    """This process's peak resident memory so far, in MB: Linux's VmHWM, which starts afresh at exec
-    (``ru_maxrss``, the fallback elsewhere, also counts the parent's memory at fork; macOS reports
-    bytes, Linux KB)."""
-    peak = _status_mb("VmHWM")
-    if peak is not None:
-        return peak
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 def _reset_peak():
-    """Start the peak (VmHWM) again from the current resident memory, where Linux allows it; returns
-    the resident memory then, or None (the peak then keeps what came before)."""
+    """Start this process's peak resident memory (Linux's VmHWM, which starts afresh at exec, where
+    ``ru_maxrss`` would also count the parent's memory at fork) again from the current resident
+    memory; returns that, or None where Linux's /proc is not there to do it."""
     try:
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")
@@ -217,7 +205,7 @@ def long_one(steps):
     nll_grad, decode = layer_functions(17, 64, steps, jit)
     before = _reset_peak()  # so the peak after the calls is theirs, not the imports' (None: not on this system)
     nll_ms, decode_ms = timed(nll_grad, LONG_REPEATS), timed(decode, LONG_REPEATS)
-    print(json.dumps({"nll_ms": nll_ms, "decode_ms": decode_ms, "peak_mb": peak_rss_mb(), "before_mb": before}))
+    print(json.dumps({"nll_ms": nll_ms, "decode_ms": decode_ms, "peak_mb": _status_mb("VmHWM"), "before_mb": before}))
 
 
 def _last_json(stdout, key):

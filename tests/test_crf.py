@@ -334,6 +334,28 @@ def dp_expectations(emissions, mask, trans, start, end):
     return tags, ll, d_e, np.where(np.isfinite(trans), d_t, 0.0), paths, best
 
 
+# 9 tags: O, and B and I of four kinds
+BIO9 = allowed_transitions("bio", ["O"] + [f"{p}-{kind}" for kind in "ABCD" for p in "BI"])
+
+
+def right_and_scattered(lengths, steps, rng):
+    """A (2 x len(lengths), steps) mask: a right-padded row of each length, then a row of each length
+    whose real steps are scattered by ``rng`` (holes, left padding)."""
+    mask = np.zeros((2 * len(lengths), steps), bool)
+    for b, n in enumerate(lengths):
+        mask[b, :n] = True
+        mask[len(lengths) + b, np.sort(rng.choice(steps, n, replace=False))] = True
+    return mask
+
+
+def assert_decodes_like(decoded, scores, mask, paths, best, context=()):
+    """Decoded tags (batch, T) and scores equal to the oracle's best ``paths`` and scores, -1 on padding."""
+    for b in range(len(mask)):
+        assert decoded[b, mask[b]].tolist() == paths[b], (*context, b)
+        assert np.all(decoded[b, ~mask[b]] == -1)
+    np.testing.assert_allclose(scores, best, atol=1e-3, rtol=1e-5)
+
+
 @pytest.mark.layers
 @pytest.mark.parametrize("scheme", [None, "bmes"])
 def test_long_sequences_across_loop_chunks_match_dynamic_programming(scheme):
@@ -350,10 +372,7 @@ def test_long_sequences_across_loop_chunks_match_dynamic_programming(scheme):
 
     steps = 3 * c + 5
     lengths = [steps, 1, c, c + 1, 2 * c, 2 * c + 1, 3 * c, 3 * c + 1]
-    mask = np.zeros((len(lengths) * 2, steps), bool)
-    for b, n in enumerate(lengths):
-        mask[b, :n] = True  # right padding
-        mask[len(lengths) + b, np.sort(rng.choice(steps, n, replace=False))] = True  # holes / left padding
+    mask = right_and_scattered(lengths, steps, rng)
     emissions = (rng.normal(size=(mask.shape[0], steps, k)) * 2).astype("float32")
     tags, expected_ll, expected_e, expected_t, paths, best = dp_expectations(
         emissions, mask, *constrained_weights(crf, constraints)
@@ -369,10 +388,7 @@ def test_long_sequences_across_loop_chunks_match_dynamic_programming(scheme):
 
     got_t = grad(ll_of_transitions, np_(crf.transitions))
     np.testing.assert_allclose(got_t, expected_t, atol=2e-3)
-    decoded, scores = map(np_, crf.decode(emissions, mask))
-    for b in range(len(mask)):
-        assert decoded[b, mask[b]].tolist() == paths[b] and np.all(decoded[b, ~mask[b]] == -1)
-    np.testing.assert_allclose(scores, best, atol=1e-3, rtol=1e-5)
+    assert_decodes_like(*map(np_, crf.decode(emissions, mask)), mask, paths, best)
 
 
 @pytest.mark.layers
@@ -415,28 +431,20 @@ def test_both_backtracks_of_the_best_path_match_dynamic_programming(monkeypatch,
     import crf.layers as layers
 
     monkeypatch.setattr(layers, "_PATH_ONLY_FROM", 0 if path_only else 10**9)
-    bio = allowed_transitions("bio", ["O"] + [f"{p}-{kind}" for kind in "ABCD" for p in "BI"])
     rng = np.random.default_rng(12)
-    steps, lengths = 21, [21, 1, 8, 9, 17, 20]
-    mask = np.zeros((2 * len(lengths), steps), bool)
-    for b, n in enumerate(lengths):
-        mask[b, :n] = True  # right padding
-        mask[len(lengths) + b, np.sort(rng.choice(steps, n, replace=False))] = True  # holes / left padding
-    for k, constraints in ((4, {}), (9, bio)):
+    mask = right_and_scattered([21, 1, 8, 9, 17, 20], 21, rng)
+    for k, constraints in ((4, {}), (9, BIO9)):
         crf = make_crf(k, True, seed=4, **constraints)
         for ties in (False, True):
             if ties:
                 for w in crf.weights:
                     w.assign(rng.integers(0, 2, w.shape).astype("float32"))
-                emissions = rng.integers(0, 2, (len(mask), steps, k)).astype("float32")
+                emissions = rng.integers(0, 2, mask.shape + (k,)).astype("float32")
             else:
-                emissions = (rng.normal(size=(len(mask), steps, k)) * 2).astype("float32")
+                emissions = (rng.normal(size=mask.shape + (k,)) * 2).astype("float32")
             *_, paths, best = dp_expectations(emissions, mask, *constrained_weights(crf, constraints))
             decoded, scores = map(np_, crf.decode(emissions, mask))
-            for b in range(len(mask)):
-                assert decoded[b, mask[b]].tolist() == paths[b], (k, ties, b)
-                assert np.all(decoded[b, ~mask[b]] == -1)
-            np.testing.assert_allclose(scores, best, atol=1e-3, rtol=1e-5)
+            assert_decodes_like(decoded, scores, mask, paths, best, context=(k, ties))
         # A row with no possible path (every tag impossible at one real step): no tags, score -inf;
         # the rows beside it are decoded as before.
         dead = emissions.copy()
@@ -698,8 +706,7 @@ def test_fit_and_decode_under_xla_jit_compile():
 
     # The single best path both ways (pointers for every tag below _PATH_ONLY_FROM tags, the argmax along
     # the path from it), right- and left-padded: what float64 dynamic programming gives.
-    bio = allowed_transitions("bio", ["O"] + [f"{p}-{kind}" for kind in "ABCD" for p in "BI"])
-    for k, constraints in ((4, {}), (9, bio)):
+    for k, constraints in ((4, {}), (9, BIO9)):
         crf = make_crf(k, True, seed=8, **constraints)
         for padding in ("right", "left"):
             mask = np.repeat(MASKS[padding][:3], 3, axis=0)
