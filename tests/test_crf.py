@@ -348,10 +348,21 @@ def right_and_scattered(lengths, steps, rng):
     return mask
 
 
-def assert_decodes_like(decoded, scores, mask, paths, best, context=()):
-    """Decoded tags (batch, T) and scores equal to the oracle's best ``paths`` and scores, -1 on padding."""
+def assert_decodes_like(decoded, scores, mask, paths, best, context=(), scored=None):
+    """Decoded tags (batch, T) and scores equal to the oracle's best ``paths`` and scores, -1 on padding.
+    With ``scored`` (the emissions and the three score tables, float64), a decoded path may differ
+    from the oracle's where another path ties with it: its own score, summed along it, must then be
+    the best."""
     for b in range(len(mask)):
-        assert decoded[b, mask[b]].tolist() == paths[b], (*context, b)
+        path = decoded[b, mask[b]].tolist()
+        if scored is None or path == paths[b]:
+            assert path == paths[b], (*context, b)
+        else:
+            emissions, trans, start, end = scored
+            e = emissions[b, mask[b]].astype(np.float64)
+            own = start[path[0]] + e[np.arange(len(path)), path].sum() + end[path[-1]]
+            own += trans[path[:-1], path[1:]].sum()
+            np.testing.assert_allclose(own, best[b], atol=1e-9, err_msg=str((*context, b, path, paths[b])))
         assert np.all(decoded[b, ~mask[b]] == -1)
     np.testing.assert_allclose(scores, best, atol=1e-3, rtol=1e-5)
 
@@ -421,18 +432,22 @@ def test_only_right_padded_masks_skip_the_reordering(monkeypatch):
 
 
 @pytest.mark.layers
-@pytest.mark.parametrize("path_only", [False, True], ids=["every-tag", "path-only"])
-def test_both_backtracks_of_the_best_path_match_dynamic_programming(monkeypatch, path_only):
+@pytest.mark.parametrize("way", ["every-tag", "path-only", "tree"])
+def test_every_way_of_finding_the_best_path_matches_dynamic_programming(monkeypatch, way):
     """``_best_path`` finds where the path came from one step at a time along it (from
-    ``_PATH_ONLY_FROM`` tags on) or for every tag and step at once (below it). Each way, at 4 tags
-    and at 9 (BIO with four kinds), over right padding, left padding and holes: the best paths and
-    scores of float64 dynamic programming, and on ties too (scores of 0 and 1: the first best
-    previous tag wins, as NumPy's argmax picks)."""
+    ``_PATH_ONLY_FROM`` tags on), or for every tag and step at once (below it), or (PyTorch up to
+    ``_TREE_UP_TO`` tags) on a tree over the steps. Each way, at 4 tags and at 9 (BIO with four kinds),
+    over right padding, left padding and holes (lengths 1 to 21: the tree's 20 leaves padded to 32,
+    and 7, 8 and 16 moves): the best paths and scores of float64 dynamic programming, and on ties too
+    (scores of 0 and 1). On ties the step-by-step ways keep the first best previous tag, as NumPy's
+    argmax does; the tree may return another of the tied paths, whose own score must be the best."""
     import crf.layers as layers
 
-    monkeypatch.setattr(layers, "_PATH_ONLY_FROM", 0 if path_only else 10**9)
+    monkeypatch.setattr(layers, "_PATH_ONLY_FROM", 0 if way == "path-only" else 10**9)
+    monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9 if way == "tree" else 0)
     rng = np.random.default_rng(12)
     mask = right_and_scattered([21, 1, 8, 9, 17, 20], 21, rng)
+    differed = 0
     for k, constraints in ((4, {}), (9, BIO9)):
         crf = make_crf(k, True, seed=4, **constraints)
         for ties in (False, True):
@@ -442,9 +457,12 @@ def test_both_backtracks_of_the_best_path_match_dynamic_programming(monkeypatch,
                 emissions = rng.integers(0, 2, mask.shape + (k,)).astype("float32")
             else:
                 emissions = (rng.normal(size=mask.shape + (k,)) * 2).astype("float32")
-            *_, paths, best = dp_expectations(emissions, mask, *constrained_weights(crf, constraints))
+            tables = constrained_weights(crf, constraints)
+            *_, paths, best = dp_expectations(emissions, mask, *tables)
             decoded, scores = map(np_, crf.decode(emissions, mask))
-            assert_decodes_like(decoded, scores, mask, paths, best, context=(k, ties))
+            scored = (emissions, *tables) if way == "tree" and ties else None
+            assert_decodes_like(decoded, scores, mask, paths, best, context=(k, ties), scored=scored)
+            differed += sum(decoded[b, mask[b]].tolist() != paths[b] for b in range(len(mask)))
         # A row with no possible path (every tag impossible at one real step): no tags, score -inf;
         # the rows beside it are decoded as before.
         dead = emissions.copy()
@@ -453,6 +471,9 @@ def test_both_backtracks_of_the_best_path_match_dynamic_programming(monkeypatch,
         assert np.all(decoded_dead[3] == -1) and scores_dead[3] == FORBIDDEN
         keep = np.arange(len(mask)) != 3
         assert np.array_equal(decoded_dead[keep], decoded[keep]) and np.array_equal(scores_dead[keep], scores[keep])
+    # The tie rule differs: the tree returns other tied paths in some rows (which the check above
+    # accepted by their scores only), the step-by-step ways none.
+    assert (differed > 0) == (way == "tree"), differed
 
 
 @pytest.mark.layers
@@ -461,13 +482,17 @@ def test_both_backtracks_of_the_best_path_match_dynamic_programming(monkeypatch,
     reason="JAX runs the log-space recursions only, with no floor to cross (its extreme emissions: "
     "test_extreme_emissions_stay_finite_and_exact and catalogue/test_bad_crf.py)",
 )
-def test_likelihood_is_exact_on_both_sides_of_the_scaled_recursions_floor(monkeypatch):
+@pytest.mark.parametrize("way", ["steps", "tree"])
+def test_likelihood_is_exact_on_both_sides_of_the_scaled_recursions_floor(monkeypatch, way):
     """On TensorFlow and PyTorch the likelihood's recursions run on exps scaled each step, and fall
     back to log space for the whole batch when a state drops below ``_FLOOR`` (an underflow could have
-    lost terms that matter). Emission scales from 1 to 1000, with and without BMES rules: every
-    log-likelihood and gradient equals float64 dynamic programming, ordinary scales run scaled, the
-    extreme ones in log space."""
+    lost terms that matter); the tree (PyTorch up to ``_TREE_UP_TO`` tags) scales each product and
+    falls back to the steps. Emission scales from 1 to 1000, with and without BMES rules: every
+    log-likelihood and gradient equals float64 dynamic programming, ordinary scales run scaled (or on
+    the tree), the extreme ones fall back."""
     import crf.layers as layers
+
+    monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9 if way == "tree" else 0)
 
     k, steps = 4, 23
     rng = np.random.default_rng(11)
@@ -477,8 +502,9 @@ def test_likelihood_is_exact_on_both_sides_of_the_scaled_recursions_floor(monkey
         mask[b, np.sort(rng.choice(steps, n, replace=False)) if b % 2 else slice(0, n)] = True
     monkeypatch.setattr(layers, "_TORCH_SCALED_FROM", 0)  # (PyTorch runs them from 10 tags on)
     fallbacks = []
-    real_log_space = layers._log_space
-    monkeypatch.setattr(layers, "_log_space", lambda *a: fallbacks.append(1) or real_log_space(*a))
+    fallback = "_relative_nll" if way == "tree" else "_log_space"
+    real_fallback = getattr(layers, fallback)
+    monkeypatch.setattr(layers, fallback, lambda *a: fallbacks.append(1) or real_fallback(*a))
     ran = {}
     for scheme in (None, "bmes"):
         constraints = allowed_transitions("bmes", "sbme") if scheme else {}
@@ -503,14 +529,17 @@ def test_likelihood_is_exact_on_both_sides_of_the_scaled_recursions_floor(monkey
 
 
 @pytest.mark.layers
-def test_a_path_that_underflowed_early_and_wins_late_is_not_lost(monkeypatch):
+@pytest.mark.parametrize("way", ["steps", "tree"])
+def test_a_path_that_underflowed_early_and_wins_late_is_not_lost(monkeypatch, way):
     """Two tags that never switch. Tag 1 starts 120 below tag 0 (e^-120 is 0 in float32), then tag 0
-    scores -60 twice: log Z = log(2) - 120, the two paths tie. The scaled recursion drops tag 1 at
-    step 0, and the largest entries of the later states stay above 1e-27; the floor on each entry
-    that could be above 0 sends the batch to log space. Control: with the floor at 0 the answer is off by log 2."""
+    scores -60 twice: log Z = log(2) - 120, the two paths tie. The scaled recursion (or the tree)
+    drops tag 1 at step 0, and the largest entries of the later states stay above 1e-27; the floor on
+    each entry that could be above 0 sends the batch to log space (from the tree: to the steps, then
+    log space). Control: with the floor at 0 the answer is off by log 2."""
     import crf.layers as layers
 
     monkeypatch.setattr(layers, "_TORCH_SCALED_FROM", 0)  # (PyTorch runs them from 10 tags on)
+    monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9 if way == "tree" else 0)
     crf = CRF(2, boundary=True, allowed=np.eye(2, dtype=bool))
     crf.build((None, None, 2))
     for w in crf.weights:
