@@ -223,13 +223,13 @@ _PATH_ONLY_FROM = None if keras.backend.backend() == "jax" else 8
 # Up to this many tags, PyTorch decodes and computes the likelihood on a tree over the steps rather
 # than step by step (``_tree_best_path``, ``_tree_log_z``): log2(T) rounds of products of the (K, K)
 # matrices of neighbouring segments instead of T rounds of small ops, each of which costs PyTorch's
-# eager dispatch and Keras's argument checks (most of a step's time at 4 tags). The tree does K times
-# the arithmetic (K^3 a step, not K^2), so it pays only for few tags. Alternated in one process, batch
-# 64 x up to 128 steps, ratio of times (tree / step by step): decode 2 tags 0.43, 4 tags 0.45-0.57,
-# 5 tags 1.36 (PyTorch's max over rows of 5 is several times slower than over rows of 4), 8 tags 0.84;
-# likelihood and gradient 2 tags 0.38, 4 tags 0.41, 8 tags 1.05, 17 tags 1.18. TensorFlow (0.90 at 4
-# tags, 1.85 under XLA) and JAX (2.2) keep their compiled loops.
-_TREE_UP_TO = 4 if keras.backend.backend() == "torch" else 0
+# eager dispatch and Keras's argument checks (most of a step's time with few tags). The tree does K
+# times the arithmetic (K^3 a step, not K^2), so it pays only for few tags. Alternated in one process,
+# batch 64 x up to 128 steps, ratio of times (tree / step by step), likelihood and gradient, then
+# decode: 4 tags 0.48 and 0.58, 5: 0.61-0.69 and 0.73-0.76, 6: 0.75 and 0.74, 7: 0.71 and 0.84, 8:
+# 0.71-0.82 and 0.88-1.01, 9: 0.94 and 1.26, 12: 1.10 and 1.34, 17: 1.88 and 6.1. TensorFlow (0.90 for
+# a 4-tag decode, but 1.85 under XLA) and JAX (2.2) keep their compiled loops.
+_TREE_UP_TO = 7 if keras.backend.backend() == "torch" else 0
 
 
 def _tree_fits(x, num_tags):
@@ -1010,7 +1010,8 @@ class CRF(keras.layers.Layer):
         """The best path on left-aligned inputs, as ``_viterbi`` returns it for k = 1, with less work
         a step: one max and argmax over the previous tag, no k-best bookkeeping. The state is taken
         relative to its maximum each step (so it stays small) and its score is summed along the path
-        afterwards (``_gold``, which also finds a row without any possible path)."""
+        afterwards (``_gold``, which also finds a row without any possible path). PyTorch with up to
+        ``_TREE_UP_TO`` tags finds it on a tree over the steps instead (``_tree_best_path``)."""
         trans, start, end = self._scores()
         x = ops.transpose(emissions, (1, 0, 2))
         real = ops.transpose(mask, (1, 0))
@@ -1072,7 +1073,10 @@ class CRF(keras.layers.Layer):
         tag -1; a row with no real token gets score 0. A path the constraints forbid is never returned:
         if fewer than k paths are possible, the missing ones have score -inf and tags -1. A row with a
         NaN or +inf emission at a real step gets score NaN and tags -1. Decoding is inference: the
-        outputs carry no gradient.
+        outputs carry no gradient. Where several paths tie for the best score, which one is returned
+        can differ with the backend, the number of tags and ``top_k`` (for the single best path,
+        PyTorch with up to 7 tags searches a tree over the steps; elsewhere each step keeps the first
+        best previous tag); every one returned has the best score.
         """
         k = 1 if top_k is None else _count("CRF.decode: top_k", top_k)
         emissions, mask, moves, broken, lift = self._prepare(emissions, mask)

@@ -443,6 +443,8 @@ def test_every_way_of_finding_the_best_path_matches_dynamic_programming(monkeypa
     argmax does; the tree may return another of the tied paths, whose own score must be the best."""
     import crf.layers as layers
 
+    if way == "tree" and BACKEND == "jax":
+        pytest.skip("the tree runs on PyTorch only; TensorFlow's run checks it is backend-neutral (20 s of eager JAX)")
     monkeypatch.setattr(layers, "_PATH_ONLY_FROM", 0 if way == "path-only" else 10**9)
     monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9 if way == "tree" else 0)
     rng = np.random.default_rng(12)
