@@ -226,9 +226,10 @@ _PATH_ONLY_FROM = None if keras.backend.backend() == "jax" else 8
 # eager dispatch and Keras's argument checks (most of a step's time with few tags). The tree does K
 # times the arithmetic (K^3 a step, not K^2), so it pays only for few tags. Alternated in one process,
 # batch 64 x up to 128 steps, ratio of times (tree / step by step), likelihood and gradient, then
-# decode: 4 tags 0.48 and 0.58, 5: 0.61-0.69 and 0.73-0.76, 6: 0.75 and 0.74, 7: 0.71 and 0.84, 8:
-# 0.71-0.82 and 0.88-1.01, 9: 0.94 and 1.26, 12: 1.10 and 1.34, 17: 1.88 and 6.1. TensorFlow (0.90 for
-# a 4-tag decode, but 1.85 under XLA) and JAX (2.2) keep their compiled loops.
+# decode: 4 tags 0.47-0.57 and 0.57-0.64, 5: 0.61-0.69 and 0.73-0.76, 6: 0.67-0.75 and 0.72-0.74, 7:
+# 0.71-0.78 (once 1.36) and 0.82-0.84, 8: 0.61-0.82 and 0.86-1.01, 9: 0.94 and 1.26, 12: 1.10 and 1.34,
+# 17: 1.88 and 6.1. TensorFlow (0.90 for a 4-tag decode, but 1.85 under XLA) and JAX (2.2) keep their
+# compiled loops.
 _TREE_UP_TO = 7 if keras.backend.backend() == "torch" else 0
 
 
@@ -293,8 +294,9 @@ def _tree_log_z(x, real, trans, start, end):
     ``_scaled_forward``, on exps, but pairing neighbouring segments' matrices (one batched matrix
     product a round, each product divided by its maximum, whose logs are summed), differentiated by
     the backend. ``low`` (a scalar) says whether an entry that could be above 0 (an allowed move and a
-    possible score; pairs of such) fell below ``_FLOOR`` somewhere, or the row's final sum did: the
-    caller then computes the batch again step by step."""
+    possible score; pairs of such) fell below ``_FLOOR`` somewhere (a product before its scaling), or
+    the final sum of a row that has a path did: the caller then computes the batch again step by
+    step."""
     steps, batch, k = x.shape
     moves = _tree_leaves(x, real, trans)
     top = ops.stop_gradient(_finite_max(ops.reshape(moves, (moves.shape[0], batch, k * k)), 2))[..., None]
@@ -308,20 +310,26 @@ def _tree_log_z(x, real, trans, start, end):
         mats = ops.matmul(pair[:, 0], pair[:, 1])
         pair = ops.reshape(reach, (half, 2, batch, k, k))
         reach = ops.cast(ops.matmul(pair[:, 0], pair[:, 1]) > 0.0, "float32")
+        # Before scaling: a sum of products of numbers up to 1 has lost only terms below float32's
+        # smallest normal number, 1.2e-38, which cannot matter to an entry of at least _FLOOR.
+        low = low | ops.any((reach > 0.0) & (mats < _FLOOR))
         top = ops.stop_gradient(ops.max(mats, axis=(2, 3), keepdims=True))
         top = ops.where(top > 0.0, top, 1.0)
         mats = mats / top
         logs = logs + ops.sum(ops.log(top[:, :, 0, 0]), axis=0)
-        low = low | ops.any((reach > 0.0) & (mats < _FLOOR))
+    opening = ops.isfinite(start[None, :] + x[0])
     first, top_first = _exp_shifted(start[None, :] + x[0], 1)
     closing, top_end = _exp_shifted(end, 0)
     total = ops.sum(ops.sum(first[:, :, None] * mats[0], axis=1) * closing[None, :], axis=1)
     found = total > 0.0
+    # rows with a real token and a path: an allowed first tag, moves and last tag
+    ways = ops.sum(ops.cast(opening, "float32")[:, :, None] * reach[0] * ops.cast(ops.isfinite(end), "float32"), (1, 2))
+    possible = real[0] & (ways > 0.0)
     low = (
         low
-        | ops.any(ops.isfinite(start[None, :] + x[0]) & (first < _FLOOR))
+        | ops.any(real[0][:, None] & opening & (first < _FLOOR))
         | ops.any(ops.isfinite(end) & (closing < _FLOOR))
-        | ops.any(found & (total < _FLOOR))
+        | ops.any(possible & ops.logical_not(total >= _FLOOR))
     )
     inner = ops.where(found, ops.log(ops.where(found, total, 1.0)), FORBIDDEN)
     return inner + top_first[:, 0] + top_end[0] + logs, low

@@ -559,6 +559,49 @@ def test_a_path_that_underflowed_early_and_wins_late_is_not_lost(monkeypatch, wa
         assert abs(unguarded[0] - expected) > 0.5, unguarded
 
 
+@pytest.mark.layers
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX's likelihood differentiates its own log-space scan; no tree")
+def test_the_tree_falls_back_where_a_product_or_a_row_underflowed(monkeypatch):
+    """Two cases a review found, where the tree's exps underflow without any entry of the first
+    step's scores or of a scaled product being below ``_FLOOR``: (a) two 2-tag halves whose large
+    entries do not line up, so their product is about 1e-32 before it is scaled back to 1; (b) a row
+    whose only path starts 66 below its best start tag and ends through a -66 emission, so its final
+    sum is 0 in float32. Each must fall back to the steps and equal float64 dynamic programming (its
+    gradient too in (a)); control: with the floor at 0 the tree's answer is wrong (by 0.33 in (a),
+    +inf instead of 0 in (b))."""
+    import crf.layers as layers
+
+    monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9)
+    fallbacks = []
+    real_nll = layers._relative_nll
+    monkeypatch.setattr(layers, "_relative_nll", lambda *a: fallbacks.append(1) or real_nll(*a))
+    a = CRF(2, boundary=True)
+    a.build((None, None, 2))
+    a.transitions.assign(np.array([[-42.0, -5.0], [0.0, -5.0]], "float32"))
+    a.start_transitions.assign(np.array([0.0, -66.0], "float32"))
+    a.end_transitions.assign(np.array([-66.0, 0.0], "float32"))
+    rules = {"allowed": np.diag([False, True, True]), "allowed_start": [True, True, False], "allowed_end": [True] * 3}
+    b = CRF(3, boundary=True, **rules)
+    b.build((None, None, 3))
+    for w in b.weights:
+        w.assign(np.zeros(w.shape, "float32"))
+    cases = [
+        (a, np.array([[[0.0, 0.0], [0.0, -40.0], [0.0, -56.0]]], "float32"), {}),
+        (b, np.array([[[66.0, 0.0, 0.0], [0.0, -66.0, 0.0]]], "float32"), rules),
+    ]
+    for crf, emissions, constraints in cases:
+        mask = np.ones(emissions.shape[:2], bool)
+        tags, ll, d_e, *_ = dp_expectations(emissions, mask, *constrained_weights(crf, constraints))
+        fallbacks.clear()
+        np.testing.assert_allclose(np_(crf.log_likelihood(emissions, tags)), ll, atol=1e-4)
+        assert fallbacks, crf.num_tags
+        np.testing.assert_allclose(grad(lambda e: crf.log_likelihood(e, tags), emissions), d_e, atol=1e-4)
+        monkeypatch.setattr(layers, "_FLOOR", 0.0)
+        unguarded = np_(crf.log_likelihood(emissions, tags))
+        monkeypatch.setattr(layers, "_FLOOR", 1e-29)
+        assert not np.abs(unguarded - ll).max() < 0.3, (crf.num_tags, unguarded, ll)
+
+
 # ---- numerics ---------------------------------------------------------------------------------------
 
 
