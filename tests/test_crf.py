@@ -564,7 +564,8 @@ def test_a_path_that_underflowed_early_and_wins_late_is_not_lost(monkeypatch, wa
 def test_the_tree_falls_back_where_a_product_or_a_row_underflowed(monkeypatch):
     """Two cases a review found, where the tree's exps underflow without any entry of the first
     step's scores or of a scaled product being below ``_FLOOR``: (a) two 2-tag halves whose large
-    entries do not line up, so their product is about 1e-32 before it is scaled back to 1; (b) a row
+    entries do not line up, so their product's entries fall below it before it is scaled back to a
+    maximum of 1; (b) a row
     whose only path starts 66 below its best start tag and ends through a -66 emission, so its final
     sum is 0 in float32. Each must fall back to the steps and equal float64 dynamic programming (its
     gradient too in (a)); control: with the floor at 0 the tree's answer is wrong (by 0.33 in (a),
@@ -596,9 +597,10 @@ def test_the_tree_falls_back_where_a_product_or_a_row_underflowed(monkeypatch):
         np.testing.assert_allclose(np_(crf.log_likelihood(emissions, tags)), ll, atol=1e-4)
         assert fallbacks, crf.num_tags
         np.testing.assert_allclose(grad(lambda e: crf.log_likelihood(e, tags), emissions), d_e, atol=1e-4)
+        floor = layers._FLOOR
         monkeypatch.setattr(layers, "_FLOOR", 0.0)
         unguarded = np_(crf.log_likelihood(emissions, tags))
-        monkeypatch.setattr(layers, "_FLOOR", 1e-29)
+        monkeypatch.setattr(layers, "_FLOOR", floor)
         assert not np.abs(unguarded - ll).max() < 0.3, (crf.num_tags, unguarded, ll)
 
 
