@@ -234,8 +234,9 @@ _TREE_UP_TO = 7 if keras.backend.backend() == "torch" else 0
 
 
 def _tree_fits(x, num_tags):
-    """Whether the tree runs: few tags, and every size known (it unrolls log2(T) rounds in Python)."""
-    return num_tags <= _TREE_UP_TO and None not in tuple(x.shape)
+    """Whether the tree runs on time-major ``x`` (T, batch, K): few tags, every size known (it unrolls
+    log2(T) rounds in Python), and at least one move (T >= 2)."""
+    return num_tags <= _TREE_UP_TO and None not in tuple(x.shape) and x.shape[0] > 1
 
 
 def _tree_leaves(x, real, trans):
@@ -317,8 +318,9 @@ def _tree_log_z(x, real, trans, start, end):
         top = ops.where(top > 0.0, top, 1.0)
         mats = mats / top
         logs = logs + ops.sum(ops.log(top[:, :, 0, 0]), axis=0)
-    opening = ops.isfinite(start[None, :] + x[0])
-    first, top_first = _exp_shifted(start[None, :] + x[0], 1)
+    opening = start[None, :] + x[0]
+    first, top_first = _exp_shifted(opening, 1)
+    opening = ops.isfinite(opening)
     closing, top_end = _exp_shifted(end, 0)
     total = ops.sum(ops.sum(first[:, :, None] * mats[0], axis=1) * closing[None, :], axis=1)
     found = total > 0.0
@@ -874,7 +876,7 @@ class CRF(keras.layers.Layer):
             total = _logsumexp(final + end[None, :], 1) - closing
         else:
             real = ops.transpose(mask, (1, 0))
-            if _tree_fits(x, self.num_tags) and x.shape[0] > 1:
+            if _tree_fits(x, self.num_tags):
                 log_z, low = _tree_log_z(x, real, trans, start, end)
                 total = ops.cond(
                     low,
@@ -1023,7 +1025,7 @@ class CRF(keras.layers.Layer):
         trans, start, end = self._scores()
         x = ops.transpose(emissions, (1, 0, 2))
         real = ops.transpose(mask, (1, 0))
-        if _tree_fits(x, self.num_tags) and x.shape[0] > 1:
+        if _tree_fits(x, self.num_tags):
             return self._scored(emissions, ops.transpose(_tree_best_path(x, real, trans, start, end), (1, 0)), mask)
         pairs = trans[None]
 
