@@ -432,11 +432,12 @@ def test_only_right_padded_masks_skip_the_reordering(monkeypatch):
 
 
 @pytest.mark.layers
-@pytest.mark.parametrize("way", ["every-tag", "path-only", "tree"])
+@pytest.mark.parametrize("way", ["every-tag", "path-only", "batch-minor", "tree"])
 def test_every_way_of_finding_the_best_path_matches_dynamic_programming(monkeypatch, way):
     """``_best_path`` finds where the path came from one step at a time along it (from
-    ``_PATH_ONLY_FROM`` tags on), or for every tag and step at once (below it), or (PyTorch up to
-    ``_TREE_UP_TO`` tags) on a tree over the steps. Each way, at 4 tags and at 9 (BIO with four kinds),
+    ``_PATH_ONLY_FROM`` tags on), or for every tag and step at once (below it), or with its state
+    batch minor and the rows shifted to end together (from ``_MINOR_FROM`` tags on), or (PyTorch up
+    to ``_TREE_UP_TO`` tags) on a tree over the steps. Each way, at 4 tags and at 9 (BIO with four kinds),
     over right padding, left padding and holes (lengths 1 to 21: the tree's 20 leaves padded to 32,
     and 7, 8 and 16 moves): the best paths and scores of float64 dynamic programming, and on ties too
     (scores of 0 and 1). On ties the step-by-step ways keep the first best previous tag, as NumPy's
@@ -446,6 +447,7 @@ def test_every_way_of_finding_the_best_path_matches_dynamic_programming(monkeypa
     if way == "tree" and BACKEND == "jax":
         pytest.skip("the tree runs on PyTorch only; TensorFlow's run checks it is backend-neutral (20 s of eager JAX)")
     monkeypatch.setattr(layers, "_PATH_ONLY_FROM", 0 if way == "path-only" else 10**9)
+    monkeypatch.setattr(layers, "_MINOR_FROM", 0 if way == "batch-minor" else None)
     monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9 if way == "tree" else 0)
     rng = np.random.default_rng(12)
     mask = right_and_scattered([21, 1, 8, 9, 17, 20], 21, rng)
