@@ -225,8 +225,10 @@ _PATH_ONLY_FROM = None if keras.backend.backend() == "jax" else 8
 # the first axis of a (K, K, batch) array, which PyTorch's CPU kernels do far faster than a middle
 # axis of (batch, K, K) (17 tags, batch 64: 2.6 against 23 us for the reduction alone). Its
 # backtrack runs on the rows shifted to end together, so no step has to hold the tag of a padding
-# step. Alternated in one process, batch 64 x up to 128 steps, ratio of decode times (batch minor /
-# batch major, path only): PyTorch 8 tags 0.92, 9 0.91, 12 0.88, 17 0.80 (below 8 it runs the tree).
+# step (the whole decode 0.93-0.97 of the time of the batch-minor forward with the batch-major
+# backtrack, at 8, 12 and 17 tags). Alternated in one process, batch 64 x up to 128 steps, ratio of
+# decode times (batch minor / batch major, path only): PyTorch 8 tags 0.92, 9 0.91, 12 0.88, 17 0.80
+# (below 8 it runs the tree).
 # TensorFlow gains little without XLA (4 tags 1.02, 17 0.89) and loses with it (1.09, 1.51), and a
 # graph cannot tell which it runs under; JAX keeps its way too. None: never.
 _MINOR_FROM = 8 if keras.backend.backend() == "torch" else None
