@@ -564,11 +564,12 @@ def _scaled_grads(real, forward, upstream):
     forward recursion, an entry that could be above 0 below ``_FLOOR``; or a node marginals' sum
     below it) or a non-finite gradient."""
     _, moves, emitted, alphas, final, closing, total, allowed, possible, _ = forward
+    moves_back = ops.transpose(moves)  # (once, not at every step)
 
     def backward(state, inputs):
         beta, _ = state
         x_t, real_t = inputs
-        beta_before = ops.matmul(x_t * beta, ops.transpose(moves))
+        beta_before = ops.matmul(x_t * beta, moves_back)
         top = ops.max(beta_before, axis=1, keepdims=True)
         real_t = real_t[:, None]
         state = ops.where(real_t, beta_before / ops.where(top > 0.0, top, 1.0), beta), ops.where(real_t, top, 1.0)
