@@ -1077,7 +1077,8 @@ class CRF(keras.layers.Layer):
         real = ops.transpose(mask, (1, 0))
         if _tree_fits(x, self.num_tags):
             return self._scored(emissions, ops.transpose(_tree_best_path(x, real, trans, start, end), (1, 0)), mask)
-        if _MINOR_FROM is not None and self.num_tags >= _MINOR_FROM:
+        # (batch minor, ``_scan`` packs the batch as an axis, whose size must then be known)
+        if _MINOR_FROM is not None and self.num_tags >= _MINOR_FROM and None not in tuple(emissions.shape):
             minor = ops.transpose(emissions, (1, 2, 0))  # (T, K, batch)
             return self._scored(
                 emissions, ops.transpose(_minor_best_path(minor, _last_step(mask), trans, start, end), (1, 0)), mask

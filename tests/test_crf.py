@@ -449,6 +449,8 @@ def test_every_way_of_finding_the_best_path_matches_dynamic_programming(monkeypa
     monkeypatch.setattr(layers, "_PATH_ONLY_FROM", 0 if way == "path-only" else 10**9)
     monkeypatch.setattr(layers, "_MINOR_FROM", 0 if way == "batch-minor" else None)
     monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9 if way == "tree" else 0)
+    minor_calls, minor = [], layers._minor_best_path
+    monkeypatch.setattr(layers, "_minor_best_path", lambda *a: minor_calls.append(1) or minor(*a))
     rng = np.random.default_rng(12)
     mask = right_and_scattered([21, 1, 8, 9, 17, 20], 21, rng)
     differed = 0
@@ -475,9 +477,22 @@ def test_every_way_of_finding_the_best_path_matches_dynamic_programming(monkeypa
         assert np.all(decoded_dead[3] == -1) and scores_dead[3] == FORBIDDEN
         keep = np.arange(len(mask)) != 3
         assert np.array_equal(decoded_dead[keep], decoded[keep]) and np.array_equal(scores_dead[keep], scores[keep])
+    # One step (T = 1), and a row without a real token beside a full and a left-padded one, at 9 tags.
+    tables = constrained_weights(crf, BIO9)
+    for mask in (np.array([[True], [True], [False]]), np.array([[1] * 6, [0] * 6, [0, 0, 0, 0, 1, 1]], bool)):
+        emissions = (rng.normal(size=mask.shape + (9,)) * 2).astype("float32")
+        decoded, scores = map(np_, crf.decode(emissions, mask))
+        for b in range(len(mask)):
+            if not mask[b].any():
+                assert np.all(decoded[b] == -1) and scores[b] == 0.0
+                continue
+            *_, paths, best = dp_expectations(emissions[b : b + 1], mask[b : b + 1], *tables)
+            assert decoded[b, mask[b]].tolist() == paths[0] and np.all(decoded[b, ~mask[b]] == -1), (way, mask.shape, b)
+            np.testing.assert_allclose(scores[b], best[0], rtol=1e-5, atol=1e-4)
     # The tie rule differs: the tree returns other tied paths in some rows (which the check above
     # accepted by their scores only), the step-by-step ways none.
     assert (differed > 0) == (way == "tree"), differed
+    assert bool(minor_calls) == (way == "batch-minor")  # the batch-minor way ran, and only there
 
 
 @pytest.mark.layers
