@@ -334,16 +334,18 @@ def _tree_log_z(x, real, trans, start, end):
         logs = logs + ops.sum(ops.log(top[:, :, 0, 0]), axis=0)
     opening = start[None, :] + x[0]
     first, top_first = _exp_shifted(opening, 1)
-    opening = ops.isfinite(opening)
+    can_open = ops.isfinite(opening)
     closing, top_end = _exp_shifted(end, 0)
     total = ops.sum(ops.sum(first[:, :, None] * mats[0], axis=1) * closing[None, :], axis=1)
     found = total > 0.0
     # rows with a real token and a path: an allowed first tag, moves and last tag
-    ways = ops.sum(ops.cast(opening, "float32")[:, :, None] * reach[0] * ops.cast(ops.isfinite(end), "float32"), (1, 2))
+    ways = ops.sum(
+        ops.cast(can_open, "float32")[:, :, None] * reach[0] * ops.cast(ops.isfinite(end), "float32"), (1, 2)
+    )
     possible = real[0] & (ways > 0.0)
     low = (
         low
-        | ops.any(real[0][:, None] & opening & (first < _FLOOR))
+        | ops.any(real[0][:, None] & can_open & (first < _FLOOR))
         | ops.any(ops.isfinite(end) & (closing < _FLOOR))
         | ops.any(possible & ops.logical_not(total >= _FLOOR))
     )
@@ -351,25 +353,34 @@ def _tree_log_z(x, real, trans, start, end):
     return inner + top_first[:, 0] + top_end[0] + logs, low
 
 
+def _viterbi_states(x, trans, start, axis):
+    """The single-best Viterbi forward recursion: the state after each step, each less its maximum
+    (so it stays small; NaN once no tag is reachable: on padding past a dead end, where no state is
+    read, or in a row with no possible path, which ``_gold`` reports). It runs on over the padding
+    too: only real steps are read. ``axis`` is the tags' axis of a state: 1 for time-major ``x`` (T,
+    batch, K), states (T, batch, K); 0 for batch-minor ``x`` (T, K, batch), states (T, K, batch)
+    (``_MINOR_FROM``)."""
+    before = (slice(None),) * (axis + 1) + (None,)  # the previous tag's axis, then the next tag's
+    pairs = trans[None] if axis else trans[:, :, None]  # (from, to) placed as in score[before]
+
+    def forward(score, x_t):
+        best = ops.max(score[before] + pairs, axis=axis) + x_t[0]
+        score = best - ops.max(best, axis=axis, keepdims=True)
+        return score, score
+
+    first, _ = _shift(x[0] + (start[None, :] if axis else start[:, None]), axis)
+    _, scores = _scan(forward, first, (x[1:],))
+    return ops.concatenate([first[None], scores], axis=0)
+
+
 def _minor_best_path(x, last, trans, start, end):
     """The best path's tags (T, batch), left-aligned, from batch-minor scores ``x`` (T, K, batch) of
     left-aligned rows whose last real step is ``last`` (batch,); past a row's last step its tags are
-    any tag (the caller masks them). The forward recursion keeps each step's state less its maximum
-    (NaN once no tag is reachable, as in ``_best_path``). The backtrack reads the states shifted so
-    that every row ends at the last step: an argmax over K a step along the path, with no padding
-    step to skip; the steps before a short row's start compute tags nobody reads. On ties the first
-    best previous tag wins, as in ``_best_path``."""
-    pairs = trans[:, :, None]  # (from, to, 1)
-
-    def forward(score, x_t):  # runs on over the padding too: only real steps are read
-        best = ops.max(score[:, None, :] + pairs, axis=0) + x_t[0]
-        score = best - ops.max(best, axis=0, keepdims=True)
-        return score, score
-
-    first = start[:, None] + x[0]
-    first = first - _finite_max(first, 0)
-    _, scores = _scan(forward, first, (x[1:],))
-    scores = ops.concatenate([first[None], scores], axis=0)  # (T, K, batch), the state after each step
+    any tag (the caller masks them). The forward recursion is ``_viterbi_states``. The backtrack reads
+    the states shifted so that every row ends at the last step: an argmax over K a step along the
+    path, with no padding step to skip; the steps before a short row's start compute tags nobody
+    reads. On ties the first best previous tag wins, as in ``_best_path``."""
+    scores = _viterbi_states(x, trans, start, 0)  # (T, K, batch)
     steps = ops.shape(scores)[0]
     shift = steps - 1 - last  # (batch,): how far each row moves to end at the last step
     at = ops.arange(steps, dtype="int32")[:, None]
@@ -1083,18 +1094,7 @@ class CRF(keras.layers.Layer):
             return self._scored(
                 emissions, ops.transpose(_minor_best_path(minor, _last_step(mask), trans, start, end), (1, 0)), mask
             )
-        pairs = trans[None]
-
-        def forward(score, x_t):  # runs on over the padding too: only real steps are read
-            best = ops.max(score[:, :, None] + pairs, axis=1) + x_t[0]
-            # (NaN once no tag is reachable: on padding past a dead end, where no state is read,
-            # or in a row with no possible path, which ``_gold`` reports)
-            score = best - ops.max(best, axis=1, keepdims=True)
-            return score, score
-
-        first, _ = _shift(start[None, :] + x[0], 1)
-        _, scores = _scan(forward, first, (x[1:],))
-        scores = ops.concatenate([first[None], scores], axis=0)  # the state after each step
+        scores = _viterbi_states(x, trans, start, 1)  # (T, batch, K)
         last = _last_step(mask)
         final = ops.take_along_axis(scores, last[None, :, None], axis=0)[0]
         best = ops.cast(ops.argmax(final + end[None, :], axis=1), "int32")

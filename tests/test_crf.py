@@ -582,11 +582,10 @@ def test_the_tree_falls_back_where_a_product_or_a_row_underflowed(monkeypatch):
     """Two cases a review found, where the tree's exps underflow without any entry of the first
     step's scores or of a scaled product being below ``_FLOOR``: (a) two 2-tag halves whose large
     entries do not line up, so their product's entries fall below it before it is scaled back to a
-    maximum of 1; (b) a row
-    whose only path starts 66 below its best start tag and ends through a -66 emission, so its final
-    sum is 0 in float32. Each must fall back to the steps and equal float64 dynamic programming (its
-    gradient too in (a)); control: with the floor at 0 the tree's answer is wrong (by 0.33 in (a),
-    +inf instead of 0 in (b))."""
+    maximum of 1; (b) a row whose only path starts 66 below its best start tag and ends through a -66
+    emission, so its final sum is 0 in float32. Each must fall back to the steps and equal float64
+    dynamic programming (its gradient too in (a)); control: with the floor at 0 the tree's answer is
+    wrong (by 0.33 in (a), +inf instead of 0 in (b))."""
     import crf.layers as layers
 
     monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9)
