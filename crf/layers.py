@@ -234,23 +234,29 @@ _PATH_ONLY_FROM = None if keras.backend.backend() == "jax" else 8
 _MINOR_FROM = 8 if keras.backend.backend() == "torch" else None
 
 
-# Up to this many tags, PyTorch decodes and computes the likelihood on a tree over the steps rather
-# than step by step (``_tree_best_path``, ``_tree_log_z``): log2(T) rounds of products of the (K, K)
-# matrices of neighbouring segments instead of T rounds of small ops, each of which costs PyTorch's
-# eager dispatch and Keras's argument checks (most of a step's time with few tags). The tree does K
-# times the arithmetic (K^3 a step, not K^2), so it pays only for few tags. Alternated in one process,
-# batch 64 x up to 128 steps, ratio of times (tree / step by step), likelihood and gradient, then
-# decode: 4 tags 0.47-0.57 and 0.57-0.64, 5: 0.61-0.69 and 0.73-0.76, 6: 0.67-0.75 and 0.72-0.74, 7:
-# 0.71-0.78 (once 1.36) and 0.82-0.84, 8: 0.61-0.82 and 0.86-1.01, 9: 0.94 and 1.26, 12: 1.10 and 1.34,
-# 17: 1.88 and 6.1. TensorFlow (0.90 for a 4-tag decode, but 1.85 under XLA) and JAX (2.2) keep their
-# compiled loops.
+# Up to this many tags, PyTorch decodes on a tree over the steps rather than step by step
+# (``_tree_best_path``; the likelihood's tree, ``_tree_log_z``, has its own limit below): log2(T)
+# rounds of products of the (K, K) matrices of neighbouring segments instead of T rounds of small
+# ops, each of which costs PyTorch's eager dispatch and Keras's argument checks (most of a step's
+# time with few tags). The tree does K times the arithmetic (K^3 a step, not K^2), so it pays only
+# for few tags. Alternated in one process, batch 64 x up to 128 steps, ratio of times (tree / step
+# by step), likelihood and gradient, then decode: 4 tags 0.47-0.57 and 0.57-0.64, 5: 0.61-0.69 and
+# 0.73-0.76, 6: 0.67-0.75 and 0.72-0.74, 7: 0.71-0.78 (once 1.36) and 0.82-0.84, 8: 0.61-0.82 and
+# 0.86-1.01, 9: 0.94 and 1.26, 12: 1.10 and 1.34, 17: 1.88 and 6.1 (the likelihood's steps then
+# still called ``keras.ops`` a step). TensorFlow (0.90 for a 4-tag decode, but 1.85 under XLA) and
+# JAX (2.2) keep their compiled loops.
 _TREE_UP_TO = 7 if keras.backend.backend() == "torch" else 0
 
+# The likelihood's tree pays for fewer tags since the scaled recursions' steps became Python operators
+# (``_scaled_forward``). Alternated as above, ratio of times (scaled / tree), likelihood and gradient,
+# three to five measurements: 4 tags 1.26-1.47, 5: 0.44-1.14, 6: 0.86-1.04, 7: 0.82-1.01.
+_TREE_LOG_Z_UP_TO = 4 if keras.backend.backend() == "torch" else 0
 
-def _tree_fits(x, num_tags):
-    """Whether the tree runs on time-major ``x`` (T, batch, K): few tags, every size known (it unrolls
-    log2(T) rounds in Python), and at least one move (T >= 2)."""
-    return num_tags <= _TREE_UP_TO and None not in tuple(x.shape) and x.shape[0] > 1
+
+def _tree_fits(x, num_tags, up_to):
+    """Whether the tree runs on time-major ``x`` (T, batch, K): at most ``up_to`` tags, every size
+    known (it unrolls log2(T) rounds in Python), and at least one move (T >= 2)."""
+    return num_tags <= up_to and None not in tuple(x.shape) and x.shape[0] > 1
 
 
 def _tree_leaves(x, real, trans):
@@ -456,8 +462,7 @@ def _relative_nll(x, closing, trans, start, end, real, last):
     TensorFlow, adds a gradient the size of ``x`` at every step (time quadratic in T). A row with
     no possible path gets -inf (the caller reports it) and no gradient.
 
-    Both recursions run scaled (``_scaled_forward``, ``_scaled_grads``; on PyTorch from
-    ``_TORCH_SCALED_FROM`` tags, below which they stay in log space): a matrix product a step
+    Both recursions run scaled (``_scaled_forward``, ``_scaled_grads``): a matrix product a step
     instead of a logsumexp over (batch, K, K). Where that may have lost accuracy to an underflow
     (``_FLOOR``), the whole batch is computed again in log space (``_log_space``, the recursions of
     earlier versions), whose entries cannot underflow. Both agree with float64 to float32's rounding;
@@ -473,11 +478,6 @@ def _relative_nll(x, closing, trans, start, end, real, last):
 
     @ops.custom_gradient
     def relative_nll(x, closing, trans, start, end):
-        if keras.backend.backend() == "torch" and trans.shape[0] < _TORCH_SCALED_FROM:
-            forward = _log_forward(x, closing, trans, start, end, last)
-            return forward[0], lambda *args, upstream=None: _log_grads(
-                x, trans, end, real, forward, ops.cast(args[0] if upstream is None else upstream, "float32")
-            )
         forward = _scaled_forward(x, trans, start, end, real, last)
         low = forward[-1]
         value = ops.cond(
@@ -500,22 +500,29 @@ def _relative_nll(x, closing, trans, start, end, real, last):
     return relative_nll(x, closing, trans, start, end)
 
 
-# PyTorch runs each op eagerly, at a cost per op: with few tags the scaled recursions' extra ops a step
-# cost more than the logsumexp over (batch, K, K) they replace. Measured here (likelihood and
-# gradient, batch 64, lengths 64-128, both layers in one process, median ms): 4 tags 27.6 in log
-# space against 34.9 scaled, 8 tags 33.5 / 36.9, 12 tags 40.3 / 35.6, 17 tags 50.9 / 39.1.
-_TORCH_SCALED_FROM = 10
-
-
-# The scaled recursions keep each step's state at a maximum of 1, in float32, whose numbers keep
-# their relative precision down to 1.2e-38: sums of products of nonnegative numbers lose nothing
-# but rounding, except a term below that, which becomes 0. Against a state entry of at least
-# _FLOOR such a term changes it by less than K x 1.2e-38 / 1e-29 (below float32's rounding unit,
-# 6e-8, for K up to 50; 1.2e-7 at 100). An entry below _FLOOR that is not 0 for a structural
-# reason (a forbidden move, or a -inf score) may have lost everything, and a later step could need
-# it (that path may win in the end): then the whole batch is computed again in log space, where
-# no entry underflows.
+# The scaled recursions keep each step's state at a sum of 1 (so every entry is at most 1), in
+# float32, whose numbers keep their relative precision down to 1.2e-38: sums of products of
+# nonnegative numbers lose nothing but rounding, except a term below that, which becomes 0. Against
+# a state entry of at least _FLOOR such a term changes it by less than K x 1.2e-38 / 1e-29 (below
+# float32's rounding unit, 6e-8, for K up to 50; 1.2e-7 at 100). An entry below _FLOOR that is not 0
+# for a structural reason (a forbidden move, or a -inf score) may have lost everything, and a later
+# step could need it (that path may win in the end): then the whole batch is computed again in log
+# space, where no entry underflows.
 _FLOOR = 1e-29
+
+# Added to each scaled state's sum before dividing by it, so that a state whose entries are all 0
+# stays 0 rather than becoming NaN: a row without any possible path (which the floor sends to log
+# space), or the padding after a tag that no tag may follow (read by nobody, but NaN there would
+# reach the gradient and force a fallback). Against a sum of at least _FLOOR it is below float32's
+# rounding.
+_TINY = 1e-37
+
+# PyTorch's backward scaled recursion holds its state over a padding step by arithmetic (times 1 or 0,
+# plus the old state times the opposite; ``_TINY`` keeps every term finite) rather than ``where``:
+# Python's operators cost less than Keras's two wheres. Alternated in one process, batch 64 x up to
+# 128 steps, likelihood and gradient, ratio of times (where / arithmetic): 8 tags 1.14-1.17, 17 tags
+# 1.11-1.20. TensorFlow keeps ``where`` (arithmetic / where: 0.96-1.10 without XLA, 1.03-1.13 with it).
+_MASK_BY_PRODUCT = keras.backend.backend() == "torch"
 
 
 def _exp_shifted(v, axis):
@@ -527,25 +534,30 @@ def _exp_shifted(v, axis):
 
 def _scaled_forward(x, trans, start, end, real, last):
     """The forward recursion of ``_relative_nll`` on exps: alpha_t = (alpha_{t-1} @ exp(trans)) *
-    exp(x_t), divided by its maximum at each step (the logs of those scales are summed afterwards,
-    in one cumulative sum). Returns log Z (batch,), the pieces ``_scaled_grads`` reuses, and ``low``
-    (a scalar): whether an entry of a real step's state that could be above 0 fell below ``_FLOOR``
-    (or an end score's exp, or a row's final sum)."""
+    exp(x_t), divided by its sum at each step (the logs of those scales are summed afterwards, in one
+    cumulative sum). A step is Python's operators only (``@``, ``*``, ``+``, ``/``), which call the
+    backend directly: on PyTorch each ``keras.ops`` call first converts and checks its arguments (17
+    tags, batch 64: the forward loop took 7.0 ms with ``ops.matmul``, 5.3 with ``@``, and 2.4 ms written
+    in PyTorch alone). Returns log Z (batch,), the pieces ``_scaled_grads`` reuses, and ``low`` (a
+    scalar): whether an entry of a real step's state that could be above 0 fell below ``_FLOOR`` (or an
+    end score's exp, or a row's final sum)."""
     moves, top_move = _exp_shifted(trans, (0, 1))
     emitted, top_x = _exp_shifted(x, 2)  # (all steps: TensorFlow's max refuses an empty tensor)
     emitted, top_x = emitted[1:], top_x[1:]  # (T - 1, batch, K), (T - 1, batch, 1)
     first, top_first = _exp_shifted(start[None, :] + x[0], 1)
 
+    ones = ops.ones((moves.shape[0], 1))  # a state's sum as a matrix product
+
     def forward(state, x_t):  # runs on over the padding too: only real steps are read
         alpha, _ = state
-        alpha = ops.matmul(alpha, moves) * x_t[0]
-        top = ops.max(alpha, axis=1, keepdims=True)
-        state = alpha / ops.where(top > 0.0, top, 1.0), top
+        alpha = (alpha @ moves) * x_t[0]
+        total = alpha @ ones + _TINY
+        state = alpha / total, total
         return state, state
 
     _, (alphas, tops) = _scan(forward, (first, ops.ones_like(top_first)), (emitted,))
-    alphas = ops.concatenate([first[None], alphas], axis=0)  # (T, batch, K), each row's maximum 1
-    logs = ops.log(ops.where(tops > 0.0, tops, 1.0)) + top_x + top_move[0]
+    alphas = ops.concatenate([first[None], alphas], axis=0)  # (T, batch, K), every entry at most 1
+    logs = ops.log(tops) + top_x + top_move[0]
     logs = ops.concatenate([top_first[None], logs], axis=0)[..., 0]  # (T, batch)
     scale = ops.take_along_axis(ops.cumsum(logs, axis=0), last[None, :], axis=0)[0]
     final = ops.take_along_axis(alphas, last[None, :, None], axis=0)[0]
@@ -567,28 +579,34 @@ def _scaled_forward(x, trans, start, end, real, last):
 
 
 def _scaled_grads(real, forward, upstream):
-    """The gradients of ``_relative_nll`` from ``_scaled_forward``'s pieces: the backward recursion
-    on exps, beta_{t-1} = exp(trans) @ (exp(x_t) * beta_t), scaled like the forward one. Node
-    marginals are alpha_t * beta_t over their sum; the pair marginals summed over steps and rows
-    are exp(trans) times one product of (K, T x batch) and (T x batch, K) matrices, not a (batch,
-    K, K) array at every step. Returns the five gradients and ``low``: an underflow (as in the
-    forward recursion, an entry that could be above 0 below ``_FLOOR``; or a node marginals' sum
-    below it) or a non-finite gradient."""
+    """The gradients of ``_relative_nll`` from ``_scaled_forward``'s pieces: the backward recursion on
+    exps, beta_{t-1} = exp(trans) @ (exp(x_t) * beta_t), scaled like the forward one (and held over
+    padding, ``_MASK_BY_PRODUCT``). Node marginals are alpha_t * beta_t over their sum; the pair
+    marginals summed over steps and rows are exp(trans) times one product of (K, T x batch) and (T x
+    batch, K) matrices, not a (batch, K, K) array at every step. Returns the five gradients and ``low``:
+    an underflow (as in the forward recursion, an entry that could be above 0 below ``_FLOOR``; or a
+    node marginals' sum below it) or a non-finite gradient."""
     _, moves, emitted, alphas, final, closing, total, allowed, possible, _ = forward
     moves_back = ops.transpose(moves)  # (once, not at every step)
 
+    ones = ops.ones((moves.shape[0], 1))
+
     def backward(state, inputs):
         beta, _ = state
-        x_t, real_t = inputs
-        beta_before = ops.matmul(x_t * beta, moves_back)
-        top = ops.max(beta_before, axis=1, keepdims=True)
-        real_t = real_t[:, None]
-        state = ops.where(real_t, beta_before / ops.where(top > 0.0, top, 1.0), beta), ops.where(real_t, top, 1.0)
+        x_t, real_t, pad_t = inputs
+        before = (x_t * beta) @ moves_back
+        total = before @ ones + _TINY
+        if _MASK_BY_PRODUCT:
+            state = before / total * real_t + beta * pad_t, total * real_t + pad_t
+        else:
+            real_t = real_t > 0.5
+            state = ops.where(real_t, before / total, beta), ops.where(real_t, total, 1.0)
         return state, state
 
     closing_beta = ops.broadcast_to(closing[None, :], ops.shape(final))
     start_state = (closing_beta, ops.ones_like(final[:, :1]))
-    _, (betas, tops) = _scan(backward, start_state, (emitted, real[1:]), reverse=True)
+    real_f = ops.cast(real[1:, :, None], "float32")
+    _, (betas, tops) = _scan(backward, start_state, (emitted, real_f, 1.0 - real_f), reverse=True)
     betas = ops.concatenate([betas, closing_beta[None]], axis=0)  # (T, batch, K)
     node = alphas * betas
     norm = ops.sum(node, axis=2, keepdims=True)
@@ -936,7 +954,7 @@ class CRF(keras.layers.Layer):
             total = _logsumexp(final + end[None, :], 1) - closing
         else:
             real = ops.transpose(mask, (1, 0))
-            if _tree_fits(x, self.num_tags):
+            if _tree_fits(x, self.num_tags, _TREE_LOG_Z_UP_TO):
                 log_z, low = _tree_log_z(x, real, trans, start, end)
                 total = ops.cond(
                     low,
@@ -1086,7 +1104,7 @@ class CRF(keras.layers.Layer):
         trans, start, end = self._scores()
         x = ops.transpose(emissions, (1, 0, 2))
         real = ops.transpose(mask, (1, 0))
-        if _tree_fits(x, self.num_tags):
+        if _tree_fits(x, self.num_tags, _TREE_UP_TO):
             return self._scored(emissions, ops.transpose(_tree_best_path(x, real, trans, start, end), (1, 0)), mask)
         # (batch minor, ``_scan`` packs the batch as an axis, whose size must then be known)
         if _MINOR_FROM is not None and self.num_tags >= _MINOR_FROM and None not in tuple(emissions.shape):

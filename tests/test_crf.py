@@ -505,13 +505,13 @@ def test_every_way_of_finding_the_best_path_matches_dynamic_programming(monkeypa
 def test_likelihood_is_exact_on_both_sides_of_the_scaled_recursions_floor(monkeypatch, way):
     """On TensorFlow and PyTorch the likelihood's recursions run on exps scaled each step, and fall
     back to log space for the whole batch when a state drops below ``_FLOOR`` (an underflow could have
-    lost terms that matter); the tree (PyTorch up to ``_TREE_UP_TO`` tags) scales each product and
+    lost terms that matter); the tree (PyTorch up to ``_TREE_LOG_Z_UP_TO`` tags) scales each product and
     falls back to the steps. Emission scales from 1 to 1000, with and without BMES rules: every
     log-likelihood and gradient equals float64 dynamic programming, ordinary scales run scaled (or on
     the tree), the extreme ones fall back."""
     import crf.layers as layers
 
-    monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9 if way == "tree" else 0)
+    monkeypatch.setattr(layers, "_TREE_LOG_Z_UP_TO", 10**9 if way == "tree" else 0)
 
     k, steps = 4, 23
     rng = np.random.default_rng(11)
@@ -519,7 +519,6 @@ def test_likelihood_is_exact_on_both_sides_of_the_scaled_recursions_floor(monkey
     mask = np.zeros((len(lengths), steps), bool)
     for b, n in enumerate(lengths):
         mask[b, np.sort(rng.choice(steps, n, replace=False)) if b % 2 else slice(0, n)] = True
-    monkeypatch.setattr(layers, "_TORCH_SCALED_FROM", 0)  # (PyTorch runs them from 10 tags on)
     fallbacks = []
     fallback = "_relative_nll" if way == "tree" else "_log_space"
     real_fallback = getattr(layers, fallback)
@@ -557,8 +556,7 @@ def test_a_path_that_underflowed_early_and_wins_late_is_not_lost(monkeypatch, wa
     log space). Control: with the floor at 0 the answer is off by log 2."""
     import crf.layers as layers
 
-    monkeypatch.setattr(layers, "_TORCH_SCALED_FROM", 0)  # (PyTorch runs them from 10 tags on)
-    monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9 if way == "tree" else 0)
+    monkeypatch.setattr(layers, "_TREE_LOG_Z_UP_TO", 10**9 if way == "tree" else 0)
     crf = CRF(2, boundary=True, allowed=np.eye(2, dtype=bool))
     crf.build((None, None, 2))
     for w in crf.weights:
@@ -577,6 +575,42 @@ def test_a_path_that_underflowed_early_and_wins_late_is_not_lost(monkeypatch, wa
 
 
 @pytest.mark.layers
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX runs the log-space recursions only (no scaled state to divide)")
+def test_a_state_that_can_go_nowhere_stays_zero_on_padding(monkeypatch):
+    """Tag 2 may not be followed by any tag, and a row's last real step allows only tag 2 (the other
+    tags' emissions are -inf there): on the padding after it the scaled forward state has no entry
+    above 0. Divided by its sum plus ``_TINY`` it stays 0 (not 0 / 0), so the batch needs no log-space
+    fallback, and the likelihood and its gradient equal float64 dynamic programming. Control: with
+    ``_TINY`` at 0 the NaN on that padding reaches the gradient, and the batch falls back."""
+    import crf.layers as layers
+
+    monkeypatch.setattr(layers, "_TREE_LOG_Z_UP_TO", 0)
+    allowed = np.ones((3, 3), bool)
+    allowed[2] = False
+    rules = {"allowed": allowed, "allowed_start": [True] * 3, "allowed_end": [True] * 3}
+    crf = make_crf(3, True, seed=5, **rules)
+    rng = np.random.default_rng(6)
+    emissions = rng.normal(size=(2, 6, 3)).astype("float32")
+    mask = np.array([[True] * 4 + [False] * 2, [True] * 6])
+    emissions[0, 3, :2] = -np.inf
+    tags, ll, d_e, *_ = dp_expectations(emissions, mask, *constrained_weights(crf, rules))
+    fallbacks = []
+    real_log_space = layers._log_space
+    monkeypatch.setattr(layers, "_log_space", lambda *a: fallbacks.append(1) or real_log_space(*a))
+
+    def check():
+        fallbacks.clear()
+        np.testing.assert_allclose(np_(crf.log_likelihood(emissions, tags, mask)), ll, atol=1e-5)
+        got = grad(lambda e: crf.log_likelihood(e, tags, mask), emissions)
+        np.testing.assert_allclose(np.where(mask[:, :, None], got, 0.0), d_e, atol=1e-5)
+        return bool(fallbacks)
+
+    assert not check()
+    monkeypatch.setattr(layers, "_TINY", 0.0)
+    assert check()
+
+
+@pytest.mark.layers
 @pytest.mark.skipif(BACKEND == "jax", reason="JAX's likelihood differentiates its own log-space scan; no tree")
 def test_the_tree_falls_back_where_a_product_or_a_row_underflowed(monkeypatch):
     """Two cases a review found, where the tree's exps underflow without any entry of the first
@@ -588,7 +622,7 @@ def test_the_tree_falls_back_where_a_product_or_a_row_underflowed(monkeypatch):
     wrong (by 0.33 in (a), +inf instead of 0 in (b))."""
     import crf.layers as layers
 
-    monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9)
+    monkeypatch.setattr(layers, "_TREE_LOG_Z_UP_TO", 10**9)
     fallbacks = []
     real_nll = layers._relative_nll
     monkeypatch.setattr(layers, "_relative_nll", lambda *a: fallbacks.append(1) or real_nll(*a))
