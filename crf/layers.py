@@ -546,7 +546,7 @@ def _scaled_forward(x, trans, start, end, real, last):
     emitted, top_x = emitted[1:], top_x[1:]  # (T - 1, batch, K), (T - 1, batch, 1)
     first, top_first = _exp_shifted(start[None, :] + x[0], 1)
 
-    ones = ops.ones((moves.shape[0], 1))  # a state's sum as a matrix product
+    ones = ops.ones((moves.shape[0], 1), "float32")  # a state's sum as a matrix product (float32 whatever floatx)
 
     def forward(state, x_t):  # runs on over the padding too: only real steps are read
         alpha, _ = state
@@ -589,7 +589,7 @@ def _scaled_grads(real, forward, upstream):
     _, moves, emitted, alphas, final, closing, total, allowed, possible, _ = forward
     moves_back = ops.transpose(moves)  # (once, not at every step)
 
-    ones = ops.ones((moves.shape[0], 1))
+    ones = ops.ones((moves.shape[0], 1), "float32")
 
     def backward(state, inputs):
         beta, _ = state
