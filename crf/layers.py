@@ -525,6 +525,13 @@ _TINY = 1e-37
 _MASK_BY_PRODUCT = keras.backend.backend() == "torch"
 
 
+def _by_sum(v, ones):
+    """``v`` (batch, K) divided by its row sums plus ``_TINY``, and those sums (batch, 1): the sums as
+    a product with ``ones``, a (K, 1) float32 column, so that a step stays Python's operators."""
+    total = v @ ones + _TINY
+    return v / total, total
+
+
 def _exp_shifted(v, axis):
     """``exp(v - top)`` and ``top``, the maximum of ``v`` over ``axis`` (kept; 0 where every entry
     is -inf, so that the exps are 0 and not NaN)."""
@@ -546,13 +553,10 @@ def _scaled_forward(x, trans, start, end, real, last):
     emitted, top_x = emitted[1:], top_x[1:]  # (T - 1, batch, K), (T - 1, batch, 1)
     first, top_first = _exp_shifted(start[None, :] + x[0], 1)
 
-    ones = ops.ones((moves.shape[0], 1), "float32")  # a state's sum as a matrix product (float32 whatever floatx)
+    ones = ops.ones((moves.shape[0], 1), "float32")  # (float32 whatever Keras's floatx)
 
     def forward(state, x_t):  # runs on over the padding too: only real steps are read
-        alpha, _ = state
-        alpha = (alpha @ moves) * x_t[0]
-        total = alpha @ ones + _TINY
-        state = alpha / total, total
+        state = _by_sum((state[0] @ moves) * x_t[0], ones)
         return state, state
 
     _, (alphas, tops) = _scan(forward, (first, ops.ones_like(top_first)), (emitted,))
@@ -594,13 +598,12 @@ def _scaled_grads(real, forward, upstream):
     def backward(state, inputs):
         beta, _ = state
         x_t, real_t, pad_t = inputs
-        before = (x_t * beta) @ moves_back
-        total = before @ ones + _TINY
+        before, total = _by_sum((x_t * beta) @ moves_back, ones)
         if _MASK_BY_PRODUCT:
-            state = before / total * real_t + beta * pad_t, total * real_t + pad_t
+            state = before * real_t + beta * pad_t, total * real_t + pad_t
         else:
             real_t = real_t > 0.5
-            state = ops.where(real_t, before / total, beta), ops.where(real_t, total, 1.0)
+            state = ops.where(real_t, before, beta), ops.where(real_t, total, 1.0)
         return state, state
 
     closing_beta = ops.broadcast_to(closing[None, :], ops.shape(final))
