@@ -432,7 +432,10 @@ def test_only_right_padded_masks_skip_the_reordering(monkeypatch):
 
 
 @pytest.mark.layers
-@pytest.mark.parametrize("way", ["every-tag", "path-only", "batch-minor", "tree"])
+@pytest.mark.parametrize(
+    "way",
+    ["every-tag", "path-only", "batch-minor", "tree", "path-only, rescaled every 3", "batch-minor, rescaled every 3"],
+)
 def test_every_way_of_finding_the_best_path_matches_dynamic_programming(monkeypatch, way):
     """``_best_path`` finds where the path came from one step at a time along it (from
     ``_PATH_ONLY_FROM`` tags on), or for every tag and step at once (below it), or with its state
@@ -441,9 +444,14 @@ def test_every_way_of_finding_the_best_path_matches_dynamic_programming(monkeypa
     over right padding, left padding and holes (lengths 1 to 21: the tree's 20 leaves padded to 32,
     and 7, 8 and 16 moves): the best paths and scores of float64 dynamic programming, and on ties too
     (scores of 0 and 1). On ties the step-by-step ways keep the first best previous tag, as NumPy's
-    argmax does; the tree may return another of the tied paths, whose own score must be the best."""
+    argmax does; the tree may return another of the tied paths, whose own score must be the best.
+    "Rescaled every 3": the forward state is taken less its maximum every third step only (PyTorch
+    does so every ``_RESCALE_EVERY`` = 16 steps), on every backend."""
     import crf.layers as layers
 
+    way, _, every = way.partition(", rescaled every ")
+    if every:
+        monkeypatch.setattr(layers, "_RESCALE_EVERY", int(every))
     if way == "tree" and BACKEND == "jax":
         pytest.skip("the tree runs on PyTorch only; TensorFlow's run checks it is backend-neutral (20 s of eager JAX)")
     monkeypatch.setattr(layers, "_PATH_ONLY_FROM", 0 if way == "path-only" else 10**9)
@@ -493,6 +501,57 @@ def test_every_way_of_finding_the_best_path_matches_dynamic_programming(monkeypa
     # accepted by their scores only), the step-by-step ways none.
     assert (differed > 0) == (way == "tree"), differed
     assert bool(minor_calls) == (way == "batch-minor")  # the batch-minor way ran, and only there
+
+
+@pytest.mark.layers
+@pytest.mark.parametrize("every", [1, 3, 16])
+@pytest.mark.parametrize("axis", [1, 0])
+def test_the_viterbi_state_stays_near_zero_and_exact(monkeypatch, every, axis):
+    """The single-best forward recursion (``_viterbi_states``), time-major (axis 1) and batch minor
+    (axis 0), taking its state less its maximum every ``every`` steps, on scores with 2**20 added
+    to each step (float32 then holds them to 1/8) and 100 to every move (neither changes a path):
+    the maximum n steps after a rescaling lies between n times the smallest move score and n times
+    the largest, and the states equal a float64 recursion on the same float32 inputs within 1e-2
+    (rescaled every step, with no shift of the scores, within 0.5: 0.17 measured on PyTorch).
+    Controls: never rescaled, the maximum leaves the bound; rescaled every 3 or 16 steps but without
+    the scores first taken less each step's best (``_best_zero``), the states are off by more than
+    1e-2."""
+    import crf.layers as layers
+
+    rng = np.random.default_rng(8)
+    k, steps, batch = 5, 40, 3
+    x = (rng.normal(size=(steps, batch, k)) * 2 + 2.0**20).astype("float32")
+    trans = (100 + rng.normal(size=(k, k))).astype("float32")
+    start = rng.normal(size=k).astype("float32")
+
+    def states(rescale):
+        monkeypatch.setattr(layers, "_RESCALE_EVERY", rescale)
+        tensors = [keras.ops.convert_to_tensor(v) for v in (x if axis else np.transpose(x, (0, 2, 1)), trans, start)]
+        out = np_(layers._viterbi_states(*tensors, axis)).astype(np.float64)
+        return out if axis else np.transpose(out, (0, 2, 1))  # (T, batch, K)
+
+    score = x[0].astype(np.float64) + start
+    expected = [score - score.max(axis=1, keepdims=True)]
+    shifted = x.astype(np.float64) - x.max(axis=2, keepdims=True)  # exact: the same best paths
+    for t in range(1, steps):
+        score = (expected[-1][:, :, None] + trans[None].astype(np.float64)).max(axis=1) + shifted[t]
+        expected.append(score - score.max(axis=1, keepdims=True) if t % every == 0 else score)
+    expected = np.stack(expected)
+    since = (np.arange(steps) % every)[:, None]  # steps since the last rescaling
+
+    def within(got):
+        top = got.max(axis=2)
+        return np.all(top >= since * trans.min() - 1e-2) and np.all(top <= since * trans.max() + 1e-2)
+
+    got = states(every)
+    assert within(got)
+    assert not within(states(10**9))  # control: the bound fails without rescaling
+    if every == 1:  # no shift: the sums round at 2**20 (to 1/8 a step), as the scores do
+        np.testing.assert_allclose(got, expected, atol=0.5)
+        return
+    np.testing.assert_allclose(got, expected, atol=1e-2)
+    monkeypatch.setattr(layers, "_best_zero", lambda x, axis: x)
+    assert np.abs(states(every) - expected).max() > 1e-2  # control: the precision fails without the shift
 
 
 @pytest.mark.layers
@@ -576,24 +635,39 @@ def test_a_path_that_underflowed_early_and_wins_late_is_not_lost(monkeypatch, wa
 
 @pytest.mark.layers
 @pytest.mark.skipif(BACKEND == "jax", reason="JAX runs the log-space recursions only (no scaled state to divide)")
-def test_a_state_that_can_go_nowhere_stays_zero_on_padding(monkeypatch):
-    """Tag 2 may not be followed by any tag, and a row's last real step allows only tag 2 (the other
-    tags' emissions are -inf there): on the padding after it the scaled forward state has no entry
-    above 0. Divided by its sum plus ``_TINY`` it stays 0 (not 0 / 0), so the batch needs no log-space
-    fallback, and the likelihood and its gradient equal float64 dynamic programming. Control: with
-    ``_TINY`` at 0 the NaN on that padding reaches the gradient, and the batch falls back."""
+@pytest.mark.parametrize("masking", ["product", "where"])
+@pytest.mark.parametrize("side", ["forward", "backward"])
+def test_a_state_that_can_go_nowhere_stays_zero_on_padding(monkeypatch, side, masking):
+    """Forward: tag 2 may not be followed by any tag, and a row's last real step allows only tag 2
+    (the other tags' emissions are -inf there): on the padding after it the scaled forward state has
+    no entry above 0. Backward: only tag 2 may end a row and no tag may move into it, so only rows of
+    one step have a path; the backward recursion starts at the end of the padding from the end
+    scores, and its first step already has no entry above 0. Divided by its sum plus ``_TINY``
+    each such state stays 0 (not 0 / 0), so the batch needs no log-space fallback, and the
+    likelihood and its gradient equal float64 dynamic programming; with the backward recursion's
+    padding held by arithmetic (``_MASK_BY_PRODUCT``, PyTorch's way) and by ``where`` (TensorFlow's),
+    on both backends. Controls: with ``_TINY`` at 0 the NaN on that padding reaches the gradient and
+    the batch falls back, except for the backward state held by ``where``, which never selects it."""
     import crf.layers as layers
 
     monkeypatch.setattr(layers, "_TREE_LOG_Z_UP_TO", 0)
+    monkeypatch.setattr(layers, "_MASK_BY_PRODUCT", masking == "product")
     allowed = np.ones((3, 3), bool)
-    allowed[2] = False
-    rules = {"allowed": allowed, "allowed_start": [True] * 3, "allowed_end": [True] * 3}
-    crf = make_crf(3, True, seed=5, **rules)
     rng = np.random.default_rng(6)
-    emissions = rng.normal(size=(2, 6, 3)).astype("float32")
-    mask = np.array([[True] * 4 + [False] * 2, [True] * 6])
-    emissions[0, 3, :2] = -np.inf
+    if side == "forward":
+        allowed[2] = False
+        rules = {"allowed": allowed, "allowed_start": [True] * 3, "allowed_end": [True] * 3}
+        emissions = rng.normal(size=(2, 6, 3)).astype("float32")
+        mask = np.array([[True] * 4 + [False] * 2, [True] * 6])
+        emissions[0, 3, :2] = -np.inf
+    else:
+        allowed[:, 2] = False
+        rules = {"allowed": allowed, "allowed_start": [True] * 3, "allowed_end": [False, False, True]}
+        emissions = rng.normal(size=(2, 5, 3)).astype("float32")
+        mask = np.array([[True] + [False] * 4] * 2)
+    crf = make_crf(3, True, seed=5, **rules)
     tags, ll, d_e, *_ = dp_expectations(emissions, mask, *constrained_weights(crf, rules))
+    assert np.all(np.isfinite(ll))  # every row has a path
     fallbacks = []
     real_log_space = layers._log_space
     monkeypatch.setattr(layers, "_log_space", lambda *a: fallbacks.append(1) or real_log_space(*a))
@@ -607,7 +681,7 @@ def test_a_state_that_can_go_nowhere_stays_zero_on_padding(monkeypatch):
 
     assert not check()
     monkeypatch.setattr(layers, "_TINY", 0.0)
-    assert check()
+    assert check() == (side == "forward" or masking == "product")
 
 
 @pytest.mark.layers
