@@ -372,19 +372,20 @@ _RESCALE_EVERY = 16 if keras.backend.backend() == "torch" else 1
 
 def _viterbi_states(x, trans, start, axis):
     """The single-best Viterbi forward recursion: the state after each step, less the state's
-    maximum on step 0 and every ``_RESCALE_EVERY`` steps (so it stays small; NaN once no tag is
-    reachable: on padding past a dead end, where no state is read, or in a row with no possible path,
+    maximum on step 0 and every ``_RESCALE_EVERY`` steps (so it stays small; -inf or NaN once no tag
+    is reachable: on padding past a dead end, where no state is read, or in a row with no possible path,
     which ``_gold`` reports); when not every step, each step's scores ``x`` are first taken less
     their maximum (``_best_zero``). It runs on over the padding too: only real steps are read.
     ``axis`` is the tags' axis of a state: 1 for time-major ``x`` (T, batch, K), states (T, batch,
     K); 0 for batch-minor ``x`` (T, K, batch), states (T, K, batch) (``_MINOR_FROM``). Rescaling
-    less often than every step loops in Python, so it needs T known (PyTorch always knows it)."""
+    less often than every step loops in Python over the known T (PyTorch always knows it); with T
+    unknown it scans, rescaling every step."""
     before = (slice(None),) * (axis + 1) + (None,)  # the previous tag's axis, then the next tag's
     pairs = trans[None] if axis else trans[:, :, None]  # (from, to) placed as in score[before]
     if _RESCALE_EVERY > 1:
         x = _best_zero(x, axis + 1)
     first, _ = _shift(x[0] + (start[None, :] if axis else start[:, None]), axis)
-    if _RESCALE_EVERY > 1:
+    if _RESCALE_EVERY > 1 and x.shape[0] is not None:
         states = [first]
         for t in range(1, x.shape[0]):
             score = ops.max(states[-1][before] + pairs, axis=axis) + x[t]
@@ -403,7 +404,7 @@ def _viterbi_states(x, trans, start, axis):
 def _best_zero(x, axis):
     """Scores ``x`` less their maximum over the tags' ``axis`` (0 where every one is -inf): the same
     best paths, and a state rescaled only every few steps does not drift with a constant added to
-    each step (with 2**20 on every tag, float32 sums would tell tags apart only to 1/8). A state
+    each step (with 2**20 on every tag, unshifted float32 sums over 16 steps round to 1 or 2). A state
     rescaled every step needs no shift for its size; its sums then round as the scores themselves do
     (at 2**20, to 1/8), and TensorFlow (under XLA 1.04-1.09 of the decode's time) and JAX skip it."""
     return _shift(x, axis)[0]
@@ -423,8 +424,8 @@ def _minor_best_path(x, last, trans, start, end):
     path, with no padding step to skip; the steps before a short row's start compute tags nobody
     reads. On ties the first best previous tag wins, as in ``_best_path``. Against the backtrack over
     (K, batch) steps with ``take`` and a cast a step, and the state rescaled every step (alternated in
-    one process, PyTorch, batch 64 x up to 128 steps): 0.67-0.70 of the decode's time at 8, 12 and 17
-    tags."""
+    one process, PyTorch, batch 64 x up to 128 steps): 0.66-0.67 of the decode's time at 8 tags,
+    0.68-0.69 at 12, 0.67-0.83 at 17 (0.70 in the two quietest runs)."""
     scores = _viterbi_states(x, trans, start, 0)  # (T, K, batch)
     steps = ops.shape(scores)[0]
     shift = steps - 1 - last  # (batch,): how far each row moves to end at the last step
@@ -436,7 +437,7 @@ def _minor_best_path(x, last, trans, start, end):
         ops.transpose(scores, (0, 2, 1)), ops.maximum(at - shift[None, :], 0)[:, :, None], axis=0
     )
     into = ops.transpose(trans)  # row j: the scores of the moves into tag j
-    best = ops.argmax(ending[-1] + end[None, :], axis=1)  # int32 (no cast a step)
+    best = ops.argmax(ending[-1] + end[None, :], axis=1)  # int32 (no extra cast)
 
     def backward(tag, inputs):  # the tag at step t - 1 from the tag at step t
         tag = ops.argmax(inputs[0] + _rows(into, tag), axis=1)
@@ -1146,7 +1147,8 @@ class CRF(keras.layers.Layer):
     def _best_path(self, emissions, mask):
         """The best path on left-aligned inputs, as ``_viterbi`` returns it for k = 1, with less work
         a step: one max and argmax over the previous tag, no k-best bookkeeping. The state is taken
-        relative to its maximum each step (so it stays small) and its score is summed along the path
+        relative to its maximum every ``_RESCALE_EVERY`` steps (each step, or every 16 on PyTorch; so it
+        stays small; ``_viterbi_states``) and its score is summed along the path
         afterwards (``_gold``, which also finds a row without any possible path). PyTorch with up to
         ``_TREE_UP_TO`` tags finds it on a tree over the steps instead (``_tree_best_path``), and from
         ``_MINOR_FROM`` tags on with its state batch minor (``_minor_best_path``)."""

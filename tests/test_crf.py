@@ -431,6 +431,24 @@ def test_only_right_padded_masks_skip_the_reordering(monkeypatch):
     assert calls == [1]  # control: the spy sees the reordering when it is needed
 
 
+def use_decoding_way(monkeypatch, way):
+    """Switch ``_best_path`` to one way of decoding ("every-tag", "path-only", "batch-minor" or
+    "tree"), optionally followed by ", rescaled every N" (``_RESCALE_EVERY``); returns the way's name.
+    The tree is skipped on JAX: it runs on PyTorch only, and TensorFlow's run checks it is
+    backend-neutral (20 s of eager JAX)."""
+    import crf.layers as layers
+
+    way, _, every = way.partition(", rescaled every ")
+    if every:
+        monkeypatch.setattr(layers, "_RESCALE_EVERY", int(every))
+    if way == "tree" and BACKEND == "jax":
+        pytest.skip("the tree runs on PyTorch only; TensorFlow's run checks it is backend-neutral (20 s of eager JAX)")
+    monkeypatch.setattr(layers, "_PATH_ONLY_FROM", 0 if way == "path-only" else 10**9)
+    monkeypatch.setattr(layers, "_MINOR_FROM", 0 if way == "batch-minor" else None)
+    monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9 if way == "tree" else 0)
+    return way
+
+
 @pytest.mark.layers
 @pytest.mark.parametrize(
     "way",
@@ -449,14 +467,7 @@ def test_every_way_of_finding_the_best_path_matches_dynamic_programming(monkeypa
     does so every ``_RESCALE_EVERY`` = 16 steps), on every backend."""
     import crf.layers as layers
 
-    way, _, every = way.partition(", rescaled every ")
-    if every:
-        monkeypatch.setattr(layers, "_RESCALE_EVERY", int(every))
-    if way == "tree" and BACKEND == "jax":
-        pytest.skip("the tree runs on PyTorch only; TensorFlow's run checks it is backend-neutral (20 s of eager JAX)")
-    monkeypatch.setattr(layers, "_PATH_ONLY_FROM", 0 if way == "path-only" else 10**9)
-    monkeypatch.setattr(layers, "_MINOR_FROM", 0 if way == "batch-minor" else None)
-    monkeypatch.setattr(layers, "_TREE_UP_TO", 10**9 if way == "tree" else 0)
+    way = use_decoding_way(monkeypatch, way)
     minor_calls, minor = [], layers._minor_best_path
     monkeypatch.setattr(layers, "_minor_best_path", lambda *a: minor_calls.append(1) or minor(*a))
     rng = np.random.default_rng(12)
@@ -551,7 +562,11 @@ def test_the_viterbi_state_stays_near_zero_and_exact(monkeypatch, every, axis):
         return
     np.testing.assert_allclose(got, expected, atol=1e-2)
     monkeypatch.setattr(layers, "_best_zero", lambda x, axis: x)
-    assert np.abs(states(every) - expected).max() > 1e-2  # control: the precision fails without the shift
+    # control: without the shift the states also carry 2**20 a step, so compare each state less its
+    # maximum (which the shift does not change): the sums over up to `every` steps rounded away the rest
+    unshifted = states(every)
+    relative = lambda s: s - s.max(axis=2, keepdims=True)  # noqa: E731
+    assert np.abs(relative(unshifted) - relative(expected)).max() > 1e-2
 
 
 @pytest.mark.layers
@@ -745,6 +760,31 @@ def test_extreme_emissions_stay_finite_and_exact():
     g = grad(lambda e: crf.log_likelihood(e, gold), emissions)
     assert np.all(np.isfinite(g)) and np.all(np.abs(g) < 1e-3)
     assert np.all(np.isfinite(np_(crf.marginals(emissions))))
+
+
+@pytest.mark.layers
+@pytest.mark.parametrize(
+    "way",
+    ["every-tag", "path-only", "batch-minor", "tree", "path-only, rescaled every 16", "batch-minor, rescaled every 16"],
+)
+def test_emissions_of_1e30_decode_the_float64_best_path(monkeypatch, way):
+    """The README's Numerics claim, on every way of decoding (``_best_path``'s switches, as in
+    ``test_every_way_of_finding_the_best_path_matches_dynamic_programming``; "rescaled every 16" is
+    PyTorch's ``_RESCALE_EVERY``, run on every backend): emissions of magnitude up to 1e30 over rows
+    of up to 40 steps, under BMES (4 tags) and BIO (9 tags) rules, with right padding and holes,
+    decode the paths and scores of float64 dynamic programming (the transitions, about 1, are below
+    float32's spacing there: the paths follow the emissions and the rules)."""
+    use_decoding_way(monkeypatch, way)
+    rng = np.random.default_rng(5)
+    mask = right_and_scattered([40, 1, 17, 39, 33, 40], 40, rng)
+    for k, constraints in ((4, allowed_transitions("bmes", "sbme")), (9, BIO9)):
+        crf = make_crf(k, True, seed=4, **constraints)
+        emissions = rng.normal(size=mask.shape + (k,))
+        emissions = (emissions / np.abs(emissions).max() * 1e30).astype("float32")
+        *_, paths, best = dp_expectations(emissions, mask, *constrained_weights(crf, constraints))
+        decoded, scores = map(np_, crf.decode(emissions, mask))
+        assert np.all(np.isfinite(scores))
+        assert_decodes_like(decoded, scores, mask, paths, best, context=(way, k))
 
 
 @pytest.mark.layers
