@@ -773,7 +773,9 @@ def test_emissions_of_1e30_decode_the_float64_best_path(monkeypatch, way):
     PyTorch's ``_RESCALE_EVERY``, run on every backend): emissions of magnitude up to 1e30 over rows
     of up to 40 steps, under BMES (4 tags) and BIO (9 tags) rules, with right padding and holes,
     decode the paths and scores of float64 dynamic programming (the transitions, about 1, are below
-    float32's spacing there: the paths follow the emissions and the rules)."""
+    float32's spacing there: the paths follow the emissions and the rules). It checks the rules and
+    the padding at that scale; the renormalising is ``test_the_viterbi_state_stays_near_zero_and_exact``'s
+    (a max-plus sum over 40 steps of 1e30 would not overflow float32 without it)."""
     use_decoding_way(monkeypatch, way)
     rng = np.random.default_rng(5)
     mask = right_and_scattered([40, 1, 17, 39, 33, 40], 40, rng)
@@ -785,6 +787,37 @@ def test_emissions_of_1e30_decode_the_float64_best_path(monkeypatch, way):
         decoded, scores = map(np_, crf.decode(emissions, mask))
         assert np.all(np.isfinite(scores))
         assert_decodes_like(decoded, scores, mask, paths, best, context=(way, k))
+
+
+@pytest.mark.layers
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="only TensorFlow traces with the number of steps unknown (JAX's jit and PyTorch know it)",
+)
+def test_rescaling_every_few_steps_falls_back_to_the_scan_when_the_steps_are_unknown(monkeypatch):
+    """``_viterbi_states`` rescaled every 16 steps loops in Python over the steps, which a graph
+    traced with T unknown cannot: it then scans, rescaling every step, and decodes the paths of
+    float64 dynamic programming. The spy on ``_scan`` is the control: with T known the forward
+    recursion loops in Python (one scan, the backtrack's), with T unknown it scans too (two)."""
+    import tensorflow as tf
+
+    import crf.layers as layers
+
+    monkeypatch.setattr(layers, "_RESCALE_EVERY", 16)
+    scans, scan = [], layers._scan
+    monkeypatch.setattr(layers, "_scan", lambda *a, **kw: scans.append(1) or scan(*a, **kw))
+    rng = np.random.default_rng(6)
+    mask = right_and_scattered([40, 1, 17, 39], 40, rng)
+    crf = make_crf(4, True, seed=4)
+    emissions = rng.normal(size=mask.shape + (4,)).astype("float32")
+    *_, paths, best = dp_expectations(emissions, mask, *constrained_weights(crf, {}))
+    for steps, expected_scans in ((None, 2), (40, 1)):
+        scans.clear()
+        spec = [tf.TensorSpec([None, steps, 4], tf.float32), tf.TensorSpec([None, steps], tf.bool)]
+        decode = tf.function(lambda e, m: crf.decode(e, m), input_signature=spec)
+        decoded, scores = map(np_, decode(emissions, mask))
+        assert len(scans) == expected_scans, (steps, len(scans))
+        assert_decodes_like(decoded, scores, mask, paths, best, context=(steps,))
 
 
 @pytest.mark.layers
