@@ -379,13 +379,14 @@ def _viterbi_states(x, trans, start, axis):
     ``axis`` is the tags' axis of a state: 1 for time-major ``x`` (T, batch, K), states (T, batch,
     K); 0 for batch-minor ``x`` (T, K, batch), states (T, K, batch) (``_MINOR_FROM``). Rescaling
     less often than every step loops in Python over the known T (PyTorch always knows it); with T
-    unknown it scans, rescaling every step."""
+    unknown it scans, rescaling every step (with no shift, as every step needs none)."""
     before = (slice(None),) * (axis + 1) + (None,)  # the previous tag's axis, then the next tag's
     pairs = trans[None] if axis else trans[:, :, None]  # (from, to) placed as in score[before]
-    if _RESCALE_EVERY > 1:
+    seldom = _RESCALE_EVERY > 1 and x.shape[0] is not None  # rescaled every few steps, in Python
+    if seldom:
         x = _best_zero(x, axis + 1)
     first, _ = _shift(x[0] + (start[None, :] if axis else start[:, None]), axis)
-    if _RESCALE_EVERY > 1 and x.shape[0] is not None:
+    if seldom:
         states = [first]
         for t in range(1, x.shape[0]):
             score = ops.max(states[-1][before] + pairs, axis=axis) + x[t]
