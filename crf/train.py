@@ -158,6 +158,12 @@ VARIANTS.update({f"{name}_latest": {**VARIANTS[name], **LATEST} for name in ("fa
 # fast with a bidirectional LSTM (64 units each way) added over its convolutions: about half of fast's misses
 # on held-out text are single characters joined to a neighbour, choices a 9-character window may not settle.
 VARIANTS["fast_lstm"] = {**VARIANTS["fast"], "lstm": 64}
+# Teachers for distillation (``fast_deep_kd`` below): three members of ``fast_deep`` on each seed's split,
+# each trained for the one epoch that early stopping kept in every seed of ``fast_deep``. ``member`` m > 0
+# reseeds the initial weights and dropout with seed + 1000 m (the split and the batches stay the seed's);
+# member 0 is ``fast_deep`` itself.
+for member in range(3):
+    VARIANTS[f"fast_deep_m{member}"] = {**VARIANTS["fast_deep"], "epochs": 1, "member": member}
 MODES = {
     "full": {"epochs": 10, "steps_per_epoch": 500, "seeds": 3},
     # The article's network on fewer, length-bucketed batches (about 5x less padding than corpus
@@ -552,6 +558,8 @@ def train_seed(job, checkpoint):
     stopping = variant.get("early_stopping") or {}
     if heldout:  # early stopping watches the held-out F1
         checkpoint.monitor, checkpoint.patience = stopping.get("monitor"), stopping.get("patience")
+    if variant.get("member"):  # another model on the same split: its own initial weights and dropout
+        runs.set_seed(seed + 1000 * variant["member"])
     # Before a resume too: the checkpoint's weights then replace these, and the random draws after it
     # (initialisation, dropout) stay those of a run that was not interrupted.
     tables = []
