@@ -1075,6 +1075,67 @@ class CRF(keras.layers.Layer):
         tags, ok, mask = self._labels(y_true)
         return self._nll(y_pred, tags, mask, ok)
 
+    def soft_loss(self, y_true, y_pred):
+        """Cross-entropy against a distribution q over tag paths, per sequence: ``-E_q[log p(y |
+        emissions)]``, for ``model.compile(loss=crf.soft_loss)`` (distillation: q a teacher CRF's).
+        ``y_true`` (batch, T, K + K * K) gives q by what it expects at each real step t: first
+        q(y_t = j) for each tag j, then q(y_s = i, y_t = j) for each pair (i, j), row-major, where s is
+        the previous real step (all zeros at a sequence's first step). ``crf.segment.path_marginals``
+        computes them for a trained CRF; a single path's one-hot indicators give ``loss``. The loss is
+        linear in q, so ``(1 - a) gold + a teacher`` targets give that mix of the two losses.
+
+        Targets that are not such a distribution at a real step (a negative entry, tags or pairs not
+        summing to 1 within 1e-3, pairs whose sums over i or over j are not the two steps' tag
+        probabilities) give NaN for their sequence; mass on a move or tag the constraints (or a -inf
+        emission) forbid gives +inf."""
+        y_true = _numbers("CRF: soft targets", y_true)
+        k = self.num_tags
+        y_pred = _numbers("CRF: emissions", y_pred)
+        if len(y_true.shape) != 3 or y_true.shape[-1] != k + k * k:
+            raise ValueError(
+                f"CRF: soft targets must have shape (batch, T, K + K * K) = (batch, T, {k + k * k}) (the "
+                f"tag probabilities, then the pair probabilities; see CRF.soft_loss), got shape {tuple(y_true.shape)}"
+            )
+        self._check_steps("soft targets", y_true[..., 0], y_pred)
+        emissions, mask, moves, broken, _ = self._prepare(y_pred, None)
+        if 0 in emissions.shape[:2]:  # no step or no row: nothing to compute
+            return ops.zeros(ops.shape(mask)[:1], "float32")
+        target = _moved(moves, ops.cast(y_true, "float32"))
+        node, pair = target[..., :k], ops.reshape(target[..., k:], (*ops.shape(target)[:2], k, k))
+        first = ops.concatenate([ops.ones_like(mask[:, :1]), ops.zeros_like(mask[:, 1:])], axis=1)
+        inner = mask & ops.logical_not(first)  # real steps with a real step before them (left-aligned)
+        before = ops.concatenate([ops.zeros_like(node[:, :1]), node[:, :-1]], axis=1)
+        off = lambda a, b: ops.abs(a - b) > 1e-3
+        wrong = (
+            ops.any(target < 0.0, axis=2)
+            | off(ops.sum(node, axis=2), 1.0)
+            | (inner & (off(ops.sum(pair, axis=(2, 3)), 1.0) | ops.any(off(ops.sum(pair, axis=2), node), axis=2)))
+            | (inner & ops.any(off(ops.sum(pair, axis=3), before), axis=2))
+            | (first & ops.any(pair != 0.0, axis=(2, 3)))
+        )
+        valid = ops.logical_not(ops.any(wrong & mask, axis=1) | ops.any(ops.isnan(target), axis=(1, 2)))
+        trans, start, end = self._scores()
+        finite = lambda s: ops.where(ops.isfinite(s), s, 0.0)  # 0 x -inf would be NaN
+        banned = lambda q, s: ops.where(ops.isfinite(s), 0.0, ops.cast(q > 0.0, "float32"))  # mass where forbidden
+        node = ops.where(mask[:, :, None], node, 0.0)
+        pair = ops.where(inner[:, :, None, None], pair, 0.0)
+        emitted = ops.sum(node * finite(emissions), axis=2)
+        into = ops.sum(pair * finite(trans), axis=(2, 3)) + ops.where(first, ops.sum(node * finite(start), axis=2), 0.0)
+        last = _last_step(mask)
+        final = ops.take_along_axis(node, last[:, None, None], axis=1)[:, 0]
+        closing = ops.sum(final * finite(end), axis=1)
+        forbidden = (
+            ops.sum(banned(node, emissions), axis=(1, 2))
+            + ops.sum(banned(pair, ops.broadcast_to(trans, ops.shape(pair))), axis=(1, 2, 3))
+            + ops.sum(
+                ops.where(first[:, :, None], banned(node, ops.broadcast_to(start, ops.shape(node))), 0.0), axis=(1, 2)
+            )
+            + ops.sum(banned(final, ops.broadcast_to(end, ops.shape(final))), axis=1)
+        )
+        total = self._relative_log_partition(emissions, mask, (emitted, into, closing))
+        total = ops.where(forbidden > 0.0, float("inf"), total)
+        return ops.where(valid & ops.logical_not(broken), total, float("nan"))
+
     def accuracy(self, y_true, y_pred):
         """Share of real tokens whose highest-scoring emission is the gold tag, per sequence, as the
         article's metric: ``metrics=[crf.accuracy]``. It reads no weights (JAX's trainer computes

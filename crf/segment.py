@@ -218,6 +218,56 @@ def viterbi(emissions, lengths, transitions, start, end, as_array=False):
     return tags if as_array else [tags[i, :n].tolist() for i, n in enumerate(lengths)]
 
 
+def _log_sum_exp(a, axis):
+    """log(sum(exp(a))) over ``axis`` in float64: -inf (no warning) where every term is -inf."""
+    top = np.max(a, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.sum(np.exp(a - top), axis=axis)) + np.squeeze(top, axis)
+
+
+def path_marginals(emissions, lengths, transitions, start, end):
+    """What a CRF expects of each step, in float64 by forward-backward: ``emissions`` (batch, T, K)
+    right-padded, ``lengths`` (batch,), the scores as ``CRF.decoding_scores`` gives them. Returns
+    (batch, T, K + K * K): at each real step t, p(y_t = j) for each tag j, then p(y_{t-1} = i, y_t = j)
+    for each pair (i, j), row-major (zeros at step 0 and on padding): the targets of
+    ``CRF.soft_loss``. A row that no path can take (the rules or -inf emissions) raises ValueError.
+    """
+    emissions = np.asarray(emissions, dtype="float64")
+    lengths = np.asarray(lengths, dtype="int64")
+    if emissions.ndim != 3 or lengths.shape != emissions.shape[:1] or np.any(lengths > emissions.shape[1]):
+        raise ValueError(
+            f"path_marginals: emissions must be (batch, T, K) and lengths (batch,) at most T, got "
+            f"{emissions.shape} and lengths {lengths.tolist()[:8]}"
+        )
+    batch, steps, num = emissions.shape
+    out = np.zeros((batch, steps, num + num * num))
+    if steps == 0:
+        return out
+    trans = np.asarray(transitions, dtype="float64")[None]
+    start, end = np.asarray(start, dtype="float64"), np.asarray(end, dtype="float64")
+    alphas = np.empty((batch, steps, num))
+    alphas[:, 0] = start[None] + emissions[:, 0]
+    for t in range(1, steps):  # past a row's end: carried, so the last step holds the last real one
+        new = _log_sum_exp(alphas[:, t - 1, :, None] + trans, 1) + emissions[:, t]
+        alphas[:, t] = np.where((t < lengths)[:, None], new, alphas[:, t - 1])
+    log_z = _log_sum_exp(alphas[:, -1] + end[None], 1)
+    if np.any(~np.isfinite(log_z) & (lengths > 0)):
+        rows = np.flatnonzero(~np.isfinite(log_z) & (lengths > 0)).tolist()[:8]
+        raise ValueError(f"path_marginals: rows {rows} have no possible tag path (or non-finite scores)")
+    betas = np.empty((batch, steps, num))
+    betas[:, -1] = end[None]
+    for t in range(steps - 2, -1, -1):
+        new = _log_sum_exp(trans + (emissions[:, t + 1] + betas[:, t + 1])[:, None, :], 2)
+        betas[:, t] = np.where((t + 1 < lengths)[:, None], new, end[None])
+    real = np.arange(steps)[None, :] < lengths[:, None]
+    with np.errstate(invalid="ignore"):  # -inf - -inf on padding, masked below
+        out[..., :num] = np.exp(alphas + betas - log_z[:, None, None])
+        pairs = alphas[:, :-1, :, None] + trans + (emissions[:, 1:] + betas[:, 1:])[:, :, None, :]
+        out[:, 1:, num:] = np.exp(pairs - log_z[:, None, None, None]).reshape(batch, steps - 1, num * num)
+    return np.where(real[..., None], out, 0.0)
+
+
 class Segmenter:
     """A trained tagger (Keras model: char ids -> sbme tags, ending in a CRF layer) and its vocabulary.
 
@@ -281,6 +331,27 @@ class Segmenter:
         for chunk, tags, lengths in self._tag_batches(texts, batch_size, max_chars, progress):
             for row, (i, n) in enumerate(zip(chunk, lengths)):
                 out[i] = tags[row, :n].tolist()
+        return out
+
+    def path_marginals(self, texts, temperature=1.0, batch_size=256, max_chars=16384):
+        """For each text (no spaces), what this segmenter's CRF expects of each step (``path_marginals``)
+        with every score divided by ``temperature``: a float32 array (len(text), K + K * K), the targets
+        ``CRF.soft_loss`` takes (distillation). An ``Ensemble`` adds its members' scores: with
+        ``temperature`` = the number of members, the distribution is that of their mean scores."""
+        if self.crf is None:
+            raise ValueError("path_marginals: the segmenter must decode on the host (host_decode=True)")
+        if not temperature > 0:
+            raise ValueError(f"path_marginals: temperature must be positive, got {temperature}")
+        scores = [s / temperature for s in self._crf_scores()]
+        out = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for chunk in _batches(order, [len(texts[i]) for i in order], batch_size, max_chars):
+            batch = [texts[i] for i in chunk]
+            longest = len(batch[-1])
+            emissions = self._emission_scores(batch, padded_length(longest))[:, :longest] / temperature
+            expected = path_marginals(emissions, [len(t) for t in batch], *scores)
+            for row, i in enumerate(chunk):
+                out[i] = expected[row, : len(texts[i])].astype("float32")
         return out
 
     def _tag_batches(self, texts, batch_size, max_chars, progress):

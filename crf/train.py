@@ -164,6 +164,21 @@ VARIANTS["fast_lstm"] = {**VARIANTS["fast"], "lstm": 64}
 # member 0 is ``fast_deep`` itself.
 for member in range(3):
     VARIANTS[f"fast_deep_m{member}"] = {**VARIANTS["fast_deep"], "epochs": 1, "member": member}
+# Distillation: fast_deep trained on each sentence's gold path mixed half and half with what the three
+# members expect of it (``soft_targets``: the distribution over tag paths of their mean CRF scores,
+# trained on with ``CRF.soft_loss``). The ensemble's knowledge in one network of fast_deep's size.
+# ``teachers``: (variant, seed) pairs, seed None for the student's own (the same split).
+VARIANTS["fast_deep_kd"] = {
+    **VARIANTS["fast_deep"],
+    "teachers": [[f"fast_deep_m{member}", None] for member in range(3)],
+    "soft": 0.5,
+}
+# Its refit: taught by the three fast_deep_refit seeds (each trained on every training sentence).
+VARIANTS["fast_deep_kd_refit"] = {
+    **VARIANTS["fast_deep_kd"],
+    **REFIT,
+    "teachers": [["fast_deep_refit", seed] for seed in range(3)],
+}
 MODES = {
     "full": {"epochs": 10, "steps_per_epoch": 500, "seeds": 3},
     # The article's network on fewer, length-bucketed batches (about 5x less padding than corpus
@@ -243,7 +258,7 @@ def split(sentences, seed, heldout, latest=False):
     return shuffled[:kept], shuffled[kept:]
 
 
-def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout=0.0, few_shapes=False):
+def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout=0.0, few_shapes=False, targets=None):
     """Endless (char ids, tags) batches of 128 sentences, each padded to its longest sentence (no
     maximum length); ``start_step`` resumes mid-run at exactly the batch it would have reached.
 
@@ -256,7 +271,8 @@ def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout
     the step, so a model cannot lean on the bigram table alone and learns unseen bigrams' case.
     ``few_shapes``: each batch padded to ``segment.padded_length`` of its longest sentence, not to
     that sentence (at most 25% more padding from 32 characters on), so a pass brings a few dozen
-    shapes, not a hundred (``FEW_SHAPES``).
+    shapes, not a hundred (``FEW_SHAPES``). ``targets``: one (length, 4 + 16) array per sentence (``soft_targets``),
+    yielded padded with zeros in place of the tags, for ``CRF.soft_loss``.
     """
     n = -(-len(sentences) // BATCH_SIZE)
     step, order, order_pass = start_step, None, None
@@ -265,16 +281,21 @@ def batches(sentences, vocab, start_step=0, bucket=False, seed=0, bigram_dropout
             order_pass = step // n
             order = _bucketed_order(sentences, np.random.default_rng([seed, order_pass]))
         index = step % n
-        chunk = (
-            [sentences[i] for i in order[index]] if bucket else sentences[index * BATCH_SIZE : (index + 1) * BATCH_SIZE]
-        )
+        rows = order[index] if bucket else range(index * BATCH_SIZE, min((index + 1) * BATCH_SIZE, len(sentences)))
+        chunk = [sentences[i] for i in rows]
         texts = ["".join(words) for words in chunk]
         x = features(texts, vocab, length=padded_length(max(map(len, texts))) if few_shapes else None)
         x = x if isinstance(x, list) else [x]
         if bigram_dropout and len(x) > 1:
             drop = np.random.default_rng([seed, step, 1]).random(x[1].shape) < bigram_dropout
             x[1] = np.where(drop & (x[1] > 0), UNKNOWN, x[1]).astype(x[1].dtype)
-        yield (tuple(x) if len(x) > 1 else x[0]), pad([word_tags(words) for words in chunk], length=x[0].shape[1])
+        if targets is None:
+            y = pad([word_tags(words) for words in chunk], length=x[0].shape[1])
+        else:
+            y = np.zeros((len(chunk), x[0].shape[1], targets[0].shape[1]), dtype="float32")
+            for row, i in enumerate(rows):
+                y[row, : len(targets[i])] = targets[i]
+        yield (tuple(x) if len(x) > 1 else x[0]), y
         step += 1
 
 
@@ -338,6 +359,47 @@ def packed_batches(batches, reach=3, row_step=1):
     which must stay the batch's 128 sentences), then the packed ids, ``keep`` and ``index``."""
     for chars, tags in batches:
         yield (chars, *pack(chars, reach, row_step)), tags
+
+
+def path_indicators(tags, num_tags=4):
+    """A tag path's one-hot indicators in ``CRF.soft_loss``'s layout: (len(tags), K + K * K), each step's
+    tag, then the pair (previous tag, tag) (none at step 0)."""
+    tags = np.asarray(tags, dtype="int64")
+    out = np.zeros((len(tags), num_tags + num_tags * num_tags), dtype="float32")
+    out[np.arange(len(tags)), tags] = 1.0
+    out[np.arange(1, len(tags)), num_tags + tags[:-1] * num_tags + tags[1:]] = 1.0
+    return out
+
+
+def teacher_folders(args, variant, seed):
+    """The model folders of ``variant``'s teachers for ``seed`` (in ``--save``)."""
+    return [
+        args.save / f"{runs.experiment_name(f'{name}-{args.corpus}', args.mode)}-seed{seed if fixed is None else fixed}"
+        for name, fixed in VARIANTS[variant].get("teachers") or []
+    ]
+
+
+def soft_targets(folders, sentences, vocab, weight):
+    """Each sentence's target for ``CRF.soft_loss``: ``weight`` x what the teachers in ``folders`` expect
+    of its tag paths, their CRF scores averaged (``Segmenter.path_marginals`` of their ``Ensemble`` at
+    the temperature of their number), plus 1 - ``weight`` x its gold path's indicators. Every teacher
+    must have been trained on these sentences: its vocabulary must hold the same characters and bigrams."""
+    teachers = []
+    for folder in folders:
+        teacher = Segmenter.load(folder)
+        for table in ("chars", "bigrams"):
+            if set(teacher.vocab.get(table) or ()) != set(vocab.get(table) or ()):
+                raise SystemExit(
+                    f"{folder}: its vocabulary's {table} are not those of this seed's training sentences, so "
+                    "it was trained on other sentences (another seed or held-out size); train the teachers "
+                    "with the student's seeds and mode (crf/train.py --variant <teachers> <student>)"
+                )
+        teachers.append(teacher)
+    texts = ["".join(words) for words in sentences]
+    expected = Ensemble(teachers).path_marginals(texts, temperature=len(teachers))
+    return [
+        weight * soft + (1.0 - weight) * path_indicators(word_tags(words)) for words, soft in zip(sentences, expected)
+    ]
 
 
 """## 2. Model: CNN emissions, CRF on top"""
@@ -566,6 +628,11 @@ def train_seed(job, checkpoint):
     if variant.get("pretrain"):
         print(f"    pretraining the embeddings on the training text ({variant['pretrain']} pass(es))", flush=True)
         tables = pretrain_embeddings(train, vocab, variant.get("embedding", 128), epochs=variant["pretrain"])
+    targets = None
+    if variant.get("teachers"):
+        folders = teacher_folders(args, cfg["variant"], seed)
+        print(f"    soft targets from {', '.join(f.name for f in folders)}", flush=True)
+        targets = soft_targets(folders, train, vocab, variant["soft"])
     with cli.distribution(args):
         model, crf, tagger = build_model(vocab, cfg["variant"])
         for name, table in zip(("embedding", "bigram_embedding"), tables):
@@ -576,7 +643,9 @@ def train_seed(job, checkpoint):
         if packed:
             model = packed_model(model, crf, cfg["variant"])
         model.compile(
-            optimizer=optimizer(variant, cfg["steps_per_epoch"], cfg["epochs"]), loss=crf.loss, metrics=[crf.accuracy]
+            optimizer=optimizer(variant, cfg["steps_per_epoch"], cfg["epochs"]),
+            loss=crf.loss if targets is None else crf.soft_loss,
+            metrics=[crf.accuracy] if targets is None else [],  # crf.accuracy reads tags, not soft targets
         )
         initial_epoch = checkpoint.restore(model)  # in the strategy's scope: it may build the optimizer
     segmenter = Segmenter(tagger, vocab)
@@ -594,6 +663,7 @@ def train_seed(job, checkpoint):
             seed=seed,
             bigram_dropout=variant.get("bigram_dropout", 0.0),
             few_shapes=cfg.get("few_shapes", False),
+            targets=targets,
         )
         model.fit(
             packed_batches(stream, len(variant["dilations"]), ROW_STEP if cfg.get("few_shapes") else 1)
@@ -823,6 +893,19 @@ def main(argv=None):
             p.error(
                 f"--ensembles {name} needs trained models that are not there: {', '.join(missing)}; "
                 f"add --variant {' '.join(absent)} to train them in this run (or pass --save where they are)"
+            )
+    for variant in args.variant:  # teachers that this run does not train must be there already
+        needed = [
+            (name, folder)
+            for seed in seeds
+            for (name, _), folder in zip(VARIANTS[variant].get("teachers") or [], teacher_folders(args, variant, seed))
+            if name not in args.variant and not (folder / "tagger.keras").is_file()
+        ]
+        if needed:
+            p.error(
+                f"--variant {variant} is taught by models that are not there: "
+                f"{', '.join(sorted({str(f) for _, f in needed}))}; add --variant "
+                f"{' '.join(sorted({n for n, _ in needed}))} to train them in this run (or pass --save where they are)"
             )
     train_all = data.icwb2(args.corpus, "train")  # the only part the checks need: before the others
     for variant in args.variant:
