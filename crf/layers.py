@@ -1117,8 +1117,9 @@ class CRF(keras.layers.Layer):
         trans, start, end = self._scores()
         finite = lambda s: ops.where(ops.isfinite(s), s, 0.0)  # 0 x -inf would be NaN
         banned = lambda q, s: ops.where(ops.isfinite(s), 0.0, ops.cast(q > 0.0, "float32"))  # mass where forbidden
-        node = ops.where(mask[:, :, None], node, 0.0)
-        pair = ops.where(inner[:, :, None, None], pair, 0.0)
+        # a row already NaN reads zeros: its NaN must not reach the batch's recursions (and their fallback)
+        node = ops.where(mask[:, :, None] & valid[:, None, None], node, 0.0)
+        pair = ops.where(inner[:, :, None, None] & valid[:, None, None, None], pair, 0.0)
         emitted = ops.sum(node * finite(emissions), axis=2)
         into = ops.sum(pair * finite(trans), axis=(2, 3)) + ops.where(first, ops.sum(node * finite(start), axis=2), 0.0)
         last = _last_step(mask)

@@ -209,6 +209,187 @@ def test_marginals_match_brute_force(k, boundary, scheme, padding):
     np.testing.assert_allclose(marginals.sum(-1), mask.astype(float), atol=TOL)  # a distribution per real token
 
 
+# ---- soft targets (distillation): CRF.soft_loss and path_marginals --------------------------------
+
+
+def indicators(oracle, steps, weights=None):
+    """What a distribution over ``oracle``'s paths (``weights``, default: the oracle's own probabilities)
+    expects of each step, in CRF.soft_loss's layout (steps, K + K * K), by summing over every path."""
+    k = oracle.k
+    out = np.zeros((steps, k + k * k))
+    probs = np.exp(oracle.scores - oracle.log_z) if weights is None else weights
+    for path, p in zip(oracle.paths, probs):
+        for i, (pos, y) in enumerate(zip(oracle.positions, path)):
+            out[pos, y] += p
+            if i:
+                out[pos, k + path[i - 1] * k + y] += p
+    return out
+
+
+def one_path(oracle, path):
+    """The weights over ``oracle``'s paths that put everything on ``path``."""
+    return np.array([float(p == tuple(path)) for p in oracle.paths])
+
+
+@pytest.mark.layers
+@pytest.mark.parametrize("k, boundary, scheme, padding", PARAMS)
+def test_soft_loss_is_the_cross_entropy_over_every_path(k, boundary, scheme, padding):
+    """For a teacher distribution q over the allowed paths, soft_loss = -sum_y q(y) log p(y), summed over
+    every path in float64; a path's one-hot indicators give its loss; a mix of targets, that mix of losses."""
+    crf, emissions, mask, students = case(k, boundary, scheme, padding)
+    _, _, _, teachers = case(k, boundary, scheme, padding, seed=5)
+    steps = mask.shape[1]
+    target = np.stack([indicators(t, steps) for t in teachers])
+    expected = [
+        -np.sum(np.exp(t.scores - t.log_z) * (s.scores - s.log_z)) if len(s.positions) else 0.0
+        for s, t in zip(students, teachers)
+    ]
+    scores = crf(emissions, mask=mask)
+    np.testing.assert_allclose(np_(crf.soft_loss(target.astype("float32"), scores)), expected, atol=TOL, rtol=TOL)
+    best = [s.best(1)[0][0] if len(s.positions) else () for s in students]
+    tags = np.zeros(mask.shape, int)
+    for b, s in enumerate(students):
+        tags[b, s.positions] = best[b]
+    hot = np.stack([indicators(s, steps, one_path(s, best[b])) for b, s in enumerate(students)])
+    nll = np_(crf.loss(tags, scores))
+    np.testing.assert_allclose(np_(crf.soft_loss(hot.astype("float32"), scores)), nll, atol=TOL, rtol=TOL)
+    mixed = (0.3 * hot + 0.7 * target).astype("float32")
+    np.testing.assert_allclose(
+        np_(crf.soft_loss(mixed, scores)), 0.3 * nll + 0.7 * np.array(expected), atol=TOL, rtol=TOL
+    )
+
+
+@pytest.mark.layers
+@pytest.mark.parametrize("padding", ["right", "holes"])
+def test_soft_loss_gradient_is_the_students_tag_probabilities_less_the_targets(padding):
+    """d soft_loss / d emissions = p(y_t = j) - q(y_t = j) at real steps (both from every path), 0 on padding."""
+    k, scheme = 3, "bio"
+    crf, emissions, mask, students = case(k, True, scheme, padding, seed=2)
+    _, _, _, teachers = case(k, True, scheme, padding, seed=6)
+    target = np.stack([indicators(t, mask.shape[1]) for t in teachers]).astype("float32")
+    got = grad(lambda e: crf.soft_loss(target, crf(e, mask=mask)), emissions)
+    expected = np.stack([s.marginals(mask.shape[1]) for s in students]) - target[..., :k]
+    np.testing.assert_allclose(got, expected, atol=TOL)
+    assert np.all(got[~mask] == 0)
+
+
+@pytest.mark.layers
+@pytest.mark.parametrize("learn_transitions", [True, False])
+def test_training_on_soft_targets_matches_the_teachers_tag_and_pair_probabilities(learn_transitions):
+    """A student CRF with free emissions at every step (an embedding of the step) and its own scores,
+    trained by compile(loss=crf.soft_loss) on a teacher CRF's expectations, ends with the teacher's tag
+    and pair probabilities: the gradients reach the emissions and the CRF's own weights. The control:
+    with its transitions frozen at other values, the pair probabilities stay off (unary scores cannot
+    make up for pairwise ones)."""
+    k, steps = 4, 5
+    bmes = allowed_transitions("bmes", "sbme")
+    teacher = make_crf(k, seed=3, **bmes)
+    rng = np.random.default_rng(4)
+    lengths = np.array([5, 4, 2, 5])
+    teacher_emissions = rng.normal(size=(len(lengths), steps, k)) * 1.5
+    target = segment.path_marginals(teacher_emissions, lengths, *map(np_, teacher.decoding_scores()))
+    ids = np.where(
+        np.arange(steps)[None] < lengths[:, None], np.arange(1, lengths.size * steps + 1).reshape(-1, steps), 0
+    )
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((steps,), dtype="int32")
+    emissions = keras.layers.Embedding(ids.size + 1, k, embeddings_initializer="zeros")(inputs)
+    student = CRF(k, **bmes, transitions_initializer="zeros")
+    model = keras.Model(inputs, student(emissions, mask=inputs))
+    student.transitions.assign(rng.normal(size=(k, k)).astype("float32") * 2)
+    student.transitions.trainable = learn_transitions
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.1), loss=student.soft_loss, jit_compile=BACKEND == "tensorflow" or "auto"
+    )
+    model.fit(ids, target.astype("float32"), batch_size=len(ids), epochs=400, verbose=0, shuffle=False)
+    learnt = segment.path_marginals(np_(model.predict(ids, verbose=0)), lengths, *map(np_, student.decoding_scores()))
+    off = np.abs(learnt - target).max()
+    if learn_transitions:
+        assert off < 1e-2, off
+    else:
+        assert off > 5e-2, off
+
+
+@pytest.mark.layers
+def test_soft_loss_flags_targets_that_are_not_a_distribution():
+    """Targets whose tags or pairs do not sum to 1, disagree with each other (pairs a step late), hold a
+    negative or NaN entry, or weigh a pair at a sequence's first step give NaN for their row only; mass
+    on a forbidden move gives +inf (as loss does for a forbidden path); a wrong last axis raises."""
+    k = 4
+    crf, emissions, mask, students = case(k, True, "bmes", "right")
+    target = np.stack([indicators(s, mask.shape[1]) for s in students]).astype("float32")
+    scores = crf(emissions, mask=mask)
+    good = np_(crf.soft_loss(target, scores))
+    assert np.all(np.isfinite(good))  # the control: valid targets
+
+    def spoilt(change):
+        bad = target.copy()
+        change(bad)
+        return np_(crf.soft_loss(bad, scores))
+
+    def put(index, value):
+        return lambda bad: bad.__setitem__(index, value)
+
+    def late(bad):  # row 0's pairs one step late
+        bad[0, 2:, k:] = target[0, 1:-1, k:]
+
+    for change in (
+        lambda bad: bad[0, 1].__imul__(1.1),
+        late,
+        put((0, 3, slice(0, k)), [1.2, -0.2, 0.0, 0.0]),
+        put((0, 0, k), 0.5),
+        put((0, 4, 0), np.nan),
+    ):
+        out = spoilt(change)
+        assert np.isnan(out[0]) and np.array_equal(out[1:], good[1:]), out
+    forbidden = [0, 2, 3, 0, 0]  # s m: m only after b or m
+    hot = target.copy()
+    hot[0] = 0
+    for t, y in enumerate(forbidden):
+        hot[0, t, y] = 1
+        if t:
+            hot[0, t, k + forbidden[t - 1] * k + y] = 1
+    out = np_(crf.soft_loss(hot, scores))
+    assert out[0] == np.inf and np_(crf.loss(np.array([forbidden] * 4), scores))[0] == np.inf
+    with pytest.raises(ValueError, match=r"soft targets must have shape \(batch, T, K \+ K \* K\) = \(batch, T, 20\)"):
+        crf.soft_loss(target[..., :k], scores)
+
+
+@pytest.mark.layers
+@pytest.mark.parametrize("k, boundary, scheme, padding", [p for p in PARAMS if p.values[3] == "right"])
+def test_path_marginals_match_every_path(k, boundary, scheme, padding):
+    """segment.path_marginals (NumPy, float64): each step's tag and pair probabilities, summed over every
+    path; zeros on padding; a row without any path, or lengths past T, raise."""
+    crf, emissions, mask, oracles = case(k, boundary, scheme, padding)
+    scores = list(map(np_, crf.decoding_scores()))
+    got = segment.path_marginals(emissions, mask.sum(axis=1), *scores)
+    np.testing.assert_allclose(got, np.stack([indicators(o, mask.shape[1]) for o in oracles]), atol=1e-9)
+    with pytest.raises(ValueError, match="lengths"):
+        segment.path_marginals(emissions, [9] * len(emissions), *scores)
+    blocked = emissions.copy()
+    blocked[0, 2] = -np.inf  # no tag possible at step 2 of row 0
+    with pytest.raises(ValueError, match=r"rows \[0\] have no possible tag path"):
+        segment.path_marginals(blocked, mask.sum(axis=1), *scores)
+
+
+@pytest.mark.layers
+def test_an_ensembles_marginals_at_the_temperature_of_its_size_are_its_mean_crfs():
+    """Segmenter.path_marginals of an Ensemble of two copies of one segmenter, at temperature 2, are the
+    segmenter's own; at temperature 1 they are sharper (the sum of the scores)."""
+    seg = tiny_segmenter("strong")
+    random_weights(seg.tagger, scale=0.05)  # emissions within +-1: probabilities far from 0 and 1
+    texts = ["我爱北京天安门", "北京", "门"]
+    own = seg.path_marginals(texts)
+    pair = Ensemble([seg, seg])
+    for mine, theirs in zip(own, pair.path_marginals(texts, temperature=2)):
+        np.testing.assert_allclose(theirs, mine, atol=1e-6)
+    sharper = pair.path_marginals(texts)
+    assert max(np.abs(a - b).max() for a, b in zip(sharper, own)) > 1e-2  # the control
+    assert [a.shape for a in own] == [(7, 20), (2, 20), (1, 20)]
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        seg.path_marginals(texts, temperature=0)
+
+
 def central_differences(f, x, h=1e-5):
     """d f / d x, one coordinate at a time, (f(x + h) - f(x - h)) / 2h, in float64."""
     out = np.zeros_like(x)
@@ -2179,3 +2360,82 @@ def test_claim_holds_on_the_reference_and_fails_when_reversed():
         {**r, "metrics": {**r["metrics"], "test_f1": 0.8}} if r["experiment"] == "article-pku" else r for r in reference
     ]
     assert train.CLAIM.verdict(worse, "full") == report.NOT_REPRODUCED
+
+
+def test_distillation_targets_and_their_batches(tmp_path):
+    """``path_indicators`` puts a path in CRF.soft_loss's layout; ``batches(targets=)`` yields each
+    sentence's target in its row (the same rows as the tags, in corpus order and bucketed), zeros on
+    padding; ``soft_targets`` mixes the teachers' mean CRF with the gold path and refuses a teacher
+    trained on other sentences."""
+    from crf import train
+
+    hot = train.path_indicators([0, 1, 3, 0])
+    assert hot.shape == (4, 20) and hot[:, :4].argmax(1).tolist() == [0, 1, 3, 0] and hot.sum() == 4 + 3
+    assert not hot[0, 4:].any() and hot[1, 4 + 0 * 4 + 1] == hot[2, 4 + 1 * 4 + 3] == hot[3, 4 + 3 * 4 + 0] == 1
+    sentences = [["中国", "人民"], ["我", "爱", "北京"], ["新", "世纪", "的", "中国"]] * 20
+    vocab = build_vocab(sentences, with_bigrams=True)
+    targets = [train.path_indicators(word_tags(words)) for words in sentences]
+    for bucket in (False, True):
+        plain = train.batches(sentences, vocab, bucket=bucket, seed=3)
+        soft = train.batches(sentences, vocab, bucket=bucket, seed=3, targets=targets)
+        for _ in range(3):
+            (x, tags), (same, y) = next(plain), next(soft)
+            assert all(np.array_equal(a, b) for a, b in zip(x, same)) and y.shape == (*tags.shape, 20)
+            real = x[0] != 0
+            assert np.array_equal(y[..., :4].argmax(-1)[real], tags[real]) and not y[~real].any()
+
+    teacher = Segmenter(train.build_model(vocab, "fast_deep")[2], vocab)
+    random_weights(teacher.tagger, scale=0.05)
+    teacher.save(tmp_path / "teacher")
+    texts = sentences[:3]
+    got = train.soft_targets([tmp_path / "teacher"] * 2, texts, vocab, 0.25)  # two copies: their mean is one
+    own = teacher.path_marginals(["".join(words) for words in texts])
+    for mixed, expected, words in zip(got, own, texts):
+        np.testing.assert_allclose(mixed, 0.25 * expected + 0.75 * train.path_indicators(word_tags(words)), atol=1e-6)
+    with pytest.raises(SystemExit, match="vocabulary's chars are not those of this seed's training sentences"):
+        train.soft_targets([tmp_path / "teacher"], texts, build_vocab(texts[:2] * 2, with_bigrams=True), 0.5)
+
+
+def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch, capsys):
+    """``fast_deep_kd``'s seed is taught by the three members trained with its seed (its own split),
+    half and half with the gold paths; its refit by the three fast_deep_refit seeds whatever its own. A
+    member m > 0 reseeds with seed + 1000 m (member 0 is fast_deep as it was). Teachers missing from
+    --save stop the run before anything trains, naming them and the variants that make them."""
+    from crf import train
+
+    sentences = [["中国", "人民"], ["我", "爱", "北京"], ["新", "世纪", "的", "中国"]] * 20
+    save = tmp_path / "models"
+    job = train_job("fast_deep_kd", "--heldout", "5", "--save", str(save), corpus_data=(sentences, [], [], set()))
+    fit, _ = train.split(sentences, 0, 5)
+    vocab = build_vocab(fit, min_count=2, with_bigrams=True)
+    for member in range(3):
+        Segmenter(train.build_model(vocab, "fast_deep")[2], vocab).save(save / f"fast_deep_m{member}-pku-seed0")
+    calls, real = [], train.soft_targets
+    monkeypatch.setattr(train, "soft_targets", lambda *args: calls.append(args) or real(*args))
+    train_seed_until_optimizer(monkeypatch, job)
+    folders, taught, _, weight = calls[0]
+    assert [f.name for f in folders] == [f"fast_deep_m{m}-pku-seed0" for m in range(3)] and weight == 0.5
+    assert taught == fit
+
+    args = types.SimpleNamespace(save=save, corpus="pku", mode="full")
+    assert [f.name for f in train.teacher_folders(args, "fast_deep_kd_refit", 7)] == [
+        f"fast_deep_refit-pku-seed{s}" for s in range(3)
+    ]
+    assert [f.name for f in train.teacher_folders(args, "fast_deep_kd", 7)] == [
+        f"fast_deep_m{m}-pku-seed7" for m in range(3)
+    ]
+
+    seeds = []
+    monkeypatch.setattr(train.runs, "set_seed", seeds.append)
+    for variant, expected in (("fast_deep_m2", [2000]), ("fast_deep_m0", [])):
+        seeds.clear()
+        train_seed_until_optimizer(
+            monkeypatch, train_job(variant, "--heldout", "5", corpus_data=(sentences, [], [], set()))
+        )
+        assert seeds == expected
+
+    with pytest.raises(SystemExit):
+        train.main(["--variant", "fast_deep_kd", "--smoke", "--save", str(tmp_path / "none"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "--variant fast_deep_kd is taught by models that are not there" in err
+    assert "fast_deep_m0-pku-smoke-seed0" in err and "add --variant fast_deep_m0 fast_deep_m1 fast_deep_m2" in err
