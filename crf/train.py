@@ -173,6 +173,8 @@ VARIANTS["fast_deep_kd"] = {
     "teachers": [[f"fast_deep_m{member}", None] for member in range(3)],
     "soft": 0.5,
 }
+# The same on the teachers' expectations alone (no gold path), as born-again networks train.
+VARIANTS["fast_deep_kd1"] = {**VARIANTS["fast_deep_kd"], "soft": 1.0}
 # Its refit: taught by the three fast_deep_refit seeds (each trained on every training sentence).
 VARIANTS["fast_deep_kd_refit"] = {
     **VARIANTS["fast_deep_kd"],
