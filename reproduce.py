@@ -88,6 +88,7 @@ ARTICLES = {
             "fast_deep_kd",
             "fast_deep_kd_refit",
             "fast_deep_kd1",
+            "fast_deep_kd1_refit",
             "fast_cv",
             "fast_deep_cv",
             "--ensembles",

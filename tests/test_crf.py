@@ -2462,6 +2462,11 @@ def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch
     assert [f.name for f in train.teacher_folders(args, "fast_deep_kd_refit", 7)] == [
         f"fast_deep_refit-pku-seed{s}" for s in range(3)
     ]
+    assert [f.name for f in train.teacher_folders(args, "fast_deep_kd1_refit", 7)] == [
+        f"fast_deep_refit-pku-seed{s}" for s in range(3)
+    ]
+    refit = train_job("fast_deep_kd1_refit").config
+    assert (refit["epochs"], refit["heldout"], refit["early_stopping"], refit["soft"]) == (6, 0, None, 1.0)
     assert [f.name for f in train.teacher_folders(args, "fast_deep_kd", 7)] == [
         f"fast_deep_m{m}-pku-seed7" for m in range(3)
     ]
