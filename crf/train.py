@@ -189,20 +189,6 @@ VARIANTS["fast_deep_kd1_refit"] = {
     "epochs": 6,
     "teachers": [["fast_deep_refit", seed] for seed in range(3)],
 }
-# Its refit: taught by the three fast_deep_refit seeds (each trained on every training sentence).
-VARIANTS["fast_deep_kd_refit"] = {
-    **VARIANTS["fast_deep_kd"],
-    **REFIT,
-    "teachers": [["fast_deep_refit", seed] for seed in range(3)],
-}
-# fast and fast_deep (tied on 1000 random held-out sentences, and again on the latest 2000) compared by
-# 5-fold cross-validation over the whole training file: seed k trains on four fifths (15,587 sentences)
-# for the one epoch early stopping kept in every seed of both, and is scored on the fifth it did not see,
-# so over seeds 0-4 every training sentence is held out once and the comparison sees all 19,484. The
-# rule, fixed before these runs: the variant with the higher mean held-out F1 over the five folds is
-# chosen, and its refit (fast_refit or fast_deep_refit, already trained) is the single model.
-CV = {"folds": 5, "epochs": 1}
-VARIANTS.update({f"{name}_cv": {**VARIANTS[name], **CV} for name in ("fast", "fast_deep")})
 MODES = {
     "full": {"epochs": 10, "steps_per_epoch": 500, "seeds": 3},
     # The article's network on fewer, length-bucketed batches (about 5x less padding than corpus
@@ -224,7 +210,6 @@ ROW_STEP = 8
 # Ensembles of trained seeds (crf/segment.py: Ensemble), scored on the test set after the variants.
 ENSEMBLES = {"strong": ["strong"], "all": ["strong", "article"]}
 BATCH_SIZE = 128
-FOLD_SHUFFLE = 20261203  # the one shuffle that cross-validation (``folds``) cuts into parts
 HELDOUT = 5000  # the article keeps the last 5000 shuffled training sentences for its metric
 HEADLINE = {
     "metric": "test_f1",
@@ -268,19 +253,10 @@ def load_corpus(corpus):
     )
 
 
-def split(sentences, seed, heldout, latest=False, folds=0):
+def split(sentences, seed, heldout, latest=False):
     """Shuffle (seeded) and keep the last ``heldout`` sentences aside, as the article does. With
     ``latest``: the last ``heldout`` sentences of the file itself (PKU's is in date order, so its latest
-    days) are held out, and only the rest is shuffled. With ``folds``: cross-validation, ``heldout``
-    unused: one shuffle of the whole file, the same for every seed (``FOLD_SHUFFLE``), cut into
-    ``folds`` parts of sizes within one sentence; seed k holds out part k mod ``folds`` and trains on
-    the others, in that shuffle's order."""
-    if folds:
-        order = np.random.default_rng(FOLD_SHUFFLE).permutation(len(sentences))
-        cuts = [len(sentences) * i // folds for i in range(folds + 1)]
-        part = seed % folds
-        kept = np.concatenate([order[: cuts[part]], order[cuts[part + 1] :]])
-        return [sentences[i] for i in kept], [sentences[i] for i in order[cuts[part] : cuts[part + 1]]]
+    days) are held out, and only the rest is shuffled."""
     kept = len(sentences) - heldout
     rng = np.random.default_rng(seed)
     order = (
@@ -649,9 +625,7 @@ def train_seed(job, checkpoint):
     cfg, seed, args = job.config, job.seed, job.spec["args"]
     train_all, test, gold, training_words = job.spec["corpus_data"]
     variant = VARIANTS[cfg["variant"]]
-    train, heldout = split(
-        train_all, seed, cfg["heldout"], latest=variant.get("heldout_latest", False), folds=variant.get("folds", 0)
-    )
+    train, heldout = split(train_all, seed, cfg["heldout"], latest=variant.get("heldout_latest", False))
     vocab = build_vocab(train, min_count=cfg["min_count"], with_bigrams=variant["bigrams"])
     stopping = variant.get("early_stopping") or {}
     if heldout:  # early stopping watches the held-out F1
@@ -800,7 +774,7 @@ def jobs(args, corpus_data):
             "steps_per_epoch": steps,
             "batch_size": BATCH_SIZE,
             "optimizer": "adam",
-            "heldout": None if VARIANTS[variant].get("folds") else heldout,
+            "heldout": heldout,
             "min_count": 2,
             **cut,
         }
@@ -814,11 +788,7 @@ def jobs(args, corpus_data):
             f"{args.mode}: {epochs} x {steps} steps of {BATCH_SIZE} sentences"
             + (", length-bucketed" if config.get("bucket") else "")
             + (", padded to few lengths" if config.get("few_shapes") else "")
-            + (
-                f", fold <seed> of {VARIANTS[variant]['folds']} held out (cross-validation)"
-                if VARIANTS[variant].get("folds")
-                else f", {heldout} held out"
-            )
+            + f", {heldout} held out"
             + on_lines
         )
         out += [
@@ -830,12 +800,7 @@ def jobs(args, corpus_data):
                 protocol,
                 {**spec, "run": train_seed},
             )
-            # cross-validation's full protocol runs every fold, unless --seeds says otherwise
-            for seed in (
-                cli.seeds(args, VARIANTS[variant]["folds"])
-                if VARIANTS[variant].get("folds") and args.mode == "full"
-                else seeds
-            )
+            for seed in seeds
         ]
     for name in args.ensembles:
         models = [model for _, model in ensemble_models(args, name, seeds)]
@@ -955,7 +920,7 @@ def main(argv=None):
     train_all = data.icwb2(args.corpus, "train")  # the only part the checks need: before the others
     for variant in args.variant:
         heldout = heldout_size(args, variant)
-        if heldout >= len(train_all) and not VARIANTS[variant].get("folds"):
+        if heldout >= len(train_all):
             option = (
                 f"--heldout {heldout}" if args.heldout is not None else f"the {variant} variant's {heldout} held out"
             )

@@ -1914,47 +1914,6 @@ def test_a_latest_variant_holds_out_the_end_of_the_training_file(monkeypatch):
     assert train_job("fast_deep_latest").config["dilations"] == [1, 2, 4, 1]
 
 
-def test_cross_validation_holds_out_every_sentence_once_over_the_folds(monkeypatch):
-    """``folds``: seeds 0-4 hold out the five parts of one shuffle (the same whatever the seed or variant):
-    every sentence exactly once, parts within one sentence of each other, each seed training on all the
-    rest; seed 5 is fold 0 again. train_seed trains on that rest; the job names no held-out count."""
-    from crf import train
-
-    sentences = [[f"{i:02d}"] for i in range(43)]
-    parts = [train.split(sentences, seed, 1000, folds=5) for seed in range(5)]
-    held = [s for _, heldout in parts for s in heldout]
-    assert sorted(held) == sentences and {len(h) for _, h in parts} == {8, 9}
-    for fit, heldout in parts:
-        assert sorted(fit + heldout) == sentences
-    assert train.split(sentences, 5, 0, folds=5) == parts[0] and held != sentences  # shuffled, not in file order
-    assert train.split(sentences, 0, 5)[1] != parts[0][1]  # without folds: the article's split
-
-    seen, real_vocab = [], train.build_vocab
-    monkeypatch.setattr(
-        train, "build_vocab", lambda sentences, **kwargs: seen.append(sentences) or real_vocab(sentences, **kwargs)
-    )
-    for variant in ("fast_cv", "fast_deep_cv"):
-        job = train_job(variant, corpus_data=(sentences, [], [], set()))
-        train_seed_until_optimizer(monkeypatch, job)
-        assert job.config["heldout"] is None and job.config["epochs"] == 1 and job.config["folds"] == 5
-        assert "fold <seed> of 5 held out" in job.protocol
-    assert seen == [parts[0][0]] * 2
-    from utils import cli
-
-    def seeds(*argv):
-        args = cli.parse(train.parser(), ["--variant", "fast_cv", "fast", *argv])
-        return [(j.experiment, j.seed) for j in train.jobs(args, None) if not j.experiment.startswith("jieba")]
-
-    assert seeds() == [("fast_cv-pku", k) for k in range(5)] + [("fast-pku", k) for k in range(3)]
-    assert seeds("--seeds", "2") == [("fast_cv-pku", 0), ("fast_cv-pku", 1), ("fast-pku", 0), ("fast-pku", 1)]
-    assert seeds("--quick") == [("fast_cv-pku-quick", 0), ("fast-pku-quick", 0)]
-    assert train.VARIANTS["fast_deep_cv"]["dilations"] == [1, 2, 4, 1] and train.VARIANTS["fast_cv"]["dilations"] == [
-        1,
-        2,
-        1,
-    ]
-
-
 def test_the_summary_marks_numbers_a_run_does_not_make(capsys):
     """train.py's closing table: a held-out score of a refit (which holds nothing out) and jieba's
     training numbers are "-", not "diverged" (what utils.runs prints for NaN, stored as null)."""
@@ -2439,7 +2398,7 @@ def test_distillation_targets_and_their_batches(tmp_path):
 
 def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch, capsys):
     """``fast_deep_kd``'s seed is taught by the three members trained with its seed (its own split),
-    half and half with the gold paths; its refit by the three fast_deep_refit seeds whatever its own. A
+    half and half with the gold paths; fast_deep_kd1's refit by the three fast_deep_refit seeds whatever its own. A
     member m > 0 reseeds with seed + 1000 m (member 0 is fast_deep as it was). Teachers missing from
     --save stop the run before anything trains, naming them and the variants that make them."""
     from crf import train
@@ -2459,9 +2418,6 @@ def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch
     assert taught == fit
 
     args = types.SimpleNamespace(save=save, corpus="pku", mode="full")
-    assert [f.name for f in train.teacher_folders(args, "fast_deep_kd_refit", 7)] == [
-        f"fast_deep_refit-pku-seed{s}" for s in range(3)
-    ]
     assert [f.name for f in train.teacher_folders(args, "fast_deep_kd1_refit", 7)] == [
         f"fast_deep_refit-pku-seed{s}" for s in range(3)
     ]
