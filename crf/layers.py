@@ -1087,7 +1087,9 @@ class CRF(keras.layers.Layer):
         Targets that are not such a distribution at a real step (a negative entry, tags or pairs not
         summing to 1 within 1e-3, pairs whose sums over i or over j are not the two steps' tag
         probabilities) give NaN for their sequence; mass on a move or tag the constraints (or a -inf
-        emission) forbid gives +inf."""
+        emission) forbid gives +inf. Padding is found from ``y_pred``'s -inf rows (``crf(emissions,
+        mask=...)`` or a Keras mask marks them), also with ``ignore_last_label``, whose padding tag the
+        soft targets do not carry."""
         y_true = _numbers("CRF: soft targets", y_true)
         k = self.num_tags
         y_pred = _numbers("CRF: emissions", y_pred)
@@ -1113,7 +1115,7 @@ class CRF(keras.layers.Layer):
             | (inner & ops.any(off(ops.sum(pair, axis=3), before), axis=2))
             | (first & ops.any(pair != 0.0, axis=(2, 3)))
         )
-        valid = ops.logical_not(ops.any(wrong & mask, axis=1) | ops.any(ops.isnan(target), axis=(1, 2)))
+        valid = ops.logical_not(ops.any((wrong | ops.any(ops.isnan(target), axis=2)) & mask, axis=1))
         trans, start, end = self._scores()
         finite = lambda s: ops.where(ops.isfinite(s), s, 0.0)  # 0 x -inf would be NaN
         banned = lambda q, s: ops.where(ops.isfinite(s), 0.0, ops.cast(q > 0.0, "float32"))  # mass where forbidden

@@ -170,6 +170,23 @@ class Encoder:
         return [chars, pairs]
 
 
+def _padded_rows(name, emissions, lengths, dtype):
+    """``emissions`` (batch, T, K) as ``dtype`` and ``lengths`` (batch,) at most T as int64, or a
+    ValueError naming ``name`` and the shapes."""
+    emissions, lengths = np.asarray(emissions, dtype=dtype), np.asarray(lengths, dtype="int64")
+    if (
+        emissions.ndim != 3
+        or lengths.shape != emissions.shape[:1]
+        or np.any(lengths > emissions.shape[1])
+        or np.any(lengths < 0)
+    ):
+        raise ValueError(
+            f"{name}: emissions must be (batch, T, K) and lengths (batch,) from 0 to T, got "
+            f"{emissions.shape} and lengths {lengths.tolist()[:8]}"
+        )
+    return emissions, lengths
+
+
 def viterbi(emissions, lengths, transitions, start, end, as_array=False):
     """The best tag path of each row, in NumPy: ``emissions`` (batch, T, K) right-padded, ``lengths``
     (batch,) real steps per row, and the CRF's scores as ``CRF.decoding_scores`` gives them. Returns
@@ -181,13 +198,7 @@ def viterbi(emissions, lengths, transitions, start, end, as_array=False):
     step outside XLA costs about a hundred: on the PKU test text the in-graph decoding took as long
     as the convolutions.
     """
-    emissions = np.asarray(emissions, dtype="float32")
-    lengths = np.asarray(lengths, dtype="int64")
-    if emissions.ndim != 3 or lengths.shape != emissions.shape[:1] or np.any(lengths > emissions.shape[1]):
-        raise ValueError(
-            f"viterbi: emissions must be (batch, T, K) and lengths (batch,) at most T, got "
-            f"{emissions.shape} and lengths {lengths.tolist()[:8]}"
-        )
+    emissions, lengths = _padded_rows("viterbi", emissions, lengths, "float32")
     batch, steps, num = emissions.shape
     if steps == 0:
         return np.zeros((batch, 0), dtype="int32") if as_array else [[] for _ in lengths]
@@ -233,19 +244,18 @@ def path_marginals(emissions, lengths, transitions, start, end):
     for each pair (i, j), row-major (zeros at step 0 and on padding): the targets of
     ``CRF.soft_loss``. A row that no path can take (the rules or -inf emissions) raises ValueError.
     """
-    emissions = np.asarray(emissions, dtype="float64")
-    lengths = np.asarray(lengths, dtype="int64")
-    if emissions.ndim != 3 or lengths.shape != emissions.shape[:1] or np.any(lengths > emissions.shape[1]):
-        raise ValueError(
-            f"path_marginals: emissions must be (batch, T, K) and lengths (batch,) at most T, got "
-            f"{emissions.shape} and lengths {lengths.tolist()[:8]}"
-        )
+    emissions, lengths = _padded_rows("path_marginals", emissions, lengths, "float64")
     batch, steps, num = emissions.shape
     out = np.zeros((batch, steps, num + num * num))
     if steps == 0:
         return out
     trans = np.asarray(transitions, dtype="float64")[None]
     start, end = np.asarray(start, dtype="float64"), np.asarray(end, dtype="float64")
+    if trans.shape[1:] != (num, num) or start.shape != (num,) or end.shape != (num,):
+        raise ValueError(
+            f"path_marginals: transitions must be ({num}, {num}) and start and end ({num},) for {num} tags, "
+            f"got {trans.shape[1:]}, {start.shape} and {end.shape}"
+        )
     alphas = np.empty((batch, steps, num))
     alphas[:, 0] = start[None] + emissions[:, 0]
     for t in range(1, steps):  # past a row's end: carried, so the last step holds the last real one

@@ -885,6 +885,16 @@ def heldout_size(args, variant):
     return MODES[args.mode].get("heldout", VARIANTS[variant].get("heldout", HELDOUT))
 
 
+def made_here(args, variant, seed, seeds, before):
+    """Whether this run trains ``variant``'s ``seed`` before ``before``'s jobs: named earlier on the
+    command line, among the run's seeds, and without a finished record (which it would reuse instead,
+    leaving the model folder as it is), unless ``--force`` reruns it."""
+    named = args.variant[: args.variant.index(before)]
+    experiment = runs.experiment_name(f"{variant}-{args.corpus}", args.mode)
+    recorded = runs.result_path(args.out, ARTICLE, experiment, seed).is_file() and not getattr(args, "force", False)
+    return variant in named and seed in seeds and not recorded
+
+
 def main(argv=None):
     p = parser()
     args = cli.parse(p, argv)
@@ -904,18 +914,28 @@ def main(argv=None):
                 f"--ensembles {name} needs trained models that are not there: {', '.join(missing)}; "
                 f"add --variant {' '.join(absent)} to train them in this run (or pass --save where they are)"
             )
-    for variant in args.variant:  # teachers that this run does not train must be there already
-        needed = [
-            (name, folder)
-            for seed in seeds
-            for (name, _), folder in zip(VARIANTS[variant].get("teachers") or [], teacher_folders(args, variant, seed))
-            if name not in args.variant and not (folder / "tagger.keras").is_file()
-        ]
+    for variant in args.variant:  # every teacher must be there already, or be trained earlier in this run
+        teachers = VARIANTS[variant].get("teachers") or []
+        if any(fixed is not None for _, fixed in teachers) and args.mode != "full":
+            p.error(
+                f"--variant {variant} is taught by models of fixed seeds trained on every sentence, which "
+                f"only the full protocol makes; drop --{args.mode} for it"
+            )
+        needed = sorted(
+            {
+                (name, str(folder))
+                for seed in seeds
+                for (name, fixed), folder in zip(teachers, teacher_folders(args, variant, seed))
+                if not (folder / "tagger.keras").is_file()
+                and not made_here(args, name, seed if fixed is None else fixed, seeds, before=variant)
+            }
+        )
         if needed:
             p.error(
-                f"--variant {variant} is taught by models that are not there: "
-                f"{', '.join(sorted({str(f) for _, f in needed}))}; add --variant "
-                f"{' '.join(sorted({n for n, _ in needed}))} to train them in this run (or pass --save where they are)"
+                f"--variant {variant} is taught by models that are not there: {', '.join(f for _, f in needed)}; "
+                f"train them first, with the same mode and --save (add --variant "
+                f"{' '.join(sorted({n for n, _ in needed}))} before {variant}, with their seeds), or pass --save "
+                "where they are"
             )
     train_all = data.icwb2(args.corpus, "train")  # the only part the checks need: before the others
     for variant in args.variant:

@@ -313,7 +313,8 @@ def test_training_on_soft_targets_matches_the_teachers_tag_and_pair_probabilitie
 @pytest.mark.layers
 def test_soft_loss_flags_targets_that_are_not_a_distribution():
     """Targets whose tags or pairs do not sum to 1, disagree with each other (pairs a step late), hold a
-    negative or NaN entry, or weigh a pair at a sequence's first step give NaN for their row only; mass
+    negative or NaN entry, or weigh a pair at a sequence's first step give NaN for their row only (what
+    padding steps hold is not read); mass
     on a forbidden move gives +inf (as loss does for a forbidden path); a wrong last axis raises."""
     k = 4
     crf, emissions, mask, students = case(k, True, "bmes", "right")
@@ -342,6 +343,7 @@ def test_soft_loss_flags_targets_that_are_not_a_distribution():
     ):
         out = spoilt(change)
         assert np.isnan(out[0]) and np.array_equal(out[1:], good[1:]), out
+    assert np.array_equal(spoilt(put((1, 4, slice(None)), np.nan)), good)  # row 1's step 4 is padding: unread
     forbidden = [0, 2, 3, 0, 0]  # s m: m only after b or m
     hot = target.copy()
     hot[0] = 0
@@ -366,6 +368,10 @@ def test_path_marginals_match_every_path(k, boundary, scheme, padding):
     np.testing.assert_allclose(got, np.stack([indicators(o, mask.shape[1]) for o in oracles]), atol=1e-9)
     with pytest.raises(ValueError, match="lengths"):
         segment.path_marginals(emissions, [9] * len(emissions), *scores)
+    with pytest.raises(ValueError, match="from 0 to T"):
+        segment.path_marginals(emissions, [-1] * len(emissions), *scores)
+    with pytest.raises(ValueError, match=rf"transitions must be \({k}, {k}\)"):
+        segment.path_marginals(emissions, mask.sum(axis=1), scores[0][:1], *scores[1:])
     blocked = emissions.copy()
     blocked[0, 2] = -np.inf  # no tag possible at step 2 of row 0
     with pytest.raises(ValueError, match=r"rows \[0\] have no possible tag path"):
@@ -2436,8 +2442,30 @@ def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch
         )
         assert seeds == expected
 
-    with pytest.raises(SystemExit):
-        train.main(["--variant", "fast_deep_kd", "--smoke", "--save", str(tmp_path / "none"), "--out", str(tmp_path)])
-    err = capsys.readouterr().err
+    def refused(*argv):
+        with pytest.raises(SystemExit):
+            train.main([*argv, "--smoke", "--save", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
+        return capsys.readouterr().err
+
+    err = refused("--variant", "fast_deep_kd")
     assert "--variant fast_deep_kd is taught by models that are not there" in err
     assert "fast_deep_m0-pku-smoke-seed0" in err and "add --variant fast_deep_m0 fast_deep_m1 fast_deep_m2" in err
+    # named after the student, its teachers would be trained too late
+    assert "taught by models that are not there" in refused(
+        "--variant", "fast_deep_kd", "fast_deep_m0", "fast_deep_m1", "fast_deep_m2"
+    )
+    # a teacher seed with a record is reused, not trained: its model folder must be there
+    record = tmp_path / "out" / "crf" / "fast_deep_m1-pku-smoke" / "seed0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    err = refused("--variant", "fast_deep_m0", "fast_deep_m1", "fast_deep_m2", "fast_deep_kd")
+    assert "fast_deep_m1-pku-smoke-seed0" in err and "fast_deep_m0-pku" not in err
+    # fixed-seed teachers trained on every sentence exist only in the full protocol
+    assert "only the full protocol makes; drop --smoke" in refused(
+        "--variant", "fast_deep_refit", "fast_deep_kd1_refit"
+    )
+    args = types.SimpleNamespace(
+        variant=["fast_deep_m0", "fast_deep_kd"], out=tmp_path / "out", corpus="pku", mode="smoke"
+    )
+    assert train.made_here(args, "fast_deep_m0", 0, [0], before="fast_deep_kd")
+    assert not train.made_here(args, "fast_deep_m0", 1, [0], before="fast_deep_kd")  # not among the run's seeds
