@@ -91,6 +91,7 @@ ARTICLES = {
             "--ensembles",
             "strong",
             "all",
+            "fast_deep_m",
         ],
         "quick_s": 100,
     },

@@ -208,7 +208,13 @@ PACKED = {"article", "bmes"}
 FEW_SHAPES = keras.backend.backend() == "jax"
 ROW_STEP = 8
 # Ensembles of trained seeds (crf/segment.py: Ensemble), scored on the test set after the variants.
-ENSEMBLES = {"strong": ["strong"], "all": ["strong", "article"]}
+ENSEMBLES = {
+    "strong": ["strong"],
+    "all": ["strong", "article"],
+    "fast_deep_m": ["fast_deep_m0", "fast_deep_m1", "fast_deep_m2"],
+}
+# Ensembles scored once per seed, of that seed's models only (the distillation teachers of each split).
+PER_SEED = {"fast_deep_m"}
 BATCH_SIZE = 128
 HELDOUT = 5000  # the article keeps the last 5000 shuffled training sentences for its metric
 HEADLINE = {
@@ -803,21 +809,24 @@ def jobs(args, corpus_data):
             for seed in seeds
         ]
     for name in args.ensembles:
-        models = [model for _, model in ensemble_models(args, name, seeds)]
-        label = (
-            f"{HEADLINE['label']}; {len(models)} trained models as one ensemble (ensembles were compared "
-            "on this test set, see crf/README.md)"
-        )
-        out.append(
-            runs.Job(
-                runs.experiment_name(f"ensemble-{name}-{corpus}", args.mode),
-                0,
-                {"mode": "evaluation", "corpus": corpus, "models": models},
-                {**HEADLINE, "label": label},
-                f"ensemble of {len(models)} trained seeds",
-                {**spec, "run": score_ensemble},
+        for group in [[seed] for seed in seeds] if name in PER_SEED else [seeds]:
+            models = [model for _, model in ensemble_models(args, name, group)]
+            label = (
+                f"{HEADLINE['label']}; {len(models)} trained models as one ensemble (ensembles were compared "
+                "on this test set, see crf/README.md)"
             )
-        )
+            out.append(
+                runs.Job(
+                    runs.experiment_name(f"ensemble-{name}-{corpus}", args.mode),
+                    group[0] if name in PER_SEED else 0,
+                    {"mode": "evaluation", "corpus": corpus, "models": models},
+                    {**HEADLINE, "label": label},
+                    f"ensemble of the {len(models)} models of seed {group[0]}"
+                    if name in PER_SEED
+                    else f"ensemble of {len(models)} trained seeds",
+                    {**spec, "run": score_ensemble},
+                )
+            )
     return out
 
 
@@ -859,7 +868,7 @@ def parser():
         nargs="+",
         default=[],
         help="after training, score these ensembles of the trained seeds: strong (the strong seeds), "
-        "all (strong and article seeds)",
+        "all (strong and article seeds), fast_deep_m (each seed's three fast_deep_m members, one ensemble a seed)",
     )
     p.add_argument("--corpus", choices=["pku", "msr"], default="pku", help="bakeoff corpus (default pku)")
     p.add_argument(

@@ -2464,6 +2464,19 @@ def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch
     assert "only the full protocol makes; drop --smoke" in refused(
         "--variant", "fast_deep_refit", "fast_deep_kd1_refit"
     )
+    # the teachers' ensembles: one a seed, of that seed's three members
+    from utils import cli
+
+    argv = ["--variant", "fast_deep_m0", "--ensembles", "fast_deep_m", "strong"]
+    ensembles = [
+        (j.experiment, j.seed, j.config["models"])
+        for j in train.jobs(cli.parse(train.parser(), argv), None)
+        if j.experiment.startswith("ensemble")
+    ]
+    assert ensembles[:3] == [
+        ("ensemble-fast_deep_m-pku", s, [f"fast_deep_m{m}-pku-seed{s}" for m in range(3)]) for s in range(3)
+    ]
+    assert ensembles[3] == ("ensemble-strong-pku", 0, [f"strong-pku-seed{s}" for s in range(3)])
     args = types.SimpleNamespace(
         variant=["fast_deep_m0", "fast_deep_kd"], out=tmp_path / "out", corpus="pku", mode="smoke"
     )
