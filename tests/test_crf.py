@@ -274,6 +274,44 @@ def test_soft_loss_gradient_is_the_students_tag_probabilities_less_the_targets(p
 
 
 @pytest.mark.layers
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_soft_loss_gradients_for_the_crf_weights_match_finite_differences_of_the_oracle(padding):
+    """d soft_loss / d transitions, start and end scores (autodiff) equal central differences of the
+    cross-entropy summed over every path in float64, with BIO rules."""
+    k, scheme = 3, "bio"
+    constraints = allowed_transitions("bio", ["O", "B-X", "I-X"])
+    crf, emissions, mask, _ = case(k, True, scheme, padding, seed=4)
+    _, _, _, teachers = case(k, True, scheme, padding, seed=8)
+    target = np.stack([indicators(t, mask.shape[1]) for t in teachers])
+    trans, start, end = weights(crf)
+    e64 = emissions.astype(np.float64)
+
+    def oracle(tr=trans, st=start, en=end):
+        total = 0.0
+        for b, t in enumerate(teachers):
+            if len(t.positions):
+                s = Oracle(e64[b], t.positions, tr, st, en, **constraints)
+                total -= np.sum(np.exp(t.scores - t.log_z) * (s.scores - s.log_z))
+        return total
+
+    scores = crf(emissions, mask=mask)
+    for variable, fd in (
+        (crf.transitions, central_differences(lambda x: oracle(tr=x), trans)),
+        (crf.start_transitions, central_differences(lambda x: oracle(st=x), start)),
+        (crf.end_transitions, central_differences(lambda x: oracle(en=x), end)),
+    ):
+
+        def loss_of(value, variable=variable):
+            with keras.StatelessScope(state_mapping=[(variable, value)]):
+                return crf.soft_loss(target.astype("float32"), scores)
+
+        got = grad(loss_of, np_(variable))
+        allowed = np.isfinite(fd)
+        np.testing.assert_allclose(got[allowed], fd[allowed], atol=TOL)
+        assert np.any(np.abs(fd[allowed]) > 1e-2)  # the weights matter: the check can fail
+
+
+@pytest.mark.layers
 @pytest.mark.parametrize("learn_transitions", [True, False])
 def test_training_on_soft_targets_matches_the_teachers_tag_and_pair_probabilities(learn_transitions):
     """A student CRF with free emissions at every step (an embedding of the step) and its own scores,
