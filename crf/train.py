@@ -387,10 +387,15 @@ def path_indicators(tags, num_tags=4):
     return out
 
 
+def model_name(args, variant, seed):
+    """The folder (in ``--save``) where ``train_seed`` saves ``variant``'s ``seed`` in this mode and corpus."""
+    return f"{runs.experiment_name(f'{variant}-{args.corpus}', args.mode)}-seed{seed}"
+
+
 def teacher_folders(args, variant, seed):
     """The model folders of ``variant``'s teachers for ``seed`` (in ``--save``)."""
     return [
-        args.save / f"{runs.experiment_name(f'{name}-{args.corpus}', args.mode)}-seed{seed if fixed is None else fixed}"
+        args.save / model_name(args, name, seed if fixed is None else fixed)
         for name, fixed in VARIANTS[variant].get("teachers") or []
     ]
 
@@ -739,9 +744,7 @@ def score_ensemble(job, checkpoint):
 
 def ensemble_models(args, name, seeds):
     """(variant, model folder name) of each member of the ensemble ``name``."""
-    return [
-        (v, f"{runs.experiment_name(f'{v}-{args.corpus}', args.mode)}-seed{s}") for v in ENSEMBLES[name] for s in seeds
-    ]
+    return [(v, model_name(args, v, s)) for v in ENSEMBLES[name] for s in seeds]
 
 
 def jobs(args, corpus_data):
@@ -900,7 +903,7 @@ def made_here(args, variant, seed, seeds, before):
     leaving the model folder as it is), unless ``--force`` reruns it."""
     named = args.variant[: args.variant.index(before)]
     experiment = runs.experiment_name(f"{variant}-{args.corpus}", args.mode)
-    recorded = runs.result_path(args.out, ARTICLE, experiment, seed).is_file() and not getattr(args, "force", False)
+    recorded = runs.result_path(args.out, ARTICLE, experiment, seed).is_file() and not args.force
     return variant in named and seed in seeds and not recorded
 
 

@@ -2516,7 +2516,7 @@ def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch
     ]
     assert ensembles[3] == ("ensemble-strong-pku", 0, [f"strong-pku-seed{s}" for s in range(3)])
     args = types.SimpleNamespace(
-        variant=["fast_deep_m0", "fast_deep_kd"], out=tmp_path / "out", corpus="pku", mode="smoke"
+        variant=["fast_deep_m0", "fast_deep_kd"], out=tmp_path / "out", corpus="pku", mode="smoke", force=False
     )
     assert train.made_here(args, "fast_deep_m0", 0, [0], before="fast_deep_kd")
     assert not train.made_here(args, "fast_deep_m0", 1, [0], before="fast_deep_kd")  # not among the run's seeds
