@@ -2448,6 +2448,59 @@ def test_distillation_targets_and_their_batches(tmp_path):
         train.soft_targets([tmp_path / "teacher"], texts, build_vocab(texts[:2] * 2, with_bigrams=True), 0.5)
 
 
+def test_out_of_fold_teachers_label_only_the_sentences_they_did_not_see(tmp_path, monkeypatch):
+    """``out_of_fold`` keeps the sentences outside a fold (index not f mod n); a fold's teacher
+    (``fast_deep_f{f}``) trains on those alone; with ``folds``, ``soft_targets`` labels each sentence
+    by the teacher of its fold only (mixed with the gold path), checks each teacher's vocabulary
+    against the sentences outside its fold, and refuses teachers in the wrong order or of the wrong
+    number. The student ``fast_deep_oof`` asks for its three fold teachers of its own seed."""
+    from crf import train
+
+    assert train.out_of_fold(list(range(10)), 1, 3) == [0, 2, 3, 5, 6, 8, 9]
+    assert train.out_of_fold(list(range(4)), 0, 1) == []
+    # the first sentence's characters only in fold 0 (twice, so min_count keeps them): its teacher lacks them
+    sentences = [["天天", "向上"]] + [
+        ["中国", "人民"],
+        ["我", "爱", "北京"],
+        ["新", "世纪", "的", "中国"],
+        ["上海", "的", "人"],
+    ] * 6
+    vocab = build_vocab(sentences, with_bigrams=True)
+    assert "天" in vocab["chars"] and "天" not in build_vocab(train.out_of_fold(sentences, 0, 3))["chars"]
+    folders = []
+    for fold in range(3):
+        seen = build_vocab(train.out_of_fold(sentences, fold, 3), with_bigrams=True)
+        teacher = Segmenter(train.build_model(seen, "fast_deep")[2], seen)
+        random_weights(teacher.tagger, scale=0.05, seed=fold)  # three different teachers
+        teacher.save(tmp_path / f"teacher{fold}")
+        folders.append(tmp_path / f"teacher{fold}")
+    got = train.soft_targets(folders, sentences, vocab, 0.5, folds=3, min_count=2)
+    texts = ["".join(words) for words in sentences]
+    own = [Segmenter.load(folder).path_marginals(texts) for folder in folders]
+    for i, (mixed, words) in enumerate(zip(got, sentences)):
+        gold = train.path_indicators(word_tags(words))
+        np.testing.assert_allclose(mixed, 0.5 * own[i % 3][i] + 0.5 * gold, atol=1e-6)
+        # the control: another fold's teacher would have given another target
+        assert np.abs(mixed - (0.5 * own[(i + 1) % 3][i] + 0.5 * gold)).max() > 1e-3
+    with pytest.raises(SystemExit, match="outside fold 0 of 3"):
+        train.soft_targets(folders[::-1], sentences, vocab, 0.5, folds=3, min_count=2)
+    with pytest.raises(SystemExit, match="3 folds, 2 teachers"):
+        train.soft_targets(folders[:2], sentences, vocab, 0.5, folds=3, min_count=2)
+
+    spied = []
+    real_vocab = train.build_vocab
+    monkeypatch.setattr(train, "build_vocab", lambda s, **kw: spied.append(s) or real_vocab(s, **kw))
+    job = train_job("fast_deep_f1", "--heldout", "3", corpus_data=(sentences, [], [], set()))
+    train_seed_until_optimizer(monkeypatch, job)
+    assert spied[0] == train.out_of_fold(train.split(sentences, 0, 3)[0], 1, 3)
+    student = train_job("fast_deep_oof").config
+    assert (student["out_of_fold"], student["soft"], job.config["fold"], job.config["epochs"]) == (3, 0.5, [1, 3], 1)
+    args = types.SimpleNamespace(save=tmp_path, corpus="pku", mode="full")
+    assert [f.name for f in train.teacher_folders(args, "fast_deep_oof", 7)] == [
+        f"fast_deep_f{f}-pku-seed7" for f in range(3)
+    ]
+
+
 def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch, capsys):
     """``fast_deep_kd``'s seed is taught by the three members trained with its seed (its own split),
     half and half with the gold paths; fast_deep_kd1's refit by the three fast_deep_refit seeds whatever its own. A
@@ -2463,7 +2516,7 @@ def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch
     for member in range(3):
         Segmenter(train.build_model(vocab, "fast_deep")[2], vocab).save(save / f"fast_deep_m{member}-pku-seed0")
     calls, real = [], train.soft_targets
-    monkeypatch.setattr(train, "soft_targets", lambda *args: calls.append(args) or real(*args))
+    monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append(args) or real(*args, **kw))
     train_seed_until_optimizer(monkeypatch, job)
     folders, taught, _, weight = calls[0]
     assert [f.name for f in folders] == [f"fast_deep_m{m}-pku-seed0" for m in range(3)] and weight == 0.5
