@@ -23,8 +23,8 @@
    (``Segmenter.cut_lines``), the peers line by line through their own Python API, as they run by
    default (one thread; TensorFlow runs ours on every core).
    The record goes to ``runs/results/crf/segmenters/segmenters.json`` (``--reference``: to
-   ``results/``, the reference crf/README.md shows; ``--out``: elsewhere), written atomically, and the
-   table crf/README.md shows is printed.
+   ``results/``, the reference crf/README.md and crf/NOTES.md show; ``--out``: elsewhere), written atomically, and the
+   table those files show is printed.
 """
 
 import argparse
@@ -876,7 +876,9 @@ def parser():
         help="the record: a .json file, or a records folder (then <out>/crf/segmenters/segmenters.json; default "
         "runs/results/)",
     )
-    p.add_argument("--reference", action="store_true", help="write the record into results/ (what crf/README.md shows)")
+    p.add_argument(
+        "--reference", action="store_true", help="write the record into results/ (what crf/README.md and NOTES.md show)"
+    )
     return p
 
 
