@@ -2452,28 +2452,31 @@ def test_out_of_fold_teachers_label_only_the_sentences_they_did_not_see(tmp_path
     """``out_of_fold`` keeps the sentences outside a fold (index not f mod n); a fold's teacher
     (``fast_deep_f{f}``) trains on those alone; with ``folds``, ``soft_targets`` labels each sentence
     by the teacher of its fold only (mixed with the gold path), checks each teacher's vocabulary
-    against the sentences outside its fold, and refuses teachers in the wrong order or of the wrong
-    number. The student ``fast_deep_oof`` asks for its three fold teachers of its own seed."""
+    (with ``min_count``) against the sentences outside its fold, and refuses teachers in any wrong
+    order or of the wrong number. The student ``fast_deep_oof`` passes its folds and min_count on and
+    asks for its three fold teachers of its own seed."""
     from crf import train
 
     assert train.out_of_fold(list(range(10)), 1, 3) == [0, 2, 3, 5, 6, 8, 9]
     assert train.out_of_fold(list(range(4)), 0, 1) == []
-    # the first sentence's characters only in fold 0 (twice, so min_count keeps them): its teacher lacks them
-    sentences = [["天天", "向上"]] + [
-        ["中国", "人民"],
-        ["我", "爱", "北京"],
-        ["新", "世纪", "的", "中国"],
-        ["上海", "的", "人"],
-    ] * 6
+    # 天 only in fold 0 and 地 only in fold 1 (twice each, so min_count 2 keeps them): the three
+    # teachers' vocabularies all differ, so every wrong order is caught
+    base = [["中国", "人民"], ["我", "爱", "北京"], ["新", "世纪", "的", "中国"], ["上海", "的", "人"]]
+    sentences = [["天天", "向上"], ["地地", "道"]] + base * 6
     vocab = build_vocab(sentences, with_bigrams=True)
-    assert "天" in vocab["chars"] and "天" not in build_vocab(train.out_of_fold(sentences, 0, 3))["chars"]
-    folders = []
-    for fold in range(3):
-        seen = build_vocab(train.out_of_fold(sentences, fold, 3), with_bigrams=True)
-        teacher = Segmenter(train.build_model(seen, "fast_deep")[2], seen)
-        random_weights(teacher.tagger, scale=0.05, seed=fold)  # three different teachers
-        teacher.save(tmp_path / f"teacher{fold}")
-        folders.append(tmp_path / f"teacher{fold}")
+
+    def teachers(min_count, name):
+        folders = []
+        for fold in range(3):
+            seen = build_vocab(train.out_of_fold(sentences, fold, 3), min_count=min_count, with_bigrams=True)
+            teacher = Segmenter(train.build_model(seen, "fast_deep")[2], seen)
+            random_weights(teacher.tagger, scale=0.05, seed=fold)  # three different teachers
+            teacher.save(tmp_path / f"{name}{fold}")
+            folders.append(tmp_path / f"{name}{fold}")
+        return folders
+
+    folders = teachers(2, "teacher")
+    assert len({frozenset(Segmenter.load(f).vocab["chars"]) for f in folders}) == 3
     got = train.soft_targets(folders, sentences, vocab, 0.5, folds=3, min_count=2)
     texts = ["".join(words) for words in sentences]
     own = [Segmenter.load(folder).path_marginals(texts) for folder in folders]
@@ -2482,19 +2485,41 @@ def test_out_of_fold_teachers_label_only_the_sentences_they_did_not_see(tmp_path
         np.testing.assert_allclose(mixed, 0.5 * own[i % 3][i] + 0.5 * gold, atol=1e-6)
         # the control: another fold's teacher would have given another target
         assert np.abs(mixed - (0.5 * own[(i + 1) % 3][i] + 0.5 * gold)).max() > 1e-3
-    with pytest.raises(SystemExit, match="outside fold 0 of 3"):
-        train.soft_targets(folders[::-1], sentences, vocab, 0.5, folds=3, min_count=2)
+    for order in ([0, 2, 1], [1, 0, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]):
+        with pytest.raises(SystemExit, match="outside fold . of 3"):
+            train.soft_targets([folders[f] for f in order], sentences, vocab, 0.5, folds=3, min_count=2)
     with pytest.raises(SystemExit, match="3 folds, 2 teachers"):
         train.soft_targets(folders[:2], sentences, vocab, 0.5, folds=3, min_count=2)
+    # teachers that kept units seen 3 times or more: accepted with min_count 3, refused with 2
+    strict = teachers(3, "strict")
+    train.soft_targets(
+        strict, sentences, build_vocab(sentences, min_count=3, with_bigrams=True), 0.5, folds=3, min_count=3
+    )
+    with pytest.raises(SystemExit, match="outside fold 0 of 3"):
+        train.soft_targets(strict, sentences, vocab, 0.5, folds=3, min_count=2)
 
+    # a teacher trains on the other folds of its seed's training sentences
     spied = []
     real_vocab = train.build_vocab
     monkeypatch.setattr(train, "build_vocab", lambda s, **kw: spied.append(s) or real_vocab(s, **kw))
     job = train_job("fast_deep_f1", "--heldout", "3", corpus_data=(sentences, [], [], set()))
     train_seed_until_optimizer(monkeypatch, job)
-    assert spied[0] == train.out_of_fold(train.split(sentences, 0, 3)[0], 1, 3)
-    student = train_job("fast_deep_oof").config
-    assert (student["out_of_fold"], student["soft"], job.config["fold"], job.config["epochs"]) == (3, 0.5, [1, 3], 1)
+    fit = train.split(sentences, 0, 3)[0]
+    assert spied[0] == train.out_of_fold(fit, 1, 3)
+    assert (job.config["fold"], job.config["epochs"]) == ([1, 3], 1)
+
+    # the student: its fold teachers of its own seed, with its folds and min_count
+    save = tmp_path / "models"
+    for fold in range(3):
+        seen = real_vocab(train.out_of_fold(fit, fold, 3), min_count=2, with_bigrams=True)
+        Segmenter(train.build_model(seen, "fast_deep")[2], seen).save(save / f"fast_deep_f{fold}-pku-seed0")
+    calls, real = [], train.soft_targets
+    monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append((args, kw)) or real(*args, **kw))
+    student = train_job("fast_deep_oof", "--heldout", "3", "--save", str(save), corpus_data=(sentences, [], [], set()))
+    train_seed_until_optimizer(monkeypatch, student)
+    (folders_used, taught, _, weight), kw = calls[0]
+    assert [f.name for f in folders_used] == [f"fast_deep_f{f}-pku-seed0" for f in range(3)]
+    assert taught == fit and weight == 0.5 and kw == {"folds": 3, "min_count": student.config["min_count"]}
     args = types.SimpleNamespace(save=tmp_path, corpus="pku", mode="full")
     assert [f.name for f in train.teacher_folders(args, "fast_deep_oof", 7)] == [
         f"fast_deep_f{f}-pku-seed7" for f in range(3)
