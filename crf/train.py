@@ -438,22 +438,17 @@ def soft_targets(folders, sentences, vocab, weight, folds=None, min_count=2):
     teachers = []
     for f, folder in enumerate(folders):
         teacher = Segmenter.load(folder)
-        seen = (
-            build_vocab(out_of_fold(sentences, f, folds), min_count=min_count, with_bigrams=bool(vocab.get("bigrams")))
-            if folds
-            else vocab
-        )
+        seen, whose = vocab, "this seed's training sentences"
+        if folds:
+            others = out_of_fold(sentences, f, folds)
+            seen = build_vocab(others, min_count=min_count, with_bigrams=bool(vocab.get("bigrams")))
+            whose += f" outside fold {f} of {folds}"
         for table in ("chars", "bigrams"):
             if set(teacher.vocab.get(table) or ()) != set(seen.get(table) or ()):
                 raise SystemExit(
-                    f"{folder}: its vocabulary's {table} are not those of "
-                    + (
-                        f"this seed's training sentences outside fold {f} of {folds}"
-                        if folds
-                        else "this seed's training sentences"
-                    )
-                    + ", so it was trained on other sentences (another seed, fold or held-out size); train the "
-                    "teachers with the student's seeds and mode (crf/train.py --variant <teachers> <student>)"
+                    f"{folder}: its vocabulary's {table} are not those of {whose}, so it was trained on other "
+                    "sentences (another seed, fold or held-out size); train the teachers with the student's seeds "
+                    "and mode (crf/train.py --variant <teachers> <student>)"
                 )
         teachers.append(teacher)
     texts = ["".join(words) for words in sentences]
@@ -863,7 +858,8 @@ def jobs(args, corpus_data):
             for seed in seeds
         ]
     for name in args.ensembles:
-        for group in [[seed] for seed in seeds] if name in PER_SEED else [seeds]:
+        per_seed = name in PER_SEED
+        for group in [[seed] for seed in seeds] if per_seed else [seeds]:
             models = [model for _, model in ensemble_models(args, name, group)]
             label = (
                 f"{HEADLINE['label']}; {len(models)} trained models as one ensemble (ensembles were compared "
@@ -872,11 +868,11 @@ def jobs(args, corpus_data):
             out.append(
                 runs.Job(
                     runs.experiment_name(f"ensemble-{name}-{corpus}", args.mode),
-                    group[0] if name in PER_SEED else 0,
+                    group[0] if per_seed else 0,
                     {"mode": "evaluation", "corpus": corpus, "models": models},
                     {**HEADLINE, "label": label},
                     f"ensemble of the {len(models)} models of seed {group[0]}"
-                    if name in PER_SEED
+                    if per_seed
                     else f"ensemble of {len(models)} trained seeds",
                     {**spec, "run": score_ensemble},
                 )

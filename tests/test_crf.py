@@ -2414,6 +2414,18 @@ def test_claim_holds_on_the_reference_and_fails_when_reversed():
     assert train.CLAIM.verdict(worse, "full") == report.NOT_REPRODUCED
 
 
+def save_teacher(folder, vocab, seed=None):
+    """A ``fast_deep`` segmenter over ``vocab`` saved in ``folder`` (a teacher for ``soft_targets``), its
+    weights as built or, with ``seed``, small random ones drawn from it."""
+    from crf import train
+
+    teacher = Segmenter(train.build_model(vocab, "fast_deep")[2], vocab)
+    if seed is not None:
+        random_weights(teacher.tagger, scale=0.05, seed=seed)
+    teacher.save(folder)
+    return teacher
+
+
 def test_distillation_targets_and_their_batches(tmp_path):
     """``path_indicators`` puts a path in CRF.soft_loss's layout; ``batches(targets=)`` yields each
     sentence's target in its row (the same rows as the tags, in corpus order and bucketed), zeros on
@@ -2436,9 +2448,7 @@ def test_distillation_targets_and_their_batches(tmp_path):
             real = x[0] != 0
             assert np.array_equal(y[..., :4].argmax(-1)[real], tags[real]) and not y[~real].any()
 
-    teacher = Segmenter(train.build_model(vocab, "fast_deep")[2], vocab)
-    random_weights(teacher.tagger, scale=0.05)
-    teacher.save(tmp_path / "teacher")
+    teacher = save_teacher(tmp_path / "teacher", vocab, seed=0)
     texts = sentences[:3]
     got = train.soft_targets([tmp_path / "teacher"] * 2, texts, vocab, 0.25)  # two copies: their mean is one
     own = teacher.path_marginals(["".join(words) for words in texts])
@@ -2469,9 +2479,7 @@ def test_out_of_fold_teachers_label_only_the_sentences_they_did_not_see(tmp_path
         folders = []
         for fold in range(3):
             seen = build_vocab(train.out_of_fold(sentences, fold, 3), min_count=min_count, with_bigrams=True)
-            teacher = Segmenter(train.build_model(seen, "fast_deep")[2], seen)
-            random_weights(teacher.tagger, scale=0.05, seed=fold)  # three different teachers
-            teacher.save(tmp_path / f"{name}{fold}")
+            save_teacher(tmp_path / f"{name}{fold}", seen, seed=fold)  # three different teachers
             folders.append(tmp_path / f"{name}{fold}")
         return folders
 
@@ -2512,7 +2520,7 @@ def test_out_of_fold_teachers_label_only_the_sentences_they_did_not_see(tmp_path
     save = tmp_path / "models"
     for fold in range(3):
         seen = real_vocab(train.out_of_fold(fit, fold, 3), min_count=2, with_bigrams=True)
-        Segmenter(train.build_model(seen, "fast_deep")[2], seen).save(save / f"fast_deep_f{fold}-pku-seed0")
+        save_teacher(save / f"fast_deep_f{fold}-pku-seed0", seen)
     calls, real = [], train.soft_targets
     monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append((args, kw)) or real(*args, **kw))
     student = train_job("fast_deep_oof", "--heldout", "3", "--save", str(save), corpus_data=(sentences, [], [], set()))
@@ -2539,7 +2547,7 @@ def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch
     fit, _ = train.split(sentences, 0, 5)
     vocab = build_vocab(fit, min_count=2, with_bigrams=True)
     for member in range(3):
-        Segmenter(train.build_model(vocab, "fast_deep")[2], vocab).save(save / f"fast_deep_m{member}-pku-seed0")
+        save_teacher(save / f"fast_deep_m{member}-pku-seed0", vocab)
     calls, real = [], train.soft_targets
     monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append(args) or real(*args, **kw))
     train_seed_until_optimizer(monkeypatch, job)
