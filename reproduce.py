@@ -92,6 +92,8 @@ ARTICLES = {
             "fast_deep_f1",
             "fast_deep_f2",
             "fast_deep_oof",
+            "fast_deep_swap",
+            "fast_deep_kd1_swap",
             "--ensembles",
             "strong",
             "all",

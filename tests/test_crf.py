@@ -2534,6 +2534,97 @@ def test_out_of_fold_teachers_label_only_the_sentences_they_did_not_see(tmp_path
     ]
 
 
+def test_swapped_copies_replace_words_at_their_rate_by_words_drawn_over_the_kinds(tmp_path):
+    """``swap_words`` keeps each sentence's length in words and replaces each word with probability
+    ``rate`` (binomial bounds) by a word drawn uniformly over the distinct words, not by how often they
+    occur (the control: a draw by frequency fails the same check); rate 0 copies, rate 1 replaces every
+    word; the same seed gives the same copy, another seed another; a rate outside [0, 1] is refused."""
+    from crf import train
+
+    # one word makes up nearly all of the text; 40 others appear once each
+    sentences = [["的"] * 9 + [f"词{i}"] for i in range(40)] * 25
+    kinds = sorted({w for words in sentences for w in words})
+    copies = train.swap_words(sentences, 0.3, seed=5)
+    assert [len(c) for c in copies] == [len(s) for s in sentences]
+    changed = sum(a != b for c, s in zip(copies, sentences) for a, b in zip(c, s))
+    words = sum(map(len, sentences))
+    # a swap may draw the word it replaces: 1/41 of them do
+    expected = 0.3 * words * (1 - 1 / len(kinds))
+    assert abs(changed - expected) < 4 * np.sqrt(words * 0.3 * 0.7)
+
+    def uniform_over_kinds(drawn):
+        counts = np.array([drawn.count(k) for k in kinds])
+        chi2 = ((counts - len(drawn) / len(kinds)) ** 2 / (len(drawn) / len(kinds))).sum()
+        return chi2 < len(kinds) + 5 * np.sqrt(2 * len(kinds))  # mean k - 1, sd sqrt(2 (k - 1))
+
+    drawn = [w for c, s in zip(train.swap_words(sentences, 1.0, seed=1), sentences) for w in c]
+    assert uniform_over_kinds(drawn)
+    rng = np.random.default_rng(0)
+    tokens = [w for s in sentences for w in s]
+    assert not uniform_over_kinds([tokens[i] for i in rng.integers(len(tokens), size=len(drawn))])
+
+    assert train.swap_words(sentences, 0.0, seed=1) == sentences
+    assert train.swap_words(sentences, 0.3, seed=5) == copies != train.swap_words(sentences, 0.3, seed=6)
+    for rate in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f"rate must be a probability in \\[0, 1\\], got {rate}"):
+            train.swap_words(sentences, rate, seed=0)
+
+
+def test_the_swap_variants_train_on_the_originals_and_their_copies(tmp_path, monkeypatch):
+    """``fast_deep_swap`` trains on its split's sentences and their swapped copies (gold paths, the
+    vocabulary of the originals only); ``fast_deep_kd1_swap`` asks its teachers to label both, the
+    originals at weight 1 (teachers only, as fast_deep_kd1) and the copies at 0.5 (half gold);
+    ``soft_targets`` takes a weight a sentence."""
+    from crf import train
+
+    class Started(Exception):
+        pass
+
+    sentences = [["中国", "人民"], ["我", "爱", "北京"], ["新", "世纪", "的", "中国"], ["上海", "的", "人"]] * 15
+    fit = train.split(sentences, 0, 5)[0]
+    copies = train.swap_words(fit, 0.1, 0)
+    assert copies != fit
+    streams, vocabs = [], []
+    real_vocab = train.build_vocab
+    monkeypatch.setattr(train, "build_vocab", lambda s, **kw: vocabs.append(list(s)) or real_vocab(s, **kw))
+
+    def started(sentences, *args, **kw):
+        streams.append((list(sentences), kw.get("targets")))
+        raise Started
+
+    monkeypatch.setattr(train, "batches", started)
+    job = train_job("fast_deep_swap", "--heldout", "5", corpus_data=(sentences, [], [], set()))
+    fresh = types.SimpleNamespace(monitor=None, patience=None, stopped=False, restore=lambda model: 0)
+    with pytest.raises(Started):
+        train.train_seed(job, fresh)
+    assert streams[0] == (fit + copies, None) and vocabs == [fit]
+    assert (job.config["swap"], job.config.get("soft")) == (0.1, None)
+
+    save = tmp_path / "models"
+    vocab = real_vocab(fit, min_count=2, with_bigrams=True)
+    for member in range(3):
+        save_teacher(save / f"fast_deep_m{member}-pku-seed0", vocab)
+    calls, real = [], train.soft_targets
+    monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append(args) or real(*args, **kw))
+    student = train_job(
+        "fast_deep_kd1_swap", "--heldout", "5", "--save", str(save), corpus_data=(sentences, [], [], set())
+    )
+    with pytest.raises(Started):
+        train.train_seed(student, fresh)
+    folders, taught, _, weights = calls[0]
+    assert [f.name for f in folders] == [f"fast_deep_m{m}-pku-seed0" for m in range(3)]
+    assert taught == fit + copies and weights == [1.0] * len(fit) + [0.5] * len(copies)
+    assert streams[1][0] == fit + copies and len(streams[1][1]) == len(fit + copies)
+
+    # a weight a sentence: each mixes its own share of the teachers' expectation with its gold path
+    texts = fit[:3]
+    own = Segmenter.load(folders[0]).path_marginals(["".join(w) for w in texts])
+    got = real(folders[:1], texts, vocab, [1.0, 0.5, 0.0])
+    for mixed, expected, words, w in zip(got, own, texts, (1.0, 0.5, 0.0)):
+        gold = train.path_indicators(word_tags(words))
+        np.testing.assert_allclose(mixed, w * expected + (1 - w) * gold, atol=1e-6)
+
+
 def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch, capsys):
     """``fast_deep_kd``'s seed is taught by the three members trained with its seed (its own split),
     half and half with the gold paths; fast_deep_kd1's refit by the three fast_deep_refit seeds whatever its own. A
