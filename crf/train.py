@@ -30,6 +30,8 @@ Records go to runs/results/ (the committed reference: results/, written only wit
 trained segmenters to runs/crf/<experiment>-seed<k>/ (crf/segment.py loads them).
 """
 
+import hashlib
+import json
 import os
 import sys
 import time
@@ -459,30 +461,57 @@ def swap_words(sentences, rate, seed):
     return copies
 
 
-def soft_targets(folders, sentences, vocab, weight, folds=None, min_count=2):
+TRAINED_ON = "trained_on.json"  # beside tagger.keras and vocab.json in a model folder that train_seed saves
+
+
+def trained_on(sentences):
+    """What ``TRAINED_ON`` holds: the number of training sentences and a SHA-256 of them (their words
+    joined by spaces, so the segmentation counts), sorted first: the same sentences in any order give
+    the same digest, one sentence more, fewer or segmented otherwise another."""
+    lines = sorted(" ".join(words) for words in sentences)
+    return {"sentences": len(lines), "sha256": hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()}
+
+
+def soft_targets(folders, sentences, vocab, weight, folds=None, min_count=2, seen=None):
     """Each sentence's target for ``CRF.soft_loss``: ``weight`` x what the teachers in ``folders`` expect
     of its tag paths, their CRF scores averaged (``Segmenter.path_marginals`` of their ``Ensemble`` at
     the temperature of their number), plus 1 - ``weight`` x its gold path's indicators (``weight``: one
     number, or one a sentence). Every teacher
-    must have been trained on these sentences: its vocabulary must hold the same characters and bigrams.
-    With ``folds``: teacher f alone labels the sentences whose index is f mod ``folds``, and must have
-    been trained on the others (``out_of_fold``; its vocabulary, with ``min_count``, is theirs)."""
+    must have been trained on ``seen`` (by default these sentences): its ``TRAINED_ON`` must name
+    them, and its vocabulary must hold the same characters and bigrams (a folder saved before
+    ``TRAINED_ON`` existed is checked by its vocabulary alone, which a teacher trained on one sentence
+    more or fewer can pass, and says so). With ``folds``: teacher f alone labels the sentences whose
+    index is f mod ``folds``, and must have been trained on the others of ``seen`` (``out_of_fold``;
+    its vocabulary, with ``min_count``, is theirs)."""
     if folds and len(folders) != folds:
         raise SystemExit(f"out-of-fold targets need one teacher a fold: {folds} folds, {len(folders)} teachers")
+    seen = sentences if seen is None else seen
+    remedy = "train the teachers with the student's seeds and mode (crf/train.py --variant <teachers> <student>)"
     teachers = []
     for f, folder in enumerate(folders):
         teacher = Segmenter.load(folder)
-        seen, whose = vocab, "this seed's training sentences"
+        taught, known, whose = seen, vocab, "this seed's training sentences"
         if folds:
-            others = out_of_fold(sentences, f, folds)
-            seen = build_vocab(others, min_count=min_count, with_bigrams=bool(vocab.get("bigrams")))
+            taught = out_of_fold(seen, f, folds)
+            known = build_vocab(taught, min_count=min_count, with_bigrams=bool(vocab.get("bigrams")))
             whose += f" outside fold {f} of {folds}"
+        record = Path(folder) / TRAINED_ON
+        if record.is_file():
+            got, expected = runs.load_json_file(record, remedy), trained_on(taught)
+            got = got if isinstance(got, dict) else {}
+            if got != expected:
+                raise SystemExit(
+                    f"{record}: the teacher was trained on {got.get('sentences')} sentences of digest "
+                    f"{str(got.get('sha256'))[:12]}, not on the {expected['sentences']} of {whose} "
+                    f"({expected['sha256'][:12]}): another seed, fold or held-out size; {remedy}"
+                )
+        else:
+            print(f"    {folder}: no {TRAINED_ON} (saved before it was written): checked by its vocabulary only")
         for table in ("chars", "bigrams"):
-            if set(teacher.vocab.get(table) or ()) != set(seen.get(table) or ()):
+            if set(teacher.vocab.get(table) or ()) != set(known.get(table) or ()):
                 raise SystemExit(
                     f"{folder}: its vocabulary's {table} are not those of {whose}, so it was trained on other "
-                    "sentences (another seed, fold or held-out size); train the teachers with the student's seeds "
-                    "and mode (crf/train.py --variant <teachers> <student>)"
+                    f"sentences (another seed, fold or held-out size); {remedy}"
                 )
         teachers.append(teacher)
     texts = ["".join(words) for words in sentences]
@@ -728,7 +757,7 @@ def train_seed(job, checkpoint):
     if variant.get("pretrain"):
         print(f"    pretraining the embeddings on the training text ({variant['pretrain']} pass(es))", flush=True)
         tables = pretrain_embeddings(train, vocab, variant.get("embedding", 128), epochs=variant["pretrain"])
-    weights = [variant.get("soft")] * len(train)
+    weights, original = [variant.get("soft")] * len(train), train
     if variant.get("swap"):  # a copy of each sentence with words swapped (the vocabulary stays the originals')
         copies = swap_words(train, variant["swap"], seed)
         print(f"    + {len(copies)} copies with {variant['swap']:.0%} of their words swapped", flush=True)
@@ -738,7 +767,13 @@ def train_seed(job, checkpoint):
         folders = teacher_folders(args, cfg["variant"], seed)
         print(f"    soft targets from {', '.join(f.name for f in folders)}", flush=True)
         targets = soft_targets(
-            folders, train, vocab, weights, folds=variant.get("out_of_fold"), min_count=cfg["min_count"]
+            folders,
+            train,
+            vocab,
+            weights,
+            folds=variant.get("out_of_fold"),
+            min_count=cfg["min_count"],
+            seen=original,
         )
     with cli.distribution(args):
         model, crf, tagger = build_model(vocab, cfg["variant"])
@@ -794,6 +829,7 @@ def train_seed(job, checkpoint):
         print(f"    scoring the weights of epoch {best_epoch} (best held-out F1)")
     run_dir = args.save / f"{job.experiment}-seed{seed}"
     segmenter.save(run_dir)
+    runs.write_text_atomic(run_dir / TRAINED_ON, json.dumps(trained_on(train)))  # what a student checks (soft_targets)
     scores = evaluate(segmenter.cut_lines, test, gold, training_words, progress="segmenting the test set")
     metrics = {f"test_{k}": v for k, v in scores.items()}
     at = (best_epoch or 0) - 1  # the epoch whose weights are scored: the last, or the best with early stopping

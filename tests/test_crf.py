@@ -8,6 +8,7 @@ the log-likelihood, the k best paths and the marginals from that list. It shares
 import ast
 import io
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -2004,6 +2005,9 @@ def test_a_refit_trains_on_every_sentence_and_scores_its_last_epoch(tmp_path, re
     metrics = record["metrics"]
     assert record["config"]["heldout"] == 0 and metrics["heldout_f1"] is None and metrics["heldout_word_set"] is None
     assert (metrics["epochs_trained"], metrics["scored_epoch"]) == (2, 2) and 0 < metrics["test_f1"] <= 1
+    # the model folder says what it trained on: every training sentence
+    saved = json.loads((tmp_path / "m" / "fast_refit-pku-smoke-seed0" / train.TRAINED_ON).read_text())
+    assert saved == train.trained_on(train.data.icwb2("pku", "train"))
 
 
 @pytest.mark.layers
@@ -2527,11 +2531,62 @@ def test_out_of_fold_teachers_label_only_the_sentences_they_did_not_see(tmp_path
     train_seed_until_optimizer(monkeypatch, student)
     (folders_used, taught, _, weight), kw = calls[0]
     assert [f.name for f in folders_used] == [f"fast_deep_f{f}-pku-seed0" for f in range(3)]
-    assert taught == fit and weight == 0.5 and kw == {"folds": 3, "min_count": student.config["min_count"]}
+    assert taught == fit and weight == [0.5] * len(fit)
+    assert kw == {"folds": 3, "min_count": student.config["min_count"], "seen": fit}
     args = types.SimpleNamespace(save=tmp_path, corpus="pku", mode="full")
     assert [f.name for f in train.teacher_folders(args, "fast_deep_oof", 7)] == [
         f"fast_deep_f{f}-pku-seed7" for f in range(3)
     ]
+
+
+def test_a_teacher_must_have_trained_on_exactly_the_students_sentences(tmp_path, capsys):
+    """``trained_on`` names a set of segmented sentences (any order; one more, fewer or segmented
+    otherwise is another); ``soft_targets`` refuses a teacher whose ``TRAINED_ON`` names other
+    sentences than ``seen`` (by default the sentences it labels; with folds, those outside each
+    teacher's fold), even one sentence fewer, which leaves the vocabulary as it was (the control:
+    without the file the vocabulary check alone accepts that teacher, and says it checked only that)."""
+    from crf import train
+
+    sentences = [["中国", "人民"], ["我", "爱", "北京"], ["新", "世纪", "的", "中国"], ["上海", "的", "人"]] * 6
+    digest = train.trained_on(sentences)
+    assert digest == train.trained_on(sentences[::-1]) and digest["sentences"] == 24
+    assert train.trained_on(sentences[1:]) != digest
+    assert train.trained_on([["中国人", "民"]] + sentences[1:]) != digest  # the same characters, cut otherwise
+    vocab = build_vocab(sentences, with_bigrams=True)
+    fewer_vocab = build_vocab(sentences[1:], with_bigrams=True)
+    assert all(set(fewer_vocab[t]) == set(vocab[t]) for t in ("chars", "bigrams"))  # so the vocabulary cannot tell
+
+    def teacher(name, taught):
+        save_teacher(tmp_path / name, vocab)
+        if taught is not None:
+            (tmp_path / name / train.TRAINED_ON).write_text(json.dumps(train.trained_on(taught)))
+        return tmp_path / name
+
+    texts = sentences[:3]
+    right, fewer, unknown = teacher("right", sentences[::-1]), teacher("fewer", sentences[1:]), teacher("old", None)
+    assert len(train.soft_targets([right], sentences, vocab, 0.5)) == 24
+    with pytest.raises(SystemExit, match=r"fewer/trained_on.json: the teacher was trained on 23 sentences"):
+        train.soft_targets([right, fewer], sentences, vocab, 0.5)
+    capsys.readouterr()
+    train.soft_targets([unknown], texts, vocab, 0.5, seen=sentences)
+    note = "old: no trained_on.json (saved before it was written): checked by its vocabulary only"
+    assert note in capsys.readouterr().out
+    # the sentences it labels may be others than those it trained on (the swapped copies): seen says which
+    train.soft_targets([right], texts, vocab, 0.5, seen=sentences)
+    with pytest.raises(SystemExit, match="not on the 3 of this seed's training sentences"):
+        train.soft_targets([right], texts, vocab, 0.5)
+    # fold teachers: each trained on the others of seen (a 25th sentence, of known characters and
+    # bigrams, makes the folds differ; each fold's vocabulary is the whole text's)
+    sentences = sentences + [["中国", "的", "人"]]
+    folds = [train.out_of_fold(sentences, f, 3) for f in range(3)]
+    assert all(set(build_vocab(fold, with_bigrams=True)[t]) == set(vocab[t]) for fold in folds for t in vocab)
+    folders = [teacher(f"fold{f}", fold) for f, fold in enumerate(folds)]
+    train.soft_targets(folders, sentences, vocab, 0.5, folds=3)
+    with pytest.raises(SystemExit, match="fold1/trained_on.json.* outside fold 0 of 3"):
+        train.soft_targets(folders[1:] + folders[:1], sentences, vocab, 0.5, folds=3)
+    (tmp_path / "fold0" / train.TRAINED_ON).write_text("[1, 2]")  # not what train_seed writes
+    with pytest.raises(SystemExit, match="trained on None sentences"):
+        train.soft_targets(folders, sentences, vocab, 0.5, folds=3)
 
 
 def test_swapped_copies_replace_words_at_their_rate_by_words_drawn_over_the_kinds(tmp_path):
@@ -2605,15 +2660,16 @@ def test_the_swap_variants_train_on_the_originals_and_their_copies(tmp_path, mon
     for member in range(3):
         save_teacher(save / f"fast_deep_m{member}-pku-seed0", vocab)
     calls, real = [], train.soft_targets
-    monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append(args) or real(*args, **kw))
+    monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append((args, kw)) or real(*args, **kw))
     student = train_job(
         "fast_deep_kd1_swap", "--heldout", "5", "--save", str(save), corpus_data=(sentences, [], [], set())
     )
     with pytest.raises(Started):
         train.train_seed(student, fresh)
-    folders, taught, _, weights = calls[0]
+    (folders, taught, _, weights), kw = calls[0]
     assert [f.name for f in folders] == [f"fast_deep_m{m}-pku-seed0" for m in range(3)]
     assert taught == fit + copies and weights == [1.0] * len(fit) + [0.5] * len(copies)
+    assert kw["seen"] == fit  # the teachers trained on the originals only
     assert streams[1][0] == fit + copies and len(streams[1][1]) == len(fit + copies)
 
     # a weight a sentence: each mixes its own share of the teachers' expectation with its gold path
@@ -2643,7 +2699,7 @@ def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch
     monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append(args) or real(*args, **kw))
     train_seed_until_optimizer(monkeypatch, job)
     folders, taught, _, weight = calls[0]
-    assert [f.name for f in folders] == [f"fast_deep_m{m}-pku-seed0" for m in range(3)] and weight == 0.5
+    assert [f.name for f in folders] == [f"fast_deep_m{m}-pku-seed0" for m in range(3)] and weight == [0.5] * len(fit)
     assert taught == fit
 
     args = types.SimpleNamespace(save=save, corpus="pku", mode="full")
