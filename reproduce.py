@@ -94,6 +94,7 @@ ARTICLES = {
             "fast_deep_oof",
             "fast_deep_swap",
             "fast_deep_kd1_swap",
+            "fast_deep_kd1_swap_refit",
             "--ensembles",
             "strong",
             "all",

@@ -2708,6 +2708,12 @@ def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch
     ]
     refit = train_job("fast_deep_kd1_refit").config
     assert (refit["epochs"], refit["heldout"], refit["early_stopping"], refit["soft"]) == (6, 0, None, 1.0)
+    assert [f.name for f in train.teacher_folders(args, "fast_deep_kd1_swap_refit", 7)] == [
+        f"fast_deep_refit-pku-seed{s}" for s in range(3)
+    ]
+    refit = train_job("fast_deep_kd1_swap_refit").config
+    assert (refit["epochs"], refit["heldout"], refit["early_stopping"]) == (3, 0, None)
+    assert (refit["soft"], refit["swap"], refit["swap_soft"]) == (1.0, 0.1, 0.5)
     assert [f.name for f in train.teacher_folders(args, "fast_deep_kd", 7)] == [
         f"fast_deep_m{m}-pku-seed7" for m in range(3)
     ]
