@@ -176,7 +176,7 @@ VARIANTS["fast_deep_kd"] = {
     "soft": 0.5,
 }
 # The same on the teachers' expectations alone (no gold path), as born-again networks train. Its seed 0
-# had the highest held-out F1 of any candidate's seed 0 (0.9721; fast 0.9716). The rule, fixed before
+# had the highest held-out F1 of any candidate's seed 0 then (0.9721; fast 0.9716). The rule, fixed before
 # its seeds 1 and 2 ran and before its test F1 was read: it is chosen over fast if its mean held-out F1
 # over seeds 0-2 (this split of 1000 random sentences) is higher than fast's (0.9713), and then its
 # refit (taught by the three fast_deep_refit seeds, trained for the median of the epochs its seeds
@@ -465,6 +465,8 @@ def swap_words(sentences, rate, seed):
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"swap_words: rate must be a probability in [0, 1], got {rate}")
     kinds = sorted({word for words in sentences for word in words})
+    # (the key [seed, 2] is also that of ``batches``' second bucketed pass: the two draws share a stream,
+    # which changes neither; kept, as the records were made with it)
     rng = np.random.default_rng([seed, 2])
     copies = []
     for words in sentences:
@@ -479,7 +481,9 @@ TRAINED_ON = "trained_on.json"  # beside tagger.keras and vocab.json in a model 
 def trained_on(sentences):
     """What ``TRAINED_ON`` holds: the number of training sentences and a SHA-256 of them (their words
     joined by spaces, so the segmentation counts), sorted first: the same sentences in any order give
-    the same digest, one sentence more, fewer or segmented otherwise another."""
+    the same digest, one sentence more, fewer or segmented otherwise another. ``train_seed`` writes it
+    for the sentences of its split (a ``swap`` variant's copies aside, named by ``swapped_copies``:
+    their rate); ``soft_targets`` compares these two keys."""
     lines = sorted(" ".join(words) for words in sentences)
     return {"sentences": len(lines), "sha256": hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()}
 
@@ -495,9 +499,14 @@ def soft_targets(folders, sentences, vocab, weight, folds=None, min_count=2, see
     more or fewer can pass, and says so). With ``folds``: teacher f alone labels the sentences whose
     index is f mod ``folds``, and must have been trained on the others of ``seen`` (``out_of_fold``;
     its vocabulary, with ``min_count``, is theirs)."""
+    seen = sentences if seen is None else seen
+    if folds and list(sentences) != list(seen):
+        raise SystemExit(
+            f"out-of-fold targets label the very sentences the folds were cut from, and these {len(sentences)} "
+            f"are not the {len(seen)} seen (swapped copies and folds do not go together)"
+        )
     if folds and len(folders) != folds:
         raise SystemExit(f"out-of-fold targets need one teacher a fold: {folds} folds, {len(folders)} teachers")
-    seen = sentences if seen is None else seen
     remedy = "train the teachers with the student's seeds and mode (crf/train.py --variant <teachers> <student>)"
     teachers = []
     for f, folder in enumerate(folders):
@@ -510,7 +519,7 @@ def soft_targets(folders, sentences, vocab, weight, folds=None, min_count=2, see
         record = Path(folder) / TRAINED_ON
         if record.is_file():
             got, expected = runs.load_json_file(record, remedy), trained_on(taught)
-            got = got if isinstance(got, dict) else {}
+            got = {k: got.get(k) for k in expected} if isinstance(got, dict) else {}
             if got != expected:
                 raise SystemExit(
                     f"{record}: the teacher was trained on {got.get('sentences')} sentences of digest "
@@ -773,7 +782,7 @@ def train_seed(job, checkpoint):
     if variant.get("swap"):  # a copy of each sentence with words swapped (the vocabulary stays the originals')
         copies = swap_words(train, variant["swap"], seed)
         print(f"    + {len(copies)} copies with {variant['swap']:.0%} of their words swapped", flush=True)
-        train, weights = train + copies, weights + [variant.get("swap_soft")] * len(copies)
+        train, weights = train + copies, weights + [variant.get("swap_soft", variant.get("soft"))] * len(copies)
     targets = None
     if variant.get("teachers"):
         folders = teacher_folders(args, cfg["variant"], seed)
@@ -840,8 +849,11 @@ def train_seed(job, checkpoint):
     if checkpoint.monitor:
         print(f"    scoring the weights of epoch {best_epoch} (best held-out F1)")
     run_dir = args.save / f"{job.experiment}-seed{seed}"
+    (run_dir / TRAINED_ON).unlink(missing_ok=True)  # a run killed before the new one is written leaves none
     segmenter.save(run_dir)
-    runs.write_text_atomic(run_dir / TRAINED_ON, json.dumps(trained_on(train)))  # what a student checks (soft_targets)
+    # what a student checks its teachers against (soft_targets): the sentences, swapped copies aside
+    record = {**trained_on(original), **({"swapped_copies": variant["swap"]} if variant.get("swap") else {})}
+    runs.write_text_atomic(run_dir / TRAINED_ON, json.dumps(record))
     scores = evaluate(segmenter.cut_lines, test, gold, training_words, progress="segmenting the test set")
     metrics = {f"test_{k}": v for k, v in scores.items()}
     at = (best_epoch or 0) - 1  # the epoch whose weights are scored: the last, or the best with early stopping

@@ -2010,6 +2010,26 @@ def test_a_refit_trains_on_every_sentence_and_scores_its_last_epoch(tmp_path, re
     assert saved == train.trained_on(train.data.icwb2("pku", "train"))
 
 
+@pytest.mark.data
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the training script end to end; checked once")
+def test_a_swap_run_says_it_trained_on_its_split_and_swapped_copies(tmp_path, require_data, capsys):
+    """A ``fast_deep_swap`` run (smoke steps) trains on its split and one swapped copy of each sentence,
+    and its model folder's ``trained_on.json`` names the split's sentences and the copies' rate (what
+    a student taught by it compares); a stale file from an earlier run in that folder is replaced."""
+    for part in PKU_PARTS:
+        require_data(f"icwb2/{part}")
+    from crf import train
+
+    folder = tmp_path / "m" / "fast_deep_swap-pku-smoke-seed0"
+    folder.mkdir(parents=True)
+    (folder / train.TRAINED_ON).write_text('{"sentences": 1}')
+    train.main(["--smoke", "--variant", "fast_deep_swap", "--out", str(tmp_path / "r"), "--save", str(tmp_path / "m")])
+    fit = train.split(train.data.icwb2("pku", "train"), 0, 100)[0]
+    assert f"{2 * len(fit)} training sentences, 100 held out" in capsys.readouterr().out
+    saved = json.loads((folder / train.TRAINED_ON).read_text())
+    assert saved == {**train.trained_on(fit), "swapped_copies": 0.1}
+
+
 @pytest.mark.layers
 def test_ema_variant_ends_each_epoch_on_the_moving_average_of_its_weights():
     """``strong_ema``'s optimizer: the weights a run ends an epoch with are the moving average
@@ -2587,6 +2607,14 @@ def test_a_teacher_must_have_trained_on_exactly_the_students_sentences(tmp_path,
     (tmp_path / "fold0" / train.TRAINED_ON).write_text("[1, 2]")  # not what train_seed writes
     with pytest.raises(SystemExit, match="trained on None sentences"):
         train.soft_targets(folders, sentences, vocab, 0.5, folds=3)
+    from utils.runs import ModelFileError
+
+    (tmp_path / "fold0" / train.TRAINED_ON).write_text('{"sentences": 3')  # cut short
+    with pytest.raises(ModelFileError, match="fold0/trained_on.json"):
+        train.soft_targets(folders, sentences, vocab, 0.5, folds=3)
+    # folds label the sentences they were cut from: not swapped copies beside them
+    with pytest.raises(SystemExit, match="swapped copies and folds do not go together"):
+        train.soft_targets(folders, sentences + sentences[:3], vocab, 0.5, folds=3, seen=sentences)
 
 
 def test_swapped_copies_replace_words_at_their_rate_by_words_drawn_over_the_kinds(tmp_path):
@@ -2606,6 +2634,10 @@ def test_swapped_copies_replace_words_at_their_rate_by_words_drawn_over_the_kind
     # a swap may draw the word it replaces: 1/41 of them do
     expected = 0.3 * words * (1 - 1 / len(kinds))
     assert abs(changed - expected) < 4 * np.sqrt(words * 0.3 * 0.7)
+    # word by word, not sentence by sentence: the changes a sentence spread as a binomial's of its 10
+    # words (variance about 2.1; whole sentences swapped at 0.3 would give about 21)
+    per_sentence = [sum(a != b for a, b in zip(c, s)) for c, s in zip(copies, sentences)]
+    assert 1.5 < np.var(per_sentence) < 3.0
 
     def uniform_over_kinds(drawn):
         counts = np.array([drawn.count(k) for k in kinds])
