@@ -778,11 +778,10 @@ def train_seed(job, checkpoint):
     if variant.get("pretrain"):
         print(f"    pretraining the embeddings on the training text ({variant['pretrain']} pass(es))", flush=True)
         tables = pretrain_embeddings(train, vocab, variant.get("embedding", 128), epochs=variant["pretrain"])
-    weights, original = [variant.get("soft")] * len(train), train
+    original = train
     if variant.get("swap"):  # a copy of each sentence with words swapped (the vocabulary stays the originals')
-        copies = swap_words(train, variant["swap"], seed)
-        print(f"    + {len(copies)} copies with {variant['swap']:.0%} of their words swapped", flush=True)
-        train, weights = train + copies, weights + [variant.get("swap_soft", variant.get("soft"))] * len(copies)
+        train = original + swap_words(original, variant["swap"], seed)
+        print(f"    + {len(original)} copies with {variant['swap']:.0%} of their words swapped", flush=True)
     targets = None
     if variant.get("teachers"):
         folders = teacher_folders(args, cfg["variant"], seed)
@@ -791,7 +790,9 @@ def train_seed(job, checkpoint):
             folders,
             train,
             vocab,
-            weights,
+            # the originals' share of the teachers, then the copies' (``swap_soft``, else the same)
+            [variant["soft"]] * len(original)
+            + [variant.get("swap_soft", variant["soft"])] * (len(train) - len(original)),
             folds=variant.get("out_of_fold"),
             min_count=cfg["min_count"],
             seen=original,

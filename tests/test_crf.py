@@ -2438,6 +2438,15 @@ def test_claim_holds_on_the_reference_and_fails_when_reversed():
     assert train.CLAIM.verdict(worse, "full") == report.NOT_REPRODUCED
 
 
+def spy_soft_targets(monkeypatch):
+    """The calls of crf/train.py's ``soft_targets`` from now on, each as (args, kwargs); each still runs."""
+    from crf import train
+
+    calls, real = [], train.soft_targets
+    monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append((args, kw)) or real(*args, **kw))
+    return calls
+
+
 def save_teacher(folder, vocab, seed=None):
     """A ``fast_deep`` segmenter over ``vocab`` saved in ``folder`` (a teacher for ``soft_targets``), its
     weights as built or, with ``seed``, small random ones drawn from it."""
@@ -2545,8 +2554,7 @@ def test_out_of_fold_teachers_label_only_the_sentences_they_did_not_see(tmp_path
     for fold in range(3):
         seen = real_vocab(train.out_of_fold(fit, fold, 3), min_count=2, with_bigrams=True)
         save_teacher(save / f"fast_deep_f{fold}-pku-seed0", seen)
-    calls, real = [], train.soft_targets
-    monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append((args, kw)) or real(*args, **kw))
+    calls = spy_soft_targets(monkeypatch)
     student = train_job("fast_deep_oof", "--heldout", "3", "--save", str(save), corpus_data=(sentences, [], [], set()))
     train_seed_until_optimizer(monkeypatch, student)
     (folders_used, taught, _, weight), kw = calls[0]
@@ -2691,8 +2699,7 @@ def test_the_swap_variants_train_on_the_originals_and_their_copies(tmp_path, mon
     vocab = real_vocab(fit, min_count=2, with_bigrams=True)
     for member in range(3):
         save_teacher(save / f"fast_deep_m{member}-pku-seed0", vocab)
-    calls, real = [], train.soft_targets
-    monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append((args, kw)) or real(*args, **kw))
+    calls = spy_soft_targets(monkeypatch)
     student = train_job(
         "fast_deep_kd1_swap", "--heldout", "5", "--save", str(save), corpus_data=(sentences, [], [], set())
     )
@@ -2707,7 +2714,7 @@ def test_the_swap_variants_train_on_the_originals_and_their_copies(tmp_path, mon
     # a weight a sentence: each mixes its own share of the teachers' expectation with its gold path
     texts = fit[:3]
     own = Segmenter.load(folders[0]).path_marginals(["".join(w) for w in texts])
-    got = real(folders[:1], texts, vocab, [1.0, 0.5, 0.0])
+    got = train.soft_targets(folders[:1], texts, vocab, [1.0, 0.5, 0.0])
     for mixed, expected, words, w in zip(got, own, texts, (1.0, 0.5, 0.0)):
         gold = train.path_indicators(word_tags(words))
         np.testing.assert_allclose(mixed, w * expected + (1 - w) * gold, atol=1e-6)
@@ -2727,10 +2734,9 @@ def test_the_student_finds_its_teachers_and_members_reseed(tmp_path, monkeypatch
     vocab = build_vocab(fit, min_count=2, with_bigrams=True)
     for member in range(3):
         save_teacher(save / f"fast_deep_m{member}-pku-seed0", vocab)
-    calls, real = [], train.soft_targets
-    monkeypatch.setattr(train, "soft_targets", lambda *args, **kw: calls.append(args) or real(*args, **kw))
+    calls = spy_soft_targets(monkeypatch)
     train_seed_until_optimizer(monkeypatch, job)
-    folders, taught, _, weight = calls[0]
+    (folders, taught, _, weight), _ = calls[0]
     assert [f.name for f in folders] == [f"fast_deep_m{m}-pku-seed0" for m in range(3)] and weight == [0.5] * len(fit)
     assert taught == fit
 
